@@ -1,0 +1,176 @@
+"""The `eacct` command: serve, migrate, member create, gc, message broadcast, storage check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from eacct import errors
+from eacct.app import create_app
+from eacct.config import Settings
+from eacct.db import create_engine, make_session_factory, unit_of_work
+from eacct.migrate import upgrade
+from eacct.netdisk.blobstore import open_blob_store
+
+__all__ = ["main"]
+
+
+def _blobs(settings: Settings):
+    return open_blob_store(settings.storage_url, oss_access_key_id=settings.oss_access_key_id,
+                           oss_access_key_secret=settings.oss_access_key_secret)
+
+
+async def _with_database(settings: Settings, work: Callable) -> object:
+    engine = create_engine(settings.database_url)
+    try:
+        await upgrade(engine)
+        return await work(make_session_factory(engine))
+    finally:
+        await engine.dispose()
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    async def migrate_first() -> None:
+        engine = create_engine(settings.database_url)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate_first())
+    logging.getLogger("eacct").info("eacct serving on http://%s:%s", settings.host, settings.port)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None,
+                print=lambda text: print(text, flush=True))
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> None:
+        engine = create_engine(settings.database_url)
+        try:
+            await upgrade(engine, args.revision)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    print(f"database at {args.revision}")
+    return 0
+
+
+def cmd_member_create(settings: Settings, args: argparse.Namespace) -> int:
+    from eacct.members import service
+    from eacct.members.schemas import NewMember
+
+    password = args.password or getpass.getpass("password: ")
+    try:
+        body = NewMember(account=args.account, password=password, nickname=args.nickname)
+    except ValidationError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(sessions):
+        async with unit_of_work(sessions) as session:
+            member = await service.create_member(session, settings, body.account, body.password, body.nickname)
+            return service.member_view(member)
+
+    print(json.dumps(asyncio.run(_with_database(settings, work)), ensure_ascii=False))
+    return 0
+
+
+def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
+    from eacct.netdisk.store import collect_garbage
+
+    if args.grace_seconds is not None:
+        settings = settings.with_overrides(gc_grace_seconds=args.grace_seconds)
+
+    async def work(sessions):
+        blobs = _blobs(settings)
+        try:
+            return await collect_garbage(sessions, blobs, settings)
+        finally:
+            await blobs.close()
+
+    print(json.dumps(asyncio.run(_with_database(settings, work))))
+    return 0
+
+
+def cmd_message_broadcast(settings: Settings, args: argparse.Namespace) -> int:
+    from eacct.share import service
+
+    async def work(sessions):
+        async with unit_of_work(sessions) as session:
+            return await service.broadcast(session, args.title, args.body)
+
+    print(json.dumps(asyncio.run(_with_database(settings, work)), ensure_ascii=False))
+    return 0
+
+
+def cmd_storage_check(settings: Settings, args: argparse.Namespace) -> int:
+    from eacct.netdisk.storage_check import run_storage_check
+
+    async def run():
+        blobs = _blobs(settings)
+        try:
+            return await run_storage_check(blobs)
+        finally:
+            await blobs.close()
+
+    results = asyncio.run(run())
+    for step, ok, detail in results:
+        print(f"{'ok  ' if ok else 'FAIL'} {step}: {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eacct", description="e会计 cloud backup and share service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="apply migrations, then serve on EACCT_HOST:EACCT_PORT").set_defaults(run=cmd_serve)
+    migrate = commands.add_parser("migrate", help="apply the database migrations")
+    migrate.add_argument("revision", nargs="?", default="head")
+    migrate.set_defaults(run=cmd_migrate)
+    member = commands.add_parser("member", help="member accounts").add_subparsers(dest="member_command", required=True)
+    create = member.add_parser("create", help="create a member account")
+    create.add_argument("--account", required=True)
+    create.add_argument("--nickname", required=True)
+    create.add_argument("--password", help="asked for when left out")
+    create.set_defaults(run=cmd_member_create)
+    gc = commands.add_parser("gc", help="reclaim storage that no version uses")
+    gc.add_argument("--grace-seconds", type=int, help="leave pending packs younger than this (default 6 h)")
+    gc.set_defaults(run=cmd_gc)
+    message = commands.add_parser("message", help="message center").add_subparsers(dest="message_command", required=True)
+    broadcast = message.add_parser("broadcast", help="send a system message to every member")
+    broadcast.add_argument("--title", required=True)
+    broadcast.add_argument("--body", required=True)
+    broadcast.set_defaults(run=cmd_message_broadcast)
+    storage = commands.add_parser("storage", help="blob storage").add_subparsers(dest="storage_command", required=True)
+    storage.add_parser("check", help="write, read back, range-read and delete a probe object").set_defaults(
+        run=cmd_storage_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `eacct` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return args.run(settings, args)
+    except errors.DomainError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

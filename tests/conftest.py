@@ -1,0 +1,238 @@
+"""Shared fixtures: a database per test (SQLite file or a PostgreSQL schema per run), a blob store, the real
+app on a free port, and a small HTTP client that speaks API.md the way the desktop program does.
+
+Set EACCT_TEST_DATABASE_URL=postgresql+asyncpg://… to run every database test on PostgreSQL; each run gets
+its own schema (dropped at the end) and each test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+from sqlalchemy import text
+
+from eacct.app import create_app
+from eacct.config import Settings
+from eacct.db import create_engine, make_session_factory
+from eacct.migrate import upgrade
+from eacct.models import Base
+from eacct.netdisk.blobstore import LocalBlobStore
+
+POSTGRES_URL = os.environ.get("EACCT_TEST_DATABASE_URL", "")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def database_template(tmp_path_factory) -> dict:
+    """Migrate once per run: a template SQLite file to copy, or a fresh PostgreSQL schema."""
+    if POSTGRES_URL:
+        schema = f"eacct_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+        async def create() -> None:
+            engine = create_engine(POSTGRES_URL)
+            async with engine.begin() as connection:
+                await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+            await engine.dispose()
+            engine = create_engine(POSTGRES_URL, schema=schema)
+            await upgrade(engine)
+            await engine.dispose()
+
+        async def drop() -> None:
+            engine = create_engine(POSTGRES_URL)
+            async with engine.begin() as connection:
+                await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            await engine.dispose()
+
+        run(create())
+        yield {"url": POSTGRES_URL, "schema": schema}
+        run(drop())
+    else:
+        template = tmp_path_factory.mktemp("db") / "template.db"
+
+        async def create() -> None:
+            engine = create_engine(f"sqlite+aiosqlite:///{template}")
+            await upgrade(engine)
+            await engine.dispose()
+
+        run(create())
+        yield {"template": template}
+
+
+@pytest.fixture
+def database_url(database_template, tmp_path) -> str:
+    if "template" in database_template:
+        target = tmp_path / "eacct.db"
+        shutil.copyfile(database_template["template"], target)
+        return f"sqlite+aiosqlite:///{target}"
+    return database_template["url"]
+
+
+@pytest.fixture
+def db_schema(database_template) -> str | None:
+    return database_template.get("schema")
+
+
+@pytest.fixture
+async def engine(database_url, db_schema):
+    engine = create_engine(database_url, schema=db_schema)
+    yield engine
+    if db_schema:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        async with engine.begin() as connection:
+            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine):
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def blobs(tmp_path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def settings(database_url, tmp_path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        storage_url=f"file://{tmp_path / 'blobs'}",
+        argon2_time_cost=1,
+        argon2_memory_kib=1024,
+        pack_target_bytes=1024 * 1024,
+    )
+
+
+@pytest.fixture
+async def make_server(aiohttp_server, engine):
+    """Start the real app on 127.0.0.1 and a free port; returns its base URL."""
+
+    async def start(settings: Settings, blobs=None) -> str:
+        app = create_app(settings, engine=engine, blobs=blobs, collect_garbage_on_start=False)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        return str(server.make_url("")).rstrip("/")
+
+    return start
+
+
+@pytest.fixture
+async def base_url(make_server, settings, blobs) -> str:
+    return await make_server(settings, blobs)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+class Desktop:
+    """One member at the desktop program: speaks API.md over HTTP."""
+
+    def __init__(self, http: aiohttp.ClientSession, base_url: str, account: str, nickname: str) -> None:
+        self.http = http
+        self.base = base_url + "/api/v1"
+        self.account = account
+        self.nickname = nickname
+        self.password = f"pw-{account}"
+        self.netdisk_password = f"disk-{account}"
+        self.token = ""
+        self.netdisk_token = ""
+        self.id = 0
+
+    def headers(self, netdisk: bool = False, **extra: str) -> dict[str, str]:
+        token = self.netdisk_token if netdisk else self.token
+        return {"Authorization": f"Bearer {token}", **extra}
+
+    async def call(self, method: str, path: str, *, netdisk: bool = False, json=None, headers=None, data=None):
+        """Send a request; return (status, parsed JSON or None, response headers)."""
+        async with self.http.request(method, self.base + path, json=json, data=data,
+                                     headers=self.headers(netdisk, **(headers or {}))) as response:
+            body = await response.read()
+            parsed = None
+            if body and response.content_type == "application/json":
+                parsed = await response.json()
+            return response.status, parsed, response.headers
+
+    async def register(self) -> "Desktop":
+        status, body, _ = await self.call("POST", "/members", json={
+            "account": self.account, "password": self.password, "nickname": self.nickname})
+        assert status == 201, body
+        self.id = body["id"]
+        status, body, _ = await self.call("POST", "/sessions", json={"account": self.account, "password": self.password})
+        assert status == 201, body
+        self.token = body["token"]
+        return self
+
+    async def open_netdisk(self) -> "Desktop":
+        status, body, _ = await self.call("POST", "/netdisk", json={
+            "password": self.netdisk_password,
+            "questions": [{"question": "我的出生地?", "answer": "杭州"}, {"question": "第一所学校?", "answer": "Yuying"}],
+        })
+        assert status == 201, body
+        status, body, _ = await self.call("POST", "/netdisk/unlock", json={"password": self.netdisk_password})
+        assert status == 201, body
+        self.netdisk_token = body["netdisk_token"]
+        return self
+
+    async def upload(self, side: str, ledger_id: str, year: int, content: bytes, *, remark: str = "",
+                     name: str | None = None, if_match: str | None = None, sha256: str | None = None,
+                     client_version: str = "e会计 6.0"):
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Content-SHA256": sha256 or hashlib.sha256(content).hexdigest(),
+            "X-Remark": quote(remark),
+            "X-Client-Version": quote(client_version),
+        }
+        if name is not None:
+            headers["X-Ledger-Name"] = quote(name)
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        return await self.call("POST", f"/{side}/{ledger_id}/years/{year}/versions", netdisk=True,
+                               data=content, headers=headers)
+
+    async def download(self, side: str, ledger_id: str, year: int, version: str = "latest", headers=None):
+        async with self.http.get(f"{self.base}/{side}/{ledger_id}/years/{year}/versions/{version}/content",
+                                 headers=self.headers(True, **(headers or {}))) as response:
+            return response.status, await response.read(), response.headers
+
+
+@pytest.fixture
+def desktop(http, base_url):
+    """Make members: `await desktop("13564271675", "小王")` registers, logs in and opens the netdisk."""
+
+    async def make(account: str, nickname: str, *, netdisk: bool = True) -> Desktop:
+        member = await Desktop(http, base_url, account, nickname).register()
+        if netdisk:
+            await member.open_netdisk()
+        return member
+
+    return make
+
+
+def new_ledger_id() -> str:
+    return str(uuid.uuid4())
+
+
+def sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
