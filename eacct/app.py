@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eacct.config import Settings
-from eacct.db import create_engine, make_session_factory
+from eacct.db import engine_for, make_session_factory
 from eacct.netdisk.blobstore import BlobStore, open_blob_store
 from eacct.openapi import endpoint, openapi_document
 from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, json_response
@@ -54,7 +54,7 @@ def create_app(
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_engine = engine is None
-        app[ENGINE] = engine if engine is not None else create_engine(settings.database_url)
+        app[ENGINE] = engine if engine is not None else engine_for(settings)
         app[SESSIONS] = make_session_factory(app[ENGINE])
         own_blobs = blobs is None
         app[BLOBS] = blobs if blobs is not None else open_blob_store(

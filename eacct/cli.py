@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from eacct import errors
 from eacct.app import create_app
 from eacct.config import Settings
-from eacct.db import create_engine, make_session_factory, unit_of_work
+from eacct.db import engine_for, make_session_factory, unit_of_work
 from eacct.migrate import upgrade
 from eacct.netdisk.blobstore import open_blob_store
 
@@ -29,7 +29,7 @@ def _blobs(settings: Settings):
 
 
 async def _with_database(settings: Settings, work: Callable) -> object:
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         await upgrade(engine)
         return await work(make_session_factory(engine))
@@ -39,7 +39,7 @@ async def _with_database(settings: Settings, work: Callable) -> object:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     async def migrate_first() -> None:
-        engine = create_engine(settings.database_url)
+        engine = engine_for(settings)
         try:
             await upgrade(engine)
         finally:
@@ -54,7 +54,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> None:
-        engine = create_engine(settings.database_url)
+        engine = engine_for(settings)
         try:
             await upgrade(engine, args.revision)
         finally:

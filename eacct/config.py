@@ -17,6 +17,8 @@ class Settings:
     """Everything the service can be configured with; defaults run with no setup at all."""
 
     database_url: str = f"sqlite+aiosqlite:///{DEFAULT_DATA_DIR}/eacct.db"
+    # PostgreSQL only: keep every table in this schema (several deployments or test runs on one database).
+    database_schema: str = ""
     storage_url: str = f"file://{DEFAULT_DATA_DIR}/blobs"
     oss_access_key_id: str = field(default="", repr=False)
     oss_access_key_secret: str = field(default="", repr=False)
@@ -59,7 +61,13 @@ class Settings:
             raw = env.get(f"EACCT_{name.upper()}")
             if raw is None:
                 continue
-            values[name] = int(raw) if isinstance(getattr(defaults, name), int) else raw
+            if isinstance(getattr(defaults, name), int):
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"EACCT_{name.upper()} must be a whole number, not {raw!r}") from None
+            else:
+                values[name] = raw
         return replace(defaults, **values)
 
     def with_overrides(self, **changes: object) -> "Settings":

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "UtcDateTime", "create_engine", "make_session_factory", "unit_of_work", "utcnow"]
+__all__ = ["Base", "UtcDateTime", "create_engine", "engine_for", "make_session_factory", "unit_of_work", "utcnow"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -88,6 +88,11 @@ def create_engine(database_url: str, *, schema: str | None = None) -> AsyncEngin
     if schema:
         connect_args["server_settings"] = {"search_path": schema}
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args)
+
+
+def engine_for(settings) -> AsyncEngine:
+    """The engine `settings` (an `eacct.config.Settings`) describe."""
+    return create_engine(settings.database_url, schema=settings.database_schema or None)
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -84,15 +84,43 @@ def db_schema(database_template) -> str | None:
     return database_template.get("schema")
 
 
+async def empty_tables(engine) -> None:
+    """PostgreSQL tests share one schema per run: each test leaves it empty for the next."""
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
 @pytest.fixture
 async def engine(database_url, db_schema):
     engine = create_engine(database_url, schema=db_schema)
     yield engine
     if db_schema:
-        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        async with engine.begin() as connection:
-            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        await empty_tables(engine)
     await engine.dispose()
+
+
+@pytest.fixture
+def cli_env(database_url, db_schema, tmp_path, monkeypatch) -> dict[str, str]:
+    """Environment for running the `eacct` command against this test's database (for sync tests)."""
+    env = {
+        "EACCT_DATABASE_URL": database_url,
+        "EACCT_DATABASE_SCHEMA": db_schema or "",
+        "EACCT_STORAGE_URL": f"file://{tmp_path / 'blobs'}",
+        "EACCT_ARGON2_TIME_COST": "1",
+        "EACCT_ARGON2_MEMORY_KIB": "1024",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield env
+    if db_schema:
+
+        async def clean() -> None:
+            engine = create_engine(database_url, schema=db_schema)
+            await empty_tables(engine)
+            await engine.dispose()
+
+        run(clean())
 
 
 @pytest.fixture

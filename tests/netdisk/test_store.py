@@ -1,0 +1,215 @@
+"""The content-addressed store as a service: dedup, quota, retention, version cap, atomicity, gc (rules 7, 15)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+
+import pytest
+from sqlalchemy import func, select, update
+
+from eacct import errors
+from eacct.db import unit_of_work, utcnow
+from eacct.members.service import create_member
+from eacct.netdisk import service, store
+from eacct.netdisk.models import Chunk, Ledger, Pack, Version
+from eacct.share.access import ledger_for_backup
+from tests.netdisk.ledgers import edit_rows, make_ledger_db, tar_year
+
+
+async def body_of(content: bytes, block: int = 256 * 1024):
+    for start in range(0, len(content), block):
+        yield content[start : start + block]
+
+
+@pytest.fixture
+async def owner(sessions, settings) -> int:
+    async with unit_of_work(sessions) as session:
+        member = await create_member(session, settings, "owner01", "secret-1", "小王")
+        await service.open_netdisk(session, settings, member.id, "disk-pass", [("q", "a")])
+        return member.id
+
+
+async def put(sessions, blobs, settings, owner, ledger_id, year, content, *, body=None, **kwargs):
+    claim = service.UploadClaim(ledger_id=ledger_id, year=year, size=len(content),
+                                sha256=kwargs.pop("sha256", hashlib.sha256(content).hexdigest()),
+                                ledger_name="账套", **kwargs)
+    return await service.backup_upload(sessions, blobs, settings, owner, claim, body or body_of(content))
+
+
+async def used(sessions, owner) -> int:
+    async with sessions() as session:
+        return await store.used_bytes(session, owner)
+
+
+async def read_all(sessions, blobs, version_id: str, start=0, end=None) -> bytes:
+    async with sessions() as session:
+        version = await session.scalar(select(Version).where(Version.public_id == version_id))
+    return b"".join([block async for block in store.read_version(sessions, blobs, version, start, end)])
+
+
+async def test_rule_7_identical_content_is_stored_once(sessions, blobs, settings, owner):
+    content = os.urandom(500_000)
+    first = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
+    packs_after_first = len([info async for info in blobs.list("packs/")])
+    second = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2019, content)
+    assert await used(sessions, owner) == len(content)
+    assert len([info async for info in blobs.list("packs/")]) == packs_after_first
+    assert await read_all(sessions, blobs, second["version_id"]) == content
+    assert await read_all(sessions, blobs, first["version_id"]) == content
+
+
+async def test_rule_7_a_day_of_bookkeeping_stores_only_the_changed_pages(sessions, blobs, settings, owner, tmp_path):
+    db = make_ledger_db(tmp_path / "ledger.db", rows=60_000)
+    ledger = str(uuid.uuid4())
+    await put(sessions, blobs, settings, owner, ledger, 2018, tar_year({"data.db": db}))
+    before = await used(sessions, owner)
+    edit_rows(db, list(range(100, 60_000, 461)))  # 130 scattered entries
+    day2 = tar_year({"data.db": db})
+    version = await put(sessions, blobs, settings, owner, ledger, 2018, day2)
+    growth = await used(sessions, owner) - before
+    assert growth <= 2 * 130 * 4096 + 64 * 1024, growth
+    assert await read_all(sessions, blobs, version["version_id"]) == day2
+
+
+async def test_reads_of_any_range_match_the_content(sessions, blobs, settings, owner):
+    content = os.urandom(700_000)
+    version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
+    for start, end in ((0, 1), (5, 70_000), (65_535, 65_537), (699_999, 700_000), (123_456, 654_321)):
+        assert await read_all(sessions, blobs, version["version_id"], start, end) == content[start:end]
+
+
+async def test_rule_15_retention_prunes_and_releases_quota(sessions, blobs, settings, owner):
+    settings = settings.with_overrides(versions_kept_per_year=2)
+    ledger = str(uuid.uuid4())
+    contents = [os.urandom(100_000) for _ in range(3)]
+    for content in contents:
+        await put(sessions, blobs, settings, owner, ledger, 2018, content)
+    assert await used(sessions, owner) == 200_000
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Version)) == 2
+
+
+async def test_rule_15_pruning_never_removes_the_only_verified_copy(sessions, blobs, settings, owner):
+    settings = settings.with_overrides(versions_kept_per_year=1)
+    ledger = str(uuid.uuid4())
+    kept = await put(sessions, blobs, settings, owner, ledger, 2018, b"verified copy" * 1000)
+    with pytest.raises(errors.ChecksumMismatch):
+        await put(sessions, blobs, settings, owner, ledger, 2018, os.urandom(20_000), sha256="0" * 64)
+    assert await read_all(sessions, blobs, kept["version_id"]) == b"verified copy" * 1000
+    newer = await put(sessions, blobs, settings, owner, ledger, 2018, b"newer copy" * 1000)
+    async with sessions() as session:
+        ids = list(await session.scalars(select(Version.public_id)))
+    assert ids == [newer["version_id"]]
+
+
+async def test_rule_15_at_most_100_versions_per_member(sessions, blobs, settings, owner):
+    settings = settings.with_overrides(max_versions_per_member=3)
+    ledgers = [str(uuid.uuid4()) for _ in range(4)]
+    for ledger in ledgers[:3]:
+        await put(sessions, blobs, settings, owner, ledger, 2018, os.urandom(1000))
+    with pytest.raises(errors.TooManyVersions) as refused:
+        await put(sessions, blobs, settings, owner, ledgers[3], 2018, os.urandom(1000))
+    assert "3" in refused.value.message
+    # A year whose retention is full prunes as it adds, so it may still take a new version.
+    settings = settings.with_overrides(versions_kept_per_year=1)
+    await put(sessions, blobs, settings, owner, ledgers[0], 2018, os.urandom(1000))
+
+
+async def test_crash_before_commit_leaves_nothing(sessions, blobs, settings, owner):
+    content = os.urandom(3 * 1024 * 1024)
+
+    async def dies_halfway():
+        yield content[: 2 * 1024 * 1024]
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content, body=dies_halfway())
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Version)) == 0
+        assert await session.scalar(select(func.count()).select_from(Ledger)) == 0
+        assert await session.scalar(select(func.count()).select_from(Pack)) == 0
+        assert await session.scalar(select(func.count()).select_from(Chunk)) == 0
+    assert [info async for info in blobs.list("packs/")] == []
+    assert await used(sessions, owner) == 0
+
+
+async def test_gc_reclaims_a_dead_process_pending_packs_after_the_grace_period(sessions, blobs, settings, owner):
+    """A process that died mid-upload leaves a pending pack row and its blob; gc removes them once old enough."""
+    content = os.urandom(3 * 1024 * 1024)
+    upload = store._Upload(sessions, blobs, settings, store.IncomingVersion(
+        owner_id=owner, ledger_id=str(uuid.uuid4()), year=2018, uploader_id=owner, via="backup",
+        size=len(content), sha256=hashlib.sha256(content).hexdigest()), free_bytes=10**9)
+    await upload.feed(content[: 2 * 1024 * 1024])
+    await upload._place_waiting()
+    await upload._seal_pack()  # durable, registered as pending, never committed: then the process "dies"
+    assert len([info async for info in blobs.list("packs/")]) >= 1
+
+    report = await store.collect_garbage(sessions, blobs, settings)
+    assert report["pending_packs"] == 0  # still young: an upload in another process may be writing it
+    assert len([info async for info in blobs.list("packs/")]) >= 1
+
+    report = await store.collect_garbage(sessions, blobs, settings.with_overrides(gc_grace_seconds=0))
+    assert report["pending_packs"] >= 1
+    assert [info async for info in blobs.list("packs/")] == []
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Pack)) == 0
+
+
+async def test_gc_removes_chunks_and_packs_that_no_version_uses(sessions, blobs, settings, owner):
+    settings = settings.with_overrides(versions_kept_per_year=1)
+    ledger = str(uuid.uuid4())
+    await put(sessions, blobs, settings, owner, ledger, 2018, os.urandom(2 * 1024 * 1024))
+    latest = await put(sessions, blobs, settings, owner, ledger, 2018, os.urandom(2 * 1024 * 1024))
+    report = await store.collect_garbage(sessions, blobs, settings)
+    assert report["chunks"] > 0 and report["packs"] > 0
+    assert await read_all(sessions, blobs, latest["version_id"]) is not None
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Chunk).where(Chunk.refs <= 0)) == 0
+
+
+async def test_gc_removes_stray_blobs_only_after_the_grace_period(sessions, blobs, settings, owner, tmp_path):
+    stray = tmp_path / "stray"
+    stray.write_bytes(b"left by a crash between put and row")
+    await blobs.put("packs/1/aa/stray", stray)
+    await store.collect_garbage(sessions, blobs, settings)
+    assert [info.key async for info in blobs.list("packs/")] == ["packs/1/aa/stray"]
+    await store.collect_garbage(sessions, blobs, settings.with_overrides(gc_grace_seconds=0))
+    assert [info.key async for info in blobs.list("packs/")] == []
+
+
+async def test_upload_counting_on_a_chunk_gc_removed_is_refused_cleanly(sessions, blobs, settings, owner):
+    settings = settings.with_overrides(versions_kept_per_year=1)
+    ledger = str(uuid.uuid4())
+    shared = os.urandom(6 * 1024 * 1024)
+    await put(sessions, blobs, settings, owner, ledger, 2018, shared)
+    await put(sessions, blobs, settings, owner, ledger, 2018, os.urandom(10_000))  # prunes: `shared` unreferenced
+    split = store.WAITING_BYTES + 1024 * 1024  # past the first lookup, which finds the unreferenced chunks
+
+    async def gc_strikes_midway():
+        yield shared[:split]
+        await store.collect_garbage(sessions, blobs, settings)
+        yield shared[split:]
+
+    with pytest.raises(errors.Conflict):
+        await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, shared, body=gc_strikes_midway())
+    assert (await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, shared))["size"] == len(shared)
+
+
+async def test_access_rule_for_backup_allows_new_ledger_ids_only_for_upload(sessions, owner):
+    async with sessions() as session:
+        assert await ledger_for_backup(session, owner, str(uuid.uuid4()), may_be_new=True) is None
+        with pytest.raises(errors.NotFound):
+            await ledger_for_backup(session, owner, str(uuid.uuid4()))
+
+
+async def test_quota_check_before_the_body_counts_what_the_current_version_can_share(sessions, settings, owner):
+    settings = settings.with_overrides(netdisk_quota_bytes=1000)
+    async with unit_of_work(sessions) as session:
+        await session.execute(update(store.Netdisk).values(quota_bytes=1000))
+        incoming = store.IncomingVersion(owner_id=owner, ledger_id=str(uuid.uuid4()), year=2018, uploader_id=owner,
+                                         via="backup", size=5000, sha256="0" * 64)
+        with pytest.raises(errors.QuotaExceeded) as refused:
+            await store.check_before_upload(session, settings, incoming)
+    assert refused.value.extra == {"needed_bytes": 5000, "free_bytes": 1000}

@@ -1,0 +1,78 @@
+"""The `eacct` command: serve (migrating first), migrate, member create, gc."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from eacct.cli import main
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_on_the_embedded_default_applies_migrations_and_answers(tmp_path):
+    """`eacct serve` with no configuration at all: SQLite and blobs under ./eacct-data/."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EACCT_")}
+    env["EACCT_PORT"] = str(port)
+    server = subprocess.Popen([sys.executable, "-m", "eacct.cli", "serve"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                    assert json.load(response) == {"status": "ok"}
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/members", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"account": "13564271675", "password": "secret-1", "nickname": "小王"}).encode())
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 201
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert (tmp_path / "eacct-data" / "eacct.db").is_file()
+    assert (tmp_path / "eacct-data" / "blobs").is_dir()
+
+
+def test_member_create_then_log_in(cli_env, capsys):
+    assert main(["member", "create", "--account", "cli_member", "--nickname", "小李", "--password", "secret-1"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["account"] == "cli_member" and created["nickname"] == "小李"
+    assert main(["member", "create", "--account", "cli_member", "--nickname", "x", "--password", "secret-1"]) == 1
+    assert "account_taken" in capsys.readouterr().err
+
+
+def test_member_create_validates_like_the_api(cli_env, capsys):
+    assert main(["member", "create", "--account", "x", "--nickname", "小李", "--password", "secret-1"]) == 2
+    assert "invalid" in capsys.readouterr().err
+
+
+def test_migrate_and_gc(cli_env, capsys):
+    assert main(["migrate"]) == 0
+    assert main(["gc", "--grace-seconds", "0"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert set(report) == {"chunks", "packs", "pending_packs", "stray_blobs"}
+
+
+def test_bad_configuration_is_reported(monkeypatch, capsys):
+    monkeypatch.setenv("EACCT_PORT", "eighty")
+    assert main(["migrate"]) == 2
+    assert "EACCT_PORT must be a whole number" in capsys.readouterr().err
