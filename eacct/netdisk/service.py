@@ -8,7 +8,7 @@ Wrong passwords and wrong answers are counted per member in the database and loc
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -155,6 +155,15 @@ async def _end_netdisk_logins(session: AsyncSession, member_id: int) -> None:
 # ------------------------------------------------------------------------------------------ listings
 
 
+def clean_ledger_name(name: str) -> str:
+    """A ledger name as people see it: trimmed, 1–100 characters, no control characters and nothing that
+    could act as a path when the desktop program names a folder after it."""
+    name = name.strip()
+    if not 1 <= len(name) <= 100 or any(ord(ch) < 32 for ch in name) or "/" in name or "\\" in name or name in (".", ".."):
+        raise errors.Invalid("账套名称应为 1 到 100 个字符，不能包含 / \\ 或控制字符")
+    return name
+
+
 def version_view(version: Version, uploader: Member) -> dict:
     """`Version` of API.md."""
     return {
@@ -213,7 +222,7 @@ async def get_ledger_view(session: AsyncSession, member_id: int, ledger_id: str)
 async def rename_ledger(session: AsyncSession, member_id: int, ledger_id: str, name: str) -> dict:
     """Rename one of the member's ledgers."""
     ledger = await ledger_for_backup(session, member_id, ledger_id)
-    ledger.name = name
+    ledger.name = clean_ledger_name(name)
     return await ledger_view(session, ledger)
 
 
@@ -306,6 +315,8 @@ async def upload(
     so access withdrawn during the transfer (a cancelled share) refuses the version. `on_accepted` runs
     when every check that needs no body byte has passed (the HTTP side answers 100 Continue there).
     """
+    if claim.ledger_name is not None:
+        claim = replace(claim, ledger_name=clean_ledger_name(claim.ledger_name))
     incoming = store.IncomingVersion(
         owner_id=owner_id, ledger_id=claim.ledger_id, year=claim.year, uploader_id=uploader_id, via=via,
         size=claim.size, sha256=claim.sha256, remark=claim.remark, client_version=claim.client_version,
