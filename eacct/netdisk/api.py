@@ -285,9 +285,8 @@ def _password_header(request: web.Request) -> str:
 async def delete_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id = ledger_id_of(request)
-    notifier = request.app[NOTIFIER]
-    await service.delete_ledger(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, ledger_id,
-                                _password_header(request), client_ip(request), notifier)
+    await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NOTIFIER], caller.member_id,
+                                ledger_id, None, _password_header(request), client_ip(request))
     return web.Response(status=204)
 
 
@@ -305,8 +304,8 @@ async def get_backup_year(request: web.Request) -> web.Response:
 async def delete_backup_year(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
-    await service.delete_year(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, ledger_id, year,
-                              _password_header(request), client_ip(request))
+    await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NOTIFIER], caller.member_id,
+                                ledger_id, year, _password_header(request), client_ip(request))
     return web.Response(status=204)
 
 

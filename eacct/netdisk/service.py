@@ -26,9 +26,10 @@ from eacct.secrets import hash_secret, normalise_answer, verify_secret
 from eacct.share.access import ledger_for_backup
 
 __all__ = [
-    "UploadClaim", "backup_upload", "backup_version", "backup_year", "change_password", "find_version", "upload", "delete_ledger", "delete_year", "deletions", "get_ledger_view", "ledger_view",
-    "list_ledgers", "netdisk_status", "open_netdisk", "questions", "reset_password", "unlock", "version_view",
-    "year_versions",
+    "UploadClaim", "backup_upload", "backup_version", "backup_year", "change_password", "clean_ledger_name",
+    "delete_backup", "deletions", "find_version", "get_ledger_view", "ledger_view", "list_ledgers", "netdisk_status",
+    "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock", "upload", "verify_password",
+    "version_view", "year_versions",
 ]
 
 
@@ -229,42 +230,31 @@ async def rename_ledger(session: AsyncSession, member_id: int, ledger_id: str, n
 # ------------------------------------------------------------------------------------------ deletion
 
 
-async def delete_ledger(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int,
-                        ledger_id: str, password: str, ip: str, notifier) -> None:
-    """Delete a whole ledger after the netdisk password is given again; ends its shares, keeps a record."""
+async def delete_backup(sessions: async_sessionmaker[AsyncSession], settings: Settings, notifier, member_id: int,
+                        ledger_id: str, year: int | None, password: str, ip: str) -> None:
+    """Delete a whole ledger (`year` None: its shares end too) or one year of it, after the netdisk password
+    is given again; releases the quota and leaves a deletion record (who, when, what, from which IP)."""
+    # Imported here: share.service builds on this module.
+    from eacct.share.service import end_shares_of_ledger
+
     async with unit_of_work(sessions) as session:
         await ledger_for_backup(session, member_id, ledger_id)
     await verify_password(sessions, settings, member_id, password)
     async with unit_of_work(sessions) as session:
         await store.lock_owner(session, member_id)
         ledger = await ledger_for_backup(session, member_id, ledger_id)
-        version_ids = list(await session.scalars(select(Version.id).where(Version.ledger_id == ledger_id)))
-        await store.release_versions(session, member_id, version_ids)
-        session.add(Deletion(member_id=member_id, ledger_id=ledger_id, ledger_name=ledger.name, year=None,
-                             deleted_at=utcnow(), ip=ip))
-        from eacct.share.service import end_shares_of_ledger
-
-        await end_shares_of_ledger(session, notifier, ledger)
-        await session.delete(ledger)
-
-
-async def delete_year(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int,
-                      ledger_id: str, year: int, password: str, ip: str) -> None:
-    """Delete every version of one year after the netdisk password is given again; keeps a record."""
-    async with unit_of_work(sessions) as session:
-        await ledger_for_backup(session, member_id, ledger_id)
-    await verify_password(sessions, settings, member_id, password)
-    async with unit_of_work(sessions) as session:
-        await store.lock_owner(session, member_id)
-        ledger = await ledger_for_backup(session, member_id, ledger_id)
-        version_ids = list(await session.scalars(
-            select(Version.id).where(Version.ledger_id == ledger_id, Version.year == year)
-        ))
-        if not version_ids:
+        query = select(Version.id).where(Version.ledger_id == ledger_id)
+        if year is not None:
+            query = query.where(Version.year == year)
+        version_ids = list(await session.scalars(query))
+        if year is not None and not version_ids:
             raise errors.NotFound(f"该账套没有 {year} 年度的云备份")
         await store.release_versions(session, member_id, version_ids)
         session.add(Deletion(member_id=member_id, ledger_id=ledger_id, ledger_name=ledger.name, year=year,
                              deleted_at=utcnow(), ip=ip))
+        if year is None:
+            await end_shares_of_ledger(session, notifier, ledger)
+            await session.delete(ledger)
 
 
 async def deletions(session: AsyncSession, member_id: int) -> list[dict]:
