@@ -19,7 +19,8 @@
     ├── ChecksumMismatch           400 checksum_mismatch
     ├── BadRequest                 400 bad_request (missing headers, malformed body)
     ├── Invalid                    422 invalid (+ invalid_year, cannot_add_self)
-    └── TooManyAttempts            429 too_many_attempts (+ retry_after)
+    ├── TooManyAttempts            429 too_many_attempts (+ retry_after)
+    └── StorageUnavailable         503 storage_unavailable (the blob store failed; nothing was kept)
 
 Services raise these and never know about HTTP; `eacct.web` maps each class to its status once.
 """
@@ -45,6 +46,7 @@ __all__ = [
     "OwnerUsesBackup",
     "QuotaExceeded",
     "RecipientUsesShare",
+    "StorageUnavailable",
     "TooManyAttempts",
     "TooManyVersions",
     "Unauthenticated",
@@ -159,3 +161,8 @@ class Invalid(DomainError):
 class TooManyAttempts(DomainError):
     code = "too_many_attempts"
     message = "尝试次数过多，请稍后再试"
+
+
+class StorageUnavailable(DomainError):
+    code = "storage_unavailable"
+    message = "云存储暂时不可用，本次操作未保存任何数据，请稍后重试"

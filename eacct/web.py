@@ -45,6 +45,7 @@ STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.BadRequest: 400,
     errors.Invalid: 422,
     errors.TooManyAttempts: 429,
+    errors.StorageUnavailable: 503,
 }
 
 

@@ -2,7 +2,8 @@
 app on a free port, and a small HTTP client that speaks API.md the way the desktop program does.
 
 Set EACCT_TEST_DATABASE_URL=postgresql+asyncpg://… to run every database test on PostgreSQL; each run gets
-its own schema (dropped at the end) and each test starts from empty tables.
+its own schema (dropped at the end) and each test starts from empty tables. Set EACCT_TEST_STORAGE=oss to
+keep the blobs in the OSS backend (against a local OSS-protocol server) instead of a local folder.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from eacct.models import Base
 from eacct.netdisk.blobstore import LocalBlobStore
 
 POSTGRES_URL = os.environ.get("EACCT_TEST_DATABASE_URL", "")
+STORAGE = os.environ.get("EACCT_TEST_STORAGE", "local")
 
 
 def run(coro):
@@ -129,8 +131,24 @@ def sessions(engine):
 
 
 @pytest.fixture
-def blobs(tmp_path) -> LocalBlobStore:
-    return LocalBlobStore(tmp_path / "blobs")
+async def blobs(tmp_path):
+    """The blob store of the run: a local folder, or with EACCT_TEST_STORAGE=oss the OSS backend talking to a
+    local OSS-protocol server (tests/oss_server.py)."""
+    if STORAGE != "oss":
+        yield LocalBlobStore(tmp_path / "blobs")
+        return
+    from eacct.netdisk.blobstore_oss import OssBlobStore, RetryPolicy
+    from tests.oss_server import start_oss_server
+
+    _, server = await start_oss_server("LTAI5tTestKey", "test-secret", "eacct-test")
+    store = OssBlobStore.from_url(server.storage_url(region="cn-hangzhou", prefix="eacct/"), "LTAI5tTestKey",
+                                  "test-secret", retry=RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.01),
+                                  multipart_threshold=512 * 1024, part_size=256 * 1024)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await server.close()
 
 
 @pytest.fixture

@@ -76,3 +76,42 @@ def test_bad_configuration_is_reported(monkeypatch, capsys):
     monkeypatch.setenv("EACCT_PORT", "eighty")
     assert main(["migrate"]) == 2
     assert "EACCT_PORT must be a whole number" in capsys.readouterr().err
+
+
+def test_storage_check_on_the_local_folder(cli_env, capsys):
+    assert main(["storage", "check"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("ok") for line in lines)
+    assert {"write", "read", "delete"} <= {line.split()[1].rstrip(":") for line in lines}
+
+
+@pytest.fixture
+def oss_server_in_thread():
+    """The local OSS-protocol server on its own event loop, for commands that run their own loop."""
+    import asyncio
+    import threading
+
+    from tests.oss_server import start_oss_server
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    _, server = asyncio.run_coroutine_threadsafe(start_oss_server("LTAI5tCheck", "check-secret", "ops"), loop).result(10)
+    yield server
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_storage_check_on_oss_reports_each_step(cli_env, oss_server_in_thread, monkeypatch, capsys):
+    monkeypatch.setenv("EACCT_STORAGE_URL", oss_server_in_thread.storage_url(region="cn-hangzhou"))
+    monkeypatch.setenv("EACCT_OSS_ACCESS_KEY_ID", "LTAI5tCheck")
+    monkeypatch.setenv("EACCT_OSS_ACCESS_KEY_SECRET", "check-secret")
+    assert main(["storage", "check"]) == 0
+    assert all(line.startswith("ok") for line in capsys.readouterr().out.splitlines())
+    assert oss_server_in_thread.objects == {}  # the probe cleaned up after itself
+
+    monkeypatch.setenv("EACCT_OSS_ACCESS_KEY_SECRET", "wrong-secret")
+    assert main(["storage", "check"]) == 1
+    output = capsys.readouterr().out
+    assert "FAIL" in output and "wrong-secret" not in output

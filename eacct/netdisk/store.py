@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from eacct import errors
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
-from eacct.netdisk.blobstore import BlobNotFound, BlobStore
+from eacct.netdisk.blobstore import BlobNotFound, BlobStore, BlobStoreError
 from eacct.netdisk.chunker import ArchiveChunker
 from eacct.netdisk.models import Chunk, Netdisk, Pack, Version, VersionManifest
 
@@ -233,6 +233,9 @@ class _Upload:
         self.pending_packs.append((pack.pack_id, pack.blob_key))
         try:
             await self.blobs.put(pack.blob_key, pack.path)
+        except BlobStoreError as exc:
+            log.warning("pack %s could not be stored: %s", pack.pack_id, exc)
+            raise errors.StorageUnavailable() from exc
         finally:
             await asyncio.to_thread(pack.discard)
 
@@ -490,6 +493,9 @@ async def _read_window(sessions, blobs: BlobStore, owner_id: int, window) -> Asy
             data = await blobs.get(key, offset, length)
         except BlobNotFound as exc:
             raise errors.NotFound("该版本的数据已不完整") from exc
+        except BlobStoreError as exc:
+            log.warning("pack %s could not be read: %s", key, exc)
+            raise errors.StorageUnavailable("云存储暂时不可用，请稍后重新下载") from exc
         yield await asyncio.to_thread(_decode_run, decompressor, data, items)
 
 
