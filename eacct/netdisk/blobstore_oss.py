@@ -103,7 +103,7 @@ class OssBlobStore(BlobStore):
         workers: int = 8,
         timeout: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
-        multipart_threshold: int = 8 << 20,
+        multipart_threshold: int = 32 << 20,
         part_size: int = 4 << 20,
         part_concurrency: int = 4,
         list_page_size: int = 1000,

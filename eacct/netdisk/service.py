@@ -322,6 +322,9 @@ async def upload(
 
     async def on_commit(session: AsyncSession, version: Version) -> None:
         ledger = await authorize(session)
+        if ledger is None and not claim.ledger_name:
+            # The ledger existed when the upload began and was deleted while its bytes arrived.
+            raise errors.NotFound("云备份中没有这个账套（上传期间已被删除）")
         if ledger is None:
             ledger = Ledger(id=claim.ledger_id, owner_id=owner_id, name=claim.ledger_name)
             session.add(ledger)

@@ -21,10 +21,11 @@ import logging
 import os
 import struct
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import zstandard
 from sqlalchemy import delete, func, select, update
@@ -48,10 +49,16 @@ __all__ = [
 ]
 
 log = logging.getLogger("eacct.store")
+T = TypeVar("T")
 
 ENTRY = struct.Struct(">32sI")
+NEW_CHUNK = struct.Struct("<IQII")
+INSERT_BATCH = 2000
 LOOKUP_BATCH = 500
 WAITING_BYTES = 4 * 1024 * 1024
+PUTS_IN_FLIGHT = 2
+DOWNLOAD_BLOCKS_AHEAD = 2
+BODY_BLOCKS_AHEAD = 8
 READ_WINDOW = 512
 MAX_COALESCED_READ = 4 * 1024 * 1024
 ZSTD_LEVEL = 3
@@ -68,6 +75,42 @@ async def used_bytes(session: AsyncSession, owner_id: int) -> int:
 def iter_manifest(entries: bytes) -> Iterable[tuple[bytes, int]]:
     """(digest, raw size) of each chunk of a manifest, in file order."""
     return ENTRY.iter_unpack(entries)
+
+
+_END = object()
+
+
+async def read_ahead(source: AsyncIterator[T], depth: int) -> AsyncIterator[T]:
+    """Iterate `source` in a task of its own, up to `depth` items ahead of the consumer.
+
+    Lets I/O on one side (reading a request body, fetching packs) go on while the other side works.
+    Errors of the source reach the consumer in order; when the consumer stops early, the source is cancelled.
+    """
+    queue: asyncio.Queue = asyncio.Queue(maxsize=depth)
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                await queue.put(item)
+        except Exception as exc:  # handed to the consumer, which raises it where it reads
+            await queue.put(_Failed(exc))
+        else:
+            await queue.put(_END)
+
+    task = asyncio.create_task(pump())
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: Exception
 
 
 def _batched(items: list, size: int) -> Iterable[list]:
@@ -126,9 +169,8 @@ class _PackWriter:
         return offset
 
     def close(self) -> None:
+        # No fsync here: the blob store's `put` is what makes a pack durable (the local one fsyncs it).
         if self.handle is not None:
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
             self.handle.close()
             self.handle = None
 
@@ -154,13 +196,17 @@ class _Upload:
         self.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self.received = 0
         self.manifest = bytearray()
-        # Chunks this upload stored itself: digest → (pack id, offset, stored length, raw size).
-        self.new_chunks: dict[bytes, tuple[str, int, int, int]] = {}
+        # Chunks this upload stored itself: digest → NEW_CHUNK-packed (pack number, offset, stored length,
+        # raw size); packed because a 1 GB year has ~100k of them and tuples of ints cost three times as much.
+        self.new_chunks: dict[bytes, bytes] = {}
+        self.pack_ids: list[str] = []
         self.new_bytes = 0
         self.waiting: list[tuple[bytes, bytes]] = []
         self.waiting_bytes = 0
         self.pack = _PackWriter(blobs.spool_dir(), incoming.owner_id)
-        self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) put to the store, not committed
+        self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
+        # Full packs go to the blob store in the background while the body keeps streaming.
+        self.puts: set[asyncio.Task[None]] = set()
 
     def _cut(self, data: bytes, final: bool) -> list[tuple[bytes, bytes]]:
         if data:
@@ -184,6 +230,7 @@ class _Upload:
         self.waiting += await asyncio.to_thread(self._cut, b"", True)
         await self._place_waiting()
         await self._seal_pack()
+        await self._wait_for_puts(0)
         if self.received != self.incoming.size:
             raise errors.BadRequest("上传的数据不完整：收到的字节数与 Content-Length 不符")
         return self.hasher.hexdigest()
@@ -219,18 +266,24 @@ class _Upload:
         for digest, piece in chunks:
             frame = self.compressor.compress(piece)
             offset = self.pack.append(frame)
-            self.new_chunks[digest] = (self.pack.pack_id, offset, len(frame), len(piece))
+            self.new_chunks[digest] = NEW_CHUNK.pack(len(self.pack_ids), offset, len(frame), len(piece))
 
     async def _seal_pack(self) -> None:
-        """Make the current pack durable in the blob store, registered as pending first so gc can find it."""
+        """Send the current pack to the blob store in the background, registered as pending first so gc
+        can find it; at most `PUTS_IN_FLIGHT` packs travel at once."""
         pack = self.pack
         if pack.size == 0:
             return
+        self.pack_ids.append(pack.pack_id)
         self.pack = _PackWriter(self.blobs.spool_dir(), self.incoming.owner_id)
         await asyncio.to_thread(pack.close)
         async with unit_of_work(self.sessions) as session:
             session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=pack.size))
         self.pending_packs.append((pack.pack_id, pack.blob_key))
+        self.puts.add(asyncio.create_task(self._put(pack)))
+        await self._wait_for_puts(PUTS_IN_FLIGHT - 1)
+
+    async def _put(self, pack: _PackWriter) -> None:
         try:
             await self.blobs.put(pack.blob_key, pack.path)
         except BlobStoreError as exc:
@@ -239,8 +292,26 @@ class _Upload:
         finally:
             await asyncio.to_thread(pack.discard)
 
+    async def _wait_for_puts(self, allowed_in_flight: int) -> None:
+        """Wait until at most `allowed_in_flight` puts are still running; a failed put fails the upload."""
+        while len(self.puts) > allowed_in_flight:
+            done, _ = await asyncio.wait(self.puts, return_when=asyncio.FIRST_COMPLETED)
+            self.puts -= done
+            for task in done:
+                task.result()
+
+    def chunk_rows(self) -> Iterator[dict]:
+        """The `chunks` rows of what this upload stored, made as they are inserted."""
+        for digest, packed in self.new_chunks.items():
+            pack_number, offset, stored, raw = NEW_CHUNK.unpack(packed)
+            yield {"owner_id": self.incoming.owner_id, "digest": digest, "pack_id": self.pack_ids[pack_number],
+                   "offset": offset, "stored_length": stored, "raw_size": raw, "refs": 0}
+
     async def abandon(self) -> None:
         """Undo what a failed upload stored: its spool file, its pending packs and their rows."""
+        for task in self.puts:
+            task.cancel()
+        await asyncio.gather(*self.puts, return_exceptions=True)
         await asyncio.to_thread(self.pack.discard)
         for pack_id, blob_key in self.pending_packs:
             try:
@@ -340,7 +411,7 @@ async def receive_version(
     """Store an uploaded year as a new version; it becomes visible only when complete and verified."""
     upload = _Upload(sessions, blobs, settings, incoming, free_bytes)
     try:
-        async for data in body:
+        async for data in read_ahead(body, BODY_BLOCKS_AHEAD):
             await upload.feed(data)
         digest = await upload.finish()
         if digest != incoming.sha256:
@@ -351,12 +422,19 @@ async def receive_version(
         raise
 
 
-async def _upsert_chunks(session: AsyncSession, rows: list[dict]) -> None:
+async def _upsert_chunks(session: AsyncSession, rows: Iterable[dict]) -> None:
     dialect = session.bind.dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    for batch in _batched(rows, LOOKUP_BATCH):
-        # A concurrent upload of the same owner may have stored the same chunk first; its copy wins.
-        await session.execute(insert(Chunk).values(batch).on_conflict_do_nothing(index_elements=["owner_id", "digest"]))
+    # A concurrent upload of the same owner may have stored the same chunk first; its copy wins.
+    statement = insert(Chunk).on_conflict_do_nothing(index_elements=["owner_id", "digest"])
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == INSERT_BATCH:
+            await session.execute(statement, batch)  # executemany: compiled once, a bounded batch in memory
+            batch = []
+    if batch:
+        await session.execute(statement, batch)
 
 
 async def _commit(sessions, settings: Settings, upload: _Upload, on_commit: CommitHook) -> Version:
@@ -386,11 +464,7 @@ async def _commit(sessions, settings: Settings, upload: _Upload, on_commit: Comm
             await session.execute(
                 update(Pack).where(Pack.id.in_([pack_id for pack_id, _ in upload.pending_packs])).values(committed=True)
             )
-        await _upsert_chunks(session, [
-            {"owner_id": incoming.owner_id, "digest": digest, "pack_id": pack_id, "offset": offset,
-             "stored_length": stored, "raw_size": raw, "refs": 0}
-            for digest, (pack_id, offset, stored, raw) in upload.new_chunks.items()
-        ])
+        await _upsert_chunks(session, upload.chunk_rows())
         distinct = list({digest for digest, _ in iter_manifest(upload.manifest)})
         await _add_refs(session, incoming.owner_id, distinct, +1)
         await _prune(session, settings, incoming.ledger_id, incoming.year, incoming.owner_id)
@@ -437,10 +511,17 @@ async def release_versions(session: AsyncSession, owner_id: int, version_ids: li
 # -------------------------------------------------------------------------------------------- download
 
 
-async def read_version(
+def read_version(
     sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, version: Version, start: int = 0, end: int | None = None
 ) -> AsyncIterator[bytes]:
-    """Yield bytes `start`..`end` (exclusive) of a version, reading adjacent chunks of a pack in one request."""
+    """Yield bytes `start`..`end` (exclusive) of a version, reading adjacent chunks of a pack in one request;
+    the next blocks are fetched while the caller sends the current one."""
+    return read_ahead(_read_version(sessions, blobs, version, start, end), DOWNLOAD_BLOCKS_AHEAD)
+
+
+async def _read_version(
+    sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, version: Version, start: int, end: int | None
+) -> AsyncIterator[bytes]:
     end = version.size if end is None else end
     async with sessions() as session:
         entries = await session.scalar(select(VersionManifest.entries).where(VersionManifest.version_id == version.id))

@@ -143,7 +143,8 @@ async def test_gc_reclaims_a_dead_process_pending_packs_after_the_grace_period(s
         size=len(content), sha256=hashlib.sha256(content).hexdigest()), free_bytes=10**9)
     await upload.feed(content[: 2 * 1024 * 1024])
     await upload._place_waiting()
-    await upload._seal_pack()  # durable, registered as pending, never committed: then the process "dies"
+    await upload._seal_pack()
+    await upload._wait_for_puts(0)  # durable, registered as pending, never committed: then the process "dies"
     assert len([info async for info in blobs.list("packs/")]) >= 1
 
     report = await store.collect_garbage(sessions, blobs, settings)
@@ -186,14 +187,22 @@ async def test_upload_counting_on_a_chunk_gc_removed_is_refused_cleanly(sessions
     await put(sessions, blobs, settings, owner, ledger, 2018, shared)
     await put(sessions, blobs, settings, owner, ledger, 2018, os.urandom(10_000))  # prunes: `shared` unreferenced
     split = store.WAITING_BYTES + 1024 * 1024  # past the first lookup, which finds the unreferenced chunks
+    ledger_id = str(uuid.uuid4())
+    upload = store._Upload(sessions, blobs, settings, store.IncomingVersion(
+        owner_id=owner, ledger_id=ledger_id, year=2018, uploader_id=owner, via="backup", size=len(shared),
+        sha256=hashlib.sha256(shared).hexdigest()), free_bytes=10**9)
+    await upload.feed(shared[:split])
+    await store.collect_garbage(sessions, blobs, settings)
+    await upload.feed(shared[split:])
+    await upload.finish()
 
-    async def gc_strikes_midway():
-        yield shared[:split]
-        await store.collect_garbage(sessions, blobs, settings)
-        yield shared[split:]
+    async def create_ledger(session, version):
+        session.add(Ledger(id=ledger_id, owner_id=owner, name="L"))
+        await session.flush()
 
     with pytest.raises(errors.Conflict):
-        await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, shared, body=gc_strikes_midway())
+        await store._commit(sessions, settings, upload, create_ledger)
+    await upload.abandon()
     assert (await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, shared))["size"] == len(shared)
 
 
