@@ -61,7 +61,7 @@ DOWNLOAD_BLOCKS_AHEAD = 2
 BODY_BLOCKS_AHEAD = 8
 READ_WINDOW = 512
 MAX_COALESCED_READ = 4 * 1024 * 1024
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1
 
 
 async def used_bytes(session: AsyncSession, owner_id: int) -> int:
@@ -207,6 +207,7 @@ class _Upload:
         self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
         # Full packs go to the blob store in the background while the body keeps streaming.
         self.puts: set[asyncio.Task[None]] = set()
+        self.cutting: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
 
     def _cut(self, data: bytes, final: bool) -> list[tuple[bytes, bytes]]:
         if data:
@@ -217,20 +218,38 @@ class _Upload:
         return [(hashlib.sha256(piece).digest(), piece) for piece in pieces]
 
     async def feed(self, data: bytes) -> None:
+        """Take the next block of the body. Cutting and hashing it runs on a worker thread while the
+        previous block's chunks are looked up and spooled (cuts stay in order: one runs at a time)."""
         self.received += len(data)
         if self.received > self.incoming.size:
             raise errors.BadRequest("上传的数据比 Content-Length 声明的多")
-        cut = await asyncio.to_thread(self._cut, data, False)
+        previous = await self._cut_result()
+        self.cutting = asyncio.ensure_future(asyncio.to_thread(self._cut, data, False))
+        await self._take(previous)
+
+    async def _cut_result(self) -> list[tuple[bytes, bytes]]:
+        if self.cutting is None:
+            return []
+        cutting, self.cutting = self.cutting, None
+        return await cutting
+
+    async def _take(self, cut: list[tuple[bytes, bytes]]) -> None:
         self.waiting += cut
         self.waiting_bytes += sum(len(piece) for _, piece in cut)
         if len(self.waiting) >= LOOKUP_BATCH or self.waiting_bytes >= WAITING_BYTES:
             await self._place_waiting()
 
-    async def finish(self) -> str:
-        self.waiting += await asyncio.to_thread(self._cut, b"", True)
+    async def flush(self) -> None:
+        """Store everything received so far as pending packs (the stream may go on afterwards)."""
+        await self._take(await self._cut_result())
         await self._place_waiting()
         await self._seal_pack()
         await self._wait_for_puts(0)
+
+    async def finish(self) -> str:
+        await self._take(await self._cut_result())
+        self.waiting += await asyncio.to_thread(self._cut, b"", True)
+        await self.flush()
         if self.received != self.incoming.size:
             raise errors.BadRequest("上传的数据不完整：收到的字节数与 Content-Length 不符")
         return self.hasher.hexdigest()
@@ -311,7 +330,7 @@ class _Upload:
         """Undo what a failed upload stored: its spool file, its pending packs and their rows."""
         for task in self.puts:
             task.cancel()
-        await asyncio.gather(*self.puts, return_exceptions=True)
+        await asyncio.gather(*self.puts, *([self.cutting] if self.cutting else []), return_exceptions=True)
         await asyncio.to_thread(self.pack.discard)
         for pack_id, blob_key in self.pending_packs:
             try:

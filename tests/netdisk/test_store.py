@@ -142,9 +142,7 @@ async def test_gc_reclaims_a_dead_process_pending_packs_after_the_grace_period(s
         owner_id=owner, ledger_id=str(uuid.uuid4()), year=2018, uploader_id=owner, via="backup",
         size=len(content), sha256=hashlib.sha256(content).hexdigest()), free_bytes=10**9)
     await upload.feed(content[: 2 * 1024 * 1024])
-    await upload._place_waiting()
-    await upload._seal_pack()
-    await upload._wait_for_puts(0)  # durable, registered as pending, never committed: then the process "dies"
+    await upload.flush()  # durable, registered as pending, never committed: then the process "dies"
     assert len([info async for info in blobs.list("packs/")]) >= 1
 
     report = await store.collect_garbage(sessions, blobs, settings)
@@ -192,6 +190,7 @@ async def test_upload_counting_on_a_chunk_gc_removed_is_refused_cleanly(sessions
         owner_id=owner, ledger_id=ledger_id, year=2018, uploader_id=owner, via="backup", size=len(shared),
         sha256=hashlib.sha256(shared).hexdigest()), free_bytes=10**9)
     await upload.feed(shared[:split])
+    await upload.flush()
     await store.collect_garbage(sessions, blobs, settings)
     await upload.feed(shared[split:])
     await upload.finish()
