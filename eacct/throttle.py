@@ -2,7 +2,8 @@
 
 A guarded action (netdisk password, security answers, adding friends) has a key. Failures in a row are
 counted; from the threshold on, each failure locks the key for a period that doubles with every further
-failure (up to a cap). Success clears the count. Counters are written in their own short transaction,
+failure (up to a cap). Success clears the count; where a success is cheap to come by (adding friends), the
+count runs in a fixed window instead. Counters are written in their own short transaction,
 so that a refused request, whose own transaction rolls back, still leaves its failure counted.
 """
 
@@ -21,7 +22,7 @@ from eacct.db import unit_of_work, utcnow
 from eacct.formats import iso
 from eacct.netdisk.models import AttemptCounter
 
-__all__ = ["Policy", "check_not_locked", "clear", "count_in_window", "record_failure", "with_lockout"]
+__all__ = ["Policy", "check_not_locked", "clear", "record_failure", "with_lockout"]
 
 BEIJING = timezone(timedelta(hours=8))
 
@@ -95,30 +96,22 @@ async def _bump(session: AsyncSession, key: str, now: datetime, window: timedelt
     )
 
 
-async def record_failure(sessions: async_sessionmaker[AsyncSession], key: str, policy: Policy) -> datetime | None:
-    """Count one failure in its own transaction; return the lockout end if this failure set one."""
+async def record_failure(sessions: async_sessionmaker[AsyncSession], key: str, policy: Policy,
+                         window_seconds: int | None = None) -> datetime | None:
+    """Count one failure in its own transaction; return the lockout end if this failure set one.
+
+    With `window_seconds`, failures count within a fixed window that starts again once it has run out,
+    instead of in a row until a success clears them."""
     now = utcnow()
+    window = timedelta(seconds=window_seconds) if window_seconds is not None else None
     async with unit_of_work(sessions) as session:
-        failures = await _bump(session, key, now, None)
+        failures = await _bump(session, key, now, window)
         seconds = policy.lock_seconds(failures)
         if not seconds:
             return None
         until = now + timedelta(seconds=seconds)
         await session.execute(update(AttemptCounter).where(AttemptCounter.key == key).values(locked_until=until))
         return until
-
-
-async def count_in_window(
-    sessions: async_sessionmaker[AsyncSession], key: str, limit: int, window_seconds: int
-) -> None:
-    """Count one attempt (in its own transaction) in a fixed window; past `limit`, raise TooManyAttempts."""
-    now = utcnow()
-    window = timedelta(seconds=window_seconds)
-    async with unit_of_work(sessions) as session:
-        count = await _bump(session, key, now, window)
-        started = await session.scalar(select(AttemptCounter.window_started_at).where(AttemptCounter.key == key))
-    if count > limit:
-        raise _too_many(started + window, now)
 
 
 async def clear(session: AsyncSession, key: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator

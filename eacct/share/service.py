@@ -11,7 +11,8 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors, throttle
@@ -26,7 +27,7 @@ from eacct.netdisk.blobstore import BlobStore
 from eacct.netdisk.models import Ledger, Version
 from eacct.share.access import ledger_for_share
 from eacct.share.models import Friendship, Message, MessageRead, Share
-from eacct.share.notify import PERSONAL, SYSTEM, Notifier
+from eacct.share.notify import SYSTEM, Notifier
 
 __all__ = [
     "add_friend", "broadcast", "cancel_share", "cloud_shares", "create_shares", "end_shares_of_ledger",
@@ -50,6 +51,17 @@ def share_notice(since: date, nickname: str) -> str:
 # -------------------------------------------------------------------------------------------- friends
 
 
+async def _insert_once(session: AsyncSession, row: object) -> bool:
+    """Insert a row keyed by its primary key; False (and nothing changed) if a concurrent request inserted the
+    same key first. The savepoint keeps the surrounding transaction usable after the duplicate-key error."""
+    try:
+        async with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return False
+    return True
+
+
 def friend_view(member: Member, added_at: datetime) -> dict:
     """`Member` plus `added_at`."""
     return {**member_view(member), "added_at": iso(added_at)}
@@ -58,7 +70,10 @@ def friend_view(member: Member, added_at: datetime) -> dict:
 async def add_friend(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int, account: str,
                      nickname: str) -> tuple[dict, bool]:
     """Add a friend by account **and** nickname; any mismatch is the same `member_not_found`, and failed
-    attempts are throttled per member, so accounts cannot be probed. Returns (friend, newly added)."""
+    attempts are throttled per member, so accounts cannot be probed. Returns (friend, newly added).
+
+    Failures count within a fixed window and a success does not clear them: otherwise a prober could reset
+    the count between probes by adding (and removing) an account of their own."""
     key = f"add_friend:{member_id}"
     async with unit_of_work(sessions) as session:
         await throttle.check_not_locked(session, key)
@@ -71,13 +86,15 @@ async def add_friend(sessions: async_sessionmaker[AsyncSession], settings: Setti
             if existing is not None:
                 return friend_view(friend, existing.added_at), False
             friendship = Friendship(member_id=member_id, friend_id=friend.id, added_at=utcnow())
-            session.add(friendship)
-            await session.flush()
-            await throttle.clear(session, key)
+            if not await _insert_once(session, friendship):
+                # The same friend added by a concurrent request (a double click): adding twice is harmless.
+                existing = await session.scalar(select(Friendship).where(
+                    Friendship.member_id == member_id, Friendship.friend_id == friend.id))
+                return friend_view(friend, existing.added_at), False
             return friend_view(friend, friendship.added_at), True
     policy = throttle.Policy(settings.friend_attempts_per_window, settings.friend_attempt_window_seconds,
                              settings.friend_attempt_window_seconds)
-    until = await throttle.record_failure(sessions, key, policy)
+    until = await throttle.record_failure(sessions, key, policy, window_seconds=settings.friend_attempt_window_seconds)
     raise throttle.with_lockout(errors.MemberNotFound(), until)
 
 
@@ -94,16 +111,20 @@ async def list_friends(session: AsyncSession, member_id: int) -> list[dict]:
 
 async def remove_friend(session: AsyncSession, notifier: Notifier, member_id: int, friend_id: int) -> None:
     """Remove a friend; the shares I gave them end with it."""
+    await store.lock_owner_if_opened(session, member_id)  # first: two removals at once then find it in turn
     friendship = await session.get(Friendship, (member_id, friend_id))
     if friendship is None:
         raise errors.NotFound("该会员不在您的好友列表中")
-    await store.lock_owner_if_opened(session, member_id)
     shares = await session.scalars(
         select(Share).where(Share.owner_id == member_id, Share.recipient_id == friend_id, Share.cancelled_at.is_(None))
     )
     for share in shares:
         await _end_share(session, notifier, share)
-    await session.delete(friendship)
+    removed = await session.execute(
+        delete(Friendship).where(Friendship.member_id == member_id, Friendship.friend_id == friend_id)
+    )
+    if removed.rowcount != 1:  # removed meanwhile by a request that held no lock (a member without a netdisk)
+        raise errors.NotFound("该会员不在您的好友列表中")
 
 
 # --------------------------------------------------------------------------------------------- shares
@@ -298,7 +319,7 @@ async def mark_read(session: AsyncSession, member_id: int, message_id: int) -> N
     if message is None:
         raise errors.NotFound("没有这条消息")
     if await session.get(MessageRead, (message_id, member_id)) is None:
-        session.add(MessageRead(message_id=message_id, member_id=member_id, read_at=utcnow()))
+        await _insert_once(session, MessageRead(message_id=message_id, member_id=member_id, read_at=utcnow()))
 
 
 async def broadcast(session: AsyncSession, title: str, body: str) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from eacct import errors
-from eacct.db import unit_of_work, utcnow
+from eacct.db import unit_of_work
 from eacct.members.service import create_member
 from eacct.netdisk import service, store
 from eacct.netdisk.models import Chunk, Ledger, Pack, Version
