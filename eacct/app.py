@@ -47,6 +47,7 @@ def create_app(
     from eacct.netdisk.api import routes as netdisk_routes
     from eacct.share.api import routes as share_routes
     from eacct.share.notify import MessageCenterNotifier
+    from eacct.wechat.api import routes as wechat_routes
 
     app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
     app[SETTINGS] = settings
@@ -80,6 +81,7 @@ def create_app(
     app.add_routes(member_routes)
     app.add_routes(netdisk_routes)
     app.add_routes(share_routes)
+    app.add_routes(wechat_routes)
     return app
 
 

@@ -6,8 +6,9 @@ from eacct.netdisk.models import (
     AttemptCounter, Chunk, Deletion, Ledger, Netdisk, Pack, SecurityQuestion, Version, VersionManifest,
 )
 from eacct.share.models import Friendship, Message, MessageRead, Share
+from eacct.wechat.models import WechatDelivery
 
 __all__ = [
     "AccessToken", "AttemptCounter", "Base", "Chunk", "Deletion", "Friendship", "Ledger", "Member", "Message",
-    "MessageRead", "Netdisk", "Pack", "SecurityQuestion", "Share", "Version", "VersionManifest", "WechatBinding",
+    "MessageRead", "Netdisk", "Pack", "SecurityQuestion", "Share", "Version", "VersionManifest", "WechatBinding", "WechatDelivery",
 ]

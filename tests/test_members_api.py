@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from openapi_spec_validator import validate
+
 
 async def test_register_log_in_and_read_profile(desktop):
     member = await desktop("13564271675", "小王", netdisk=False)
@@ -83,5 +85,6 @@ async def test_healthz_and_openapi(http, base_url):
     async with http.get(base_url + "/api/v1/openapi.json") as response:
         document = await response.json()
     assert document["openapi"].startswith("3.")
+    validate(document)
     assert "/api/v1/backups/{ledger_id}/years/{year}/versions" in document["paths"]
     assert "NewMember" in document["components"]["schemas"]

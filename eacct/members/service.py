@@ -17,7 +17,7 @@ from eacct.netdisk.models import Netdisk
 from eacct.secrets import hash_secret, hash_token, new_token, verify_secret
 
 __all__ = [
-    "Caller", "authenticate", "create_member", "get_member", "profile", "issue_token", "log_in", "member_view", "rename", "revoke_token",
+    "Caller", "authenticate", "check_credentials", "create_member", "get_member", "profile", "issue_token", "log_in", "member_view", "rename", "revoke_token",
 ]
 
 
@@ -78,11 +78,19 @@ async def issue_token(session: AsyncSession, member_id: int, kind: str, ttl_seco
     return token, expires_at
 
 
-async def log_in(session: AsyncSession, settings: Settings, account: str, password: str) -> tuple[str, datetime, Member]:
-    """Check account and password and open a session (401 bad_credentials, the same for either mistake)."""
+async def check_credentials(session: AsyncSession, settings: Settings, account: str, password: str) -> Member | None:
+    """The member with this account and password, or None; a wrong account costs as long as a wrong password."""
     member = await session.scalar(select(Member).where(Member.account == account))
     stored = member.password_hash if member is not None else await _dummy_hash(settings)
     if not await verify_secret(settings, stored, password) or member is None:
+        return None
+    return member
+
+
+async def log_in(session: AsyncSession, settings: Settings, account: str, password: str) -> tuple[str, datetime, Member]:
+    """Check account and password and open a session (401 bad_credentials, the same for either mistake)."""
+    member = await check_credentials(session, settings, account, password)
+    if member is None:
         raise errors.BadCredentials()
     token, expires_at = await issue_token(session, member.id, TokenKind.SESSION, settings.session_ttl_seconds)
     return token, expires_at, member
