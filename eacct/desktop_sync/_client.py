@@ -6,9 +6,10 @@ transport is aiohttp; `MockTransport` answers from a function, for tests of code
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 
 from eacct.desktop_sync._exceptions import ChecksumError, TransportError, error_for
+from eacct.netdisk import delta as delta_format
 
 __all__ = ["AiohttpTransport", "EacctClient", "MockTransport", "Request", "Response", "Transport"]
 
@@ -25,13 +27,14 @@ BLOCK = 1 << 20
 
 @dataclass
 class Request:
-    """One HTTP request: `body` is JSON-able (`json`) or a file to stream (`upload_path`)."""
+    """One HTTP request: a JSON body (`json`), or `body_size` bytes streamed from `body` (called once)."""
 
     method: str
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     json: Any = None
-    upload_path: Path | None = None
+    body: Callable[[], Iterator[bytes]] | None = None
+    body_size: int = 0
 
 
 @dataclass
@@ -70,9 +73,9 @@ class AiohttpTransport:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         data = None
         headers = dict(request.headers)
-        if request.upload_path is not None:
-            headers["Content-Length"] = str(request.upload_path.stat().st_size)
-            data = _file_blocks(request.upload_path)
+        if request.body is not None:
+            headers["Content-Length"] = str(request.body_size)
+            data = _async_blocks(request.body())
         try:
             async with self._session.request(request.method, request.url, headers=headers, json=request.json,
                                              data=data) as answer:
@@ -85,10 +88,17 @@ class AiohttpTransport:
             await self._session.close()
 
 
-async def _file_blocks(path: Path) -> AsyncIterator[bytes]:
+def file_blocks(path: Path) -> Iterator[bytes]:
+    """A file in blocks."""
     with open(path, "rb") as handle:
         while block := handle.read(BLOCK):
             yield block
+
+
+async def _async_blocks(blocks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    # Disk reads are short next to the network send; reading on a thread keeps the loop free anyway.
+    while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+        yield block
 
 
 class MockTransport:
@@ -176,17 +186,35 @@ class EacctClient:
         """我的云共享: sharers → ledgers → years → versions."""
         return (await self._json("GET", "/cloud-shares", netdisk=True))["sharers"]
 
+    async def missing_chunks(self, side: str, ledger_id: str, year: int, digests: list[str]) -> set[str]:
+        """Which chunk digests (hex) the cloud lacks for this ledger's owner."""
+        missing: set[str] = set()
+        for start in range(0, len(digests), 100_000):
+            answer = await self._json("POST", f"/{side}/{ledger_id}/years/{year}/chunks/missing", netdisk=True,
+                                      body={"chunks": digests[start : start + 100_000]})
+            missing.update(answer["missing"])
+        return missing
+
     async def upload(self, side: str, ledger_id: str, year: int, archive: Path, sha256: str, *, remark: str = "",
-                     ledger_name: str | None = None, if_match: str | None = None) -> dict:
-        """Upload a year archive on `side` ("backups" or "cloud-shares"); returns the new Version."""
+                     ledger_name: str | None = None, if_match: str | None = None,
+                     delta: tuple[list[tuple[bytes, int]], set[bytes]] | None = None) -> dict:
+        """Upload a year archive on `side` ("backups" or "cloud-shares"); returns the new Version. With
+        `delta` = (manifest, chunks to send) only those chunks travel (eacct.netdisk.delta)."""
         headers = {**self._headers(True), "Content-Type": "application/octet-stream", "X-Content-SHA256": sha256,
                    "X-Remark": quote(remark, safe=""), "X-Client-Version": quote(self.client_version, safe="")}
         if ledger_name:
             headers["X-Ledger-Name"] = quote(ledger_name, safe="")
         if if_match:
             headers["If-Match"] = f'"{if_match}"'
-        request = Request("POST", f"{self.base_url}/{side}/{ledger_id}/years/{year}/versions", headers,
-                          upload_path=archive)
+        url = f"{self.base_url}/{side}/{ledger_id}/years/{year}/versions"
+        if delta is None:
+            request = Request("POST", url, headers, body=lambda: file_blocks(archive), body_size=archive.stat().st_size)
+        else:
+            manifest, send = delta
+            headers["Content-Type"] = delta_format.MEDIA_TYPE
+            headers["X-Archive-Size"] = str(archive.stat().st_size)
+            request = Request("POST", url, headers, body=lambda: delta_format.delta_blocks(archive, manifest, send),
+                              body_size=delta_format.delta_size(manifest, send))
 
         async def receive(response: Response) -> Any:
             data = await response.json()

@@ -8,13 +8,16 @@ server, and when the server names the other path it follows it and says so in th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from eacct.desktop_sync._client import EacctClient
-from eacct.desktop_sync._exceptions import LedgerNotFound, NotFoundError, WrongPath
+from eacct.desktop_sync._exceptions import ConflictError, LedgerNotFound, NotFoundError, WrongPath
 from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, sha256_of
+from eacct.netdisk import delta as delta_format
+from eacct.netdisk.chunker import iter_file_chunks
 
 __all__ = ["BACKUP", "REMINDER", "SHARE", "DesktopSync", "Transfer"]
 
@@ -90,8 +93,21 @@ class DesktopSync:
         return Transfer(side, version, reminder)
 
     async def _upload(self, side, ledger: LocalLedger, year, archive, sha256, remark, based_on) -> dict:
+        """Send only the chunks the cloud lacks when that is smaller (a re-upload after a day's work sends the
+        changed pages); the whole archive otherwise, or when the cloud lost a chunk meanwhile."""
+        name = ledger.name if side == BACKUP else None
+        manifest = await asyncio.to_thread(lambda: [(hashlib.sha256(c).digest(), len(c)) for c in iter_file_chunks(archive)])
+        missing = await self.client.missing_chunks(side, ledger.ledger_id, year, [d.hex() for d, _ in manifest])
+        send = {digest for digest, _ in manifest if digest.hex() in missing}
+        if delta_format.delta_size(manifest, send) < archive.stat().st_size:
+            try:
+                return await self.client.upload(side, ledger.ledger_id, year, archive, sha256, remark=remark,
+                                                ledger_name=name, if_match=based_on, delta=(manifest, send))
+            except ConflictError as exc:
+                if exc.code != "missing_chunks":
+                    raise
         return await self.client.upload(side, ledger.ledger_id, year, archive, sha256, remark=remark,
-                                        ledger_name=ledger.name if side == BACKUP else None, if_match=based_on)
+                                        ledger_name=name, if_match=based_on)
 
     async def download_year(self, ledger_id: str, year: int, version: str = "latest", *, overwrite: bool = False) -> Transfer:
         """下载: one year at a time. Without `overwrite` (覆盖本地账套) an existing local year is never replaced,

@@ -11,10 +11,11 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
+from eacct.netdisk import delta as delta_format
 from eacct.netdisk import service, store
 from eacct.netdisk.models import Version
 from eacct.netdisk.schemas import (
-    DeletionsOut, LedgerOut, LedgerRename, LedgersOut, NetdiskOut, OpenNetdisk, PasswordChange, QuestionsOut, Reset,
+    ChunkQuery, MissingChunks, DeletionsOut, LedgerOut, LedgerRename, LedgersOut, NetdiskOut, OpenNetdisk, PasswordChange, QuestionsOut, Reset,
     Unlock, UnlockOut, VersionOut, YearOut,
 )
 from eacct.openapi import endpoint
@@ -55,9 +56,16 @@ def year_of(request: web.Request) -> int:
 
 
 def upload_claim(request: web.Request) -> service.UploadClaim:
-    """Read and check an upload's headers (API.md "Uploading a version")."""
+    """Read and check an upload's headers (API.md "Uploading a version"; a delta upload adds X-Archive-Size)."""
     if request.content_length is None:
         raise errors.BadRequest("上传需要 Content-Length", code="length_required")
+    delta = request.content_type == delta_format.MEDIA_TYPE
+    size = request.content_length
+    if delta:
+        raw = request.headers.get("X-Archive-Size", "")
+        if not raw.isdigit() or len(raw) > 15:
+            raise errors.Invalid("增量上传需要 X-Archive-Size（整个年度数据的字节数）")
+        size = int(raw)
     sha = request.headers.get("X-Content-SHA256", "")
     if not SHA256_HEX.match(sha):
         raise errors.Invalid("需要 X-Content-SHA256（64 位十六进制 SHA-256）")
@@ -70,7 +78,9 @@ def upload_claim(request: web.Request) -> service.UploadClaim:
     return service.UploadClaim(
         ledger_id=ledger_id_of(request),
         year=year_of(request),
-        size=request.content_length,
+        size=size,
+        delta=delta,
+        body_size=request.content_length,
         sha256=sha.lower(),
         remark=header_text(request, "X-Remark", max_length=200) or "",
         ledger_name=header_text(request, "X-Ledger-Name", max_length=100) or None,
@@ -333,3 +343,14 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
         return await service.backup_version(session, caller.member_id, ledger_id, year, version.public_id)
 
     return await send_version(request, version, still_allowed)
+
+
+@routes.post("/api/v1/backups/{ledger_id}/years/{year}/chunks/missing")
+@endpoint(body=ChunkQuery, answer=MissingChunks, auth="netdisk", summary="增量上传前：云端缺少哪些数据块")
+async def backup_missing_chunks(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    ledger_id, _ = ledger_id_of(request), year_of(request)
+    body = await read_body(request, ChunkQuery)
+    async with transaction(request) as session:
+        missing = await service.backup_missing_chunks(session, caller.member_id, ledger_id, body.chunks)
+    return json_response({"missing": missing})

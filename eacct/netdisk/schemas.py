@@ -103,3 +103,14 @@ class LedgersOut(BaseModel):
 class YearOut(BaseModel):
     year: int
     versions: list[VersionOut]
+
+
+ChunkDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ChunkQuery(Strict):
+    chunks: Annotated[list[ChunkDigest], Field(max_length=200_000)]
+
+
+class MissingChunks(BaseModel):
+    missing: list[str]

@@ -21,13 +21,13 @@ from eacct.members.service import issue_token, member_view
 from eacct.netdisk import store
 from eacct.netdisk.blobstore import BlobStore
 from eacct.formats import iso
-from eacct.netdisk.models import Deletion, Ledger, Netdisk, SecurityQuestion, Version
+from eacct.netdisk.models import Chunk, Deletion, Ledger, Netdisk, SecurityQuestion, Version
 from eacct.secrets import hash_secret, normalise_answer, verify_secret
 from eacct.share.access import ledger_for_backup
 
 __all__ = [
-    "UploadClaim", "backup_upload", "backup_version", "backup_year", "change_password", "clean_ledger_name",
-    "delete_backup", "deletions", "find_version", "get_ledger_view", "ledger_view", "list_ledgers", "netdisk_status",
+    "UploadClaim", "backup_missing_chunks", "backup_upload", "backup_version", "backup_year", "change_password", "clean_ledger_name",
+    "delete_backup", "deletions", "find_version", "get_ledger_view", "ledger_view", "list_ledgers", "missing_chunks", "netdisk_status",
     "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock", "upload", "verify_password",
     "version_view", "year_versions",
 ]
@@ -283,6 +283,9 @@ class UploadClaim:
     ledger_name: str | None = None
     client_version: str = ""
     if_match: str | None = None
+    # A delta upload (eacct.netdisk.delta): `size` is the whole year's, `body_size` what travels.
+    delta: bool = False
+    body_size: int | None = None
 
 
 async def upload(
@@ -310,7 +313,7 @@ async def upload(
     incoming = store.IncomingVersion(
         owner_id=owner_id, ledger_id=claim.ledger_id, year=claim.year, uploader_id=uploader_id, via=via,
         size=claim.size, sha256=claim.sha256, remark=claim.remark, client_version=claim.client_version,
-        if_match=claim.if_match,
+        if_match=claim.if_match, delta=claim.delta, body_size=claim.body_size,
     )
     async with unit_of_work(sessions) as session:
         ledger = await authorize(session)
@@ -338,6 +341,24 @@ async def upload(
     async with sessions() as session:
         uploader = await session.get(Member, uploader_id)
     return version_view(version, uploader)
+
+
+async def missing_chunks(session: AsyncSession, owner_id: int, digests: list[str]) -> list[str]:
+    """Which of these chunk digests (hex) the owner's store lacks, in the order asked."""
+    wanted = [bytes.fromhex(digest) for digest in dict.fromkeys(digests)]
+    have: set[bytes] = set()
+    for start in range(0, len(wanted), 500):
+        batch = wanted[start : start + 500]
+        have.update(await session.scalars(
+            select(Chunk.digest).where(Chunk.owner_id == owner_id, Chunk.refs > 0, Chunk.digest.in_(batch))
+        ))
+    return [digest.hex() for digest in wanted if digest not in have]
+
+
+async def backup_missing_chunks(session: AsyncSession, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
+    """Before a delta 上传云备份: the chunks the owner's store lacks."""
+    await ledger_for_backup(session, member_id, ledger_id, may_be_new=True)
+    return await missing_chunks(session, member_id, digests)
 
 
 async def find_version(session: AsyncSession, ledger_id: str, year: int, version_ref: str) -> Version:

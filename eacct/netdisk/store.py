@@ -36,6 +36,7 @@ from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.netdisk.blobstore import BlobNotFound, BlobStore, BlobStoreError
 from eacct.netdisk.chunker import ArchiveChunker
+from eacct.netdisk.delta import read_delta
 from eacct.netdisk.models import Chunk, Netdisk, Pack, Version, VersionManifest
 
 __all__ = [
@@ -134,11 +135,24 @@ class IncomingVersion:
     remark: str = ""
     client_version: str = ""
     if_match: str | None = None
+    # A delta upload's body holds the manifest and only the chunks the server lacks (eacct.netdisk.delta);
+    # `size` is then the whole year's size and `body_size` the body's.
+    delta: bool = False
+    body_size: int | None = None
+
+    @property
+    def body_bytes(self) -> int:
+        return self.size if self.body_size is None else self.body_size
 
 
 # Called inside the commit transaction, with the owner locked: re-checks that the uploader may still write
 # (a share cancelled meanwhile), creates the ledger on a first upload, and may add rows (a notification).
 CommitHook = Callable[[AsyncSession, Version], Awaitable[None]]
+
+
+def pack_blob_key(owner_id: int, pack_id: str) -> str:
+    """Where a pack lives in the blob store: a new key for every pack, never overwritten."""
+    return f"packs/{owner_id}/{pack_id[:2]}/{pack_id}"
 
 
 @dataclass
@@ -157,7 +171,7 @@ class _PackWriter:
 
     @property
     def blob_key(self) -> str:
-        return f"packs/{self.owner_id}/{self.pack_id[:2]}/{self.pack_id}"
+        return pack_blob_key(self.owner_id, self.pack_id)
 
     def append(self, frame: bytes) -> int:
         if self.handle is None:
@@ -200,41 +214,50 @@ class _Upload:
         self.new_chunks: dict[bytes, bytes] = {}
         self.pack_ids: list[str] = []
         self.new_bytes = 0
-        self.waiting: list[tuple[bytes, bytes]] = []
+        # (digest, bytes, raw size) in file order; bytes is None for a chunk a delta upload did not send.
+        self.waiting: list[tuple[bytes, bytes | None, int]] = []
         self.waiting_bytes = 0
         self.pack = _PackWriter(blobs.spool_dir(), incoming.owner_id)
         self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
         # Full packs go to the blob store in the background while the body keeps streaming.
         self.puts: set[asyncio.Task[None]] = set()
-        self.cutting: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
+        self.cutting: asyncio.Future[list[tuple[bytes, bytes, int]]] | None = None
 
-    def _cut(self, data: bytes, final: bool) -> list[tuple[bytes, bytes]]:
+    def _cut(self, data: bytes, final: bool) -> list[tuple[bytes, bytes, int]]:
         if data:
             self.hasher.update(data)
         pieces = self.chunker.feed(data) if data else []
         if final:
             pieces += self.chunker.finish()
-        return [(hashlib.sha256(piece).digest(), piece) for piece in pieces]
+        return [(hashlib.sha256(piece).digest(), piece, len(piece)) for piece in pieces]
 
     async def feed(self, data: bytes) -> None:
         """Take the next block of the body. Cutting and hashing it runs on a worker thread while the
         previous block's chunks are looked up and spooled (cuts stay in order: one runs at a time)."""
-        self.received += len(data)
-        if self.received > self.incoming.size:
-            raise errors.BadRequest("上传的数据比 Content-Length 声明的多")
+        self._count(len(data))
         previous = await self._cut_result()
         self.cutting = asyncio.ensure_future(asyncio.to_thread(self._cut, data, False))
         await self._take(previous)
 
-    async def _cut_result(self) -> list[tuple[bytes, bytes]]:
+    def _count(self, size: int) -> None:
+        self.received += size
+        if self.received > self.incoming.body_bytes:
+            raise errors.BadRequest("上传的数据比 Content-Length 声明的多")
+
+    async def feed_delta(self, entries: list[tuple[bytes, bytes | None, int]], body_bytes: int) -> None:
+        """Take the next entries of a delta upload, already cut (and verified) by the client's chunker."""
+        self._count(body_bytes)
+        await self._take(entries)
+
+    async def _cut_result(self) -> list[tuple[bytes, bytes, int]]:
         if self.cutting is None:
             return []
         cutting, self.cutting = self.cutting, None
         return await cutting
 
-    async def _take(self, cut: list[tuple[bytes, bytes]]) -> None:
+    async def _take(self, cut: list[tuple[bytes, bytes | None, int]]) -> None:
         self.waiting += cut
-        self.waiting_bytes += sum(len(piece) for _, piece in cut)
+        self.waiting_bytes += sum(len(piece) for _, piece, _ in cut if piece is not None)
         if len(self.waiting) >= LOOKUP_BATCH or self.waiting_bytes >= WAITING_BYTES:
             await self._place_waiting()
 
@@ -246,19 +269,39 @@ class _Upload:
         await self._wait_for_puts(0)
 
     async def finish(self) -> str:
-        await self._take(await self._cut_result())
-        self.waiting += await asyncio.to_thread(self._cut, b"", True)
+        """Store the rest; return the whole year's sha256 (a delta upload's is read back from the store)."""
+        if not self.incoming.delta:
+            await self._take(await self._cut_result())
+            self.waiting += await asyncio.to_thread(self._cut, b"", True)
         await self.flush()
-        if self.received != self.incoming.size:
+        if self.received != self.incoming.body_bytes:
             raise errors.BadRequest("上传的数据不完整：收到的字节数与 Content-Length 不符")
-        return self.hasher.hexdigest()
+        if not self.incoming.delta:
+            return self.hasher.hexdigest()
+        # The client sent only what was new: the year as the store will give it back is what is checked.
+        digest = hashlib.sha256()
+        size = 0
+        async for block in _read_entries(self.sessions, self.blobs, self.incoming.owner_id, bytes(self.manifest),
+                                         0, None, self._new_location):
+            size += len(block)
+            await asyncio.to_thread(digest.update, block)
+        if size != self.incoming.size:
+            raise errors.BadRequest("清单中的数据块大小之和与 X-Archive-Size 不符")
+        return digest.hexdigest()
+
+    def _new_location(self, digest: bytes) -> tuple[str, int, int] | None:
+        packed = self.new_chunks.get(digest)
+        if packed is None:
+            return None
+        pack_number, offset, stored, _ = NEW_CHUNK.unpack(packed)
+        return pack_blob_key(self.incoming.owner_id, self.pack_ids[pack_number]), offset, stored
 
     async def _place_waiting(self) -> None:
         """Record the waiting chunks in the manifest; compress and spool those the owner doesn't have yet."""
         batch, self.waiting, self.waiting_bytes = self.waiting, [], 0
         if not batch:
             return
-        unknown = {digest for digest, _ in batch if digest not in self.new_chunks}
+        unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks}
         if unknown:
             async with self.sessions() as session:
                 rows = await session.scalars(
@@ -266,11 +309,18 @@ class _Upload:
                 )
                 unknown.difference_update(rows)
         to_store = []
-        for digest, piece in batch:
-            self.manifest += ENTRY.pack(digest, len(piece))
+        missing = []
+        for digest, piece, size in batch:
+            self.manifest += ENTRY.pack(digest, size)
             if digest in unknown:
                 unknown.discard(digest)
-                to_store.append((digest, piece))
+                if piece is None:
+                    missing.append(digest.hex())
+                else:
+                    to_store.append((digest, piece))
+        if missing:
+            raise errors.Conflict("云端缺少部分数据块，请重新上传（将发送完整数据）", code="missing_chunks",
+                                  missing=missing[:1000])
         if not to_store:
             return
         self.new_bytes += sum(len(piece) for _, piece in to_store)
@@ -395,8 +445,11 @@ async def check_before_upload(session: AsyncSession, settings: Settings, incomin
     await _check_version_cap(session, settings, incoming)
     free = netdisk.quota_bytes - await used_bytes(session, incoming.owner_id)
     reusable = latest.size if latest is not None else 0
-    if incoming.size - reusable > free:
-        raise _quota_exceeded(incoming.size - reusable, free)
+    # New bytes are at most the body (a delta body carries only new chunks) and at most what the kept
+    # version cannot share.
+    needed = min(incoming.size - reusable, incoming.body_bytes)
+    if needed > free:
+        raise _quota_exceeded(needed, free)
     return free
 
 
@@ -429,8 +482,12 @@ async def receive_version(
     """Store an uploaded year as a new version; it becomes visible only when complete and verified."""
     upload = _Upload(sessions, blobs, settings, incoming, free_bytes)
     try:
-        async for data in read_ahead(body, BODY_BLOCKS_AHEAD):
-            await upload.feed(data)
+        if incoming.delta:
+            async for entries, body_bytes in read_ahead(read_delta(body), BODY_BLOCKS_AHEAD):
+                await upload.feed_delta(entries, body_bytes)
+        else:
+            async for data in read_ahead(body, BODY_BLOCKS_AHEAD):
+                await upload.feed(data)
         digest = await upload.finish()
         if digest != incoming.sha256:
             raise errors.ChecksumMismatch(received_sha256=digest)
@@ -540,11 +597,21 @@ def read_version(
 async def _read_version(
     sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, version: Version, start: int, end: int | None
 ) -> AsyncIterator[bytes]:
-    end = version.size if end is None else end
     async with sessions() as session:
         entries = await session.scalar(select(VersionManifest.entries).where(VersionManifest.version_id == version.id))
     if entries is None:
         raise errors.NotFound("该版本已不存在")
+    async for block in _read_entries(sessions, blobs, version.owner_id, entries, start, end):
+        yield block
+
+
+Locator = Callable[[bytes], "tuple[str, int, int] | None"]
+
+
+async def _read_entries(sessions, blobs: BlobStore, owner_id: int, entries: bytes, start: int, end: int | None,
+                        local: Locator | None = None) -> AsyncIterator[bytes]:
+    """Bytes `start`..`end` of the file a manifest describes; `local` places chunks not (yet) in the index."""
+    end = sum(size for _, size in iter_manifest(entries)) if end is None else end
     position = 0
     window: list[tuple[bytes, int, int, int]] = []  # digest, raw size, skip, take
     for digest, raw_size in iter_manifest(entries):
@@ -557,25 +624,30 @@ async def _read_version(
         take = min(end, position) - chunk_start - skip
         window.append((digest, raw_size, skip, take))
         if len(window) >= READ_WINDOW:
-            async for block in _read_window(sessions, blobs, version.owner_id, window):
+            async for block in _read_window(sessions, blobs, owner_id, window, local):
                 yield block
             window = []
     if window:
-        async for block in _read_window(sessions, blobs, version.owner_id, window):
+        async for block in _read_window(sessions, blobs, owner_id, window, local):
             yield block
 
 
-async def _read_window(sessions, blobs: BlobStore, owner_id: int, window) -> AsyncIterator[bytes]:
+async def _read_window(sessions, blobs: BlobStore, owner_id: int, window, local: Locator | None) -> AsyncIterator[bytes]:
     digests = list({digest for digest, *_ in window})
-    async with sessions() as session:
-        rows = (
-            await session.execute(
-                select(Chunk.digest, Pack.blob_key, Chunk.offset, Chunk.stored_length)
-                .join(Pack, Pack.id == Chunk.pack_id)
-                .where(Chunk.owner_id == owner_id, Chunk.digest.in_(digests))
-            )
-        ).all()
-    where = {digest: (key, offset, length) for digest, key, offset, length in rows}
+    where = {}
+    if local is not None:
+        where = {digest: place for digest in digests if (place := local(digest)) is not None}
+    indexed = [digest for digest in digests if digest not in where]
+    if indexed:
+        async with sessions() as session:
+            rows = (
+                await session.execute(
+                    select(Chunk.digest, Pack.blob_key, Chunk.offset, Chunk.stored_length)
+                    .join(Pack, Pack.id == Chunk.pack_id)
+                    .where(Chunk.owner_id == owner_id, Chunk.digest.in_(indexed))
+                )
+            ).all()
+        where.update({digest: (key, offset, length) for digest, key, offset, length in rows})
     if len(where) != len(digests):
         raise errors.NotFound("该版本的数据已不完整")
     # Runs of chunks stored back to back in one pack are fetched with a single ranged read.

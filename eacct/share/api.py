@@ -11,7 +11,7 @@ from eacct import errors
 from eacct.netdisk.api import (
     body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
 )
-from eacct.netdisk.schemas import VersionOut
+from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
 from eacct.openapi import endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
@@ -130,6 +130,17 @@ async def upload_shared(request: web.Request) -> web.Response:
     version = await service.share_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], app[NOTIFIER], caller.member_id,
                                          claim, body_blocks(request), on_accepted=continue_sender(request))
     return json_response(version, status=201)
+
+
+@routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/chunks/missing")
+@endpoint(body=ChunkQuery, answer=MissingChunks, auth="netdisk", summary="增量上传云共享前：云端缺少哪些数据块")
+async def shared_missing_chunks(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    ledger_id, _ = ledger_id_of(request), year_of(request)
+    body = await read_body(request, ChunkQuery)
+    async with transaction(request) as session:
+        missing = await service.share_missing_chunks(session, caller.member_id, ledger_id, body.chunks)
+    return json_response({"missing": missing})
 
 
 # ------------------------------------------------------------------------------------------ messages

@@ -31,7 +31,7 @@ from eacct.share.notify import SYSTEM, Notifier
 
 __all__ = [
     "add_friend", "broadcast", "cancel_share", "cloud_shares", "create_shares", "end_shares_of_ledger",
-    "list_friends", "list_messages", "list_shares", "mark_read", "remove_friend", "share_notice", "share_upload",
+    "list_friends", "list_messages", "list_shares", "mark_read", "remove_friend", "share_missing_chunks", "share_notice", "share_upload",
     "share_version",
 ]
 
@@ -252,6 +252,12 @@ async def share_version(session: AsyncSession, member_id: int, ledger_id: str, y
     """A version of a ledger shared with me, to download one year at a time."""
     await ledger_for_share(session, member_id, ledger_id)
     return await netdisk.find_version(session, ledger_id, year, version_ref)
+
+
+async def share_missing_chunks(session: AsyncSession, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
+    """Before a delta 上传云共享: the chunks the owner's store lacks."""
+    ledger, _ = await ledger_for_share(session, member_id, ledger_id)
+    return await netdisk.missing_chunks(session, ledger.owner_id, digests)
 
 
 async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,

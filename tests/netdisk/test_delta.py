@@ -1,0 +1,140 @@
+"""Delta uploads: the manifest plus only the chunks the server lacks (eacct.netdisk.delta)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from eacct.netdisk.chunker import chunk_bytes
+from eacct.netdisk.delta import COUNT, ENTRY, MAGIC, MEDIA_TYPE, delta_blocks, delta_size
+from tests.conftest import new_ledger_id, sha
+from tests.netdisk.ledgers import edit_rows, make_ledger_db, tar_year
+
+
+def manifest_of(content: bytes) -> list[tuple[bytes, int]]:
+    return [(hashlib.sha256(piece).digest(), len(piece)) for piece in chunk_bytes(content)]
+
+
+async def send_delta(member, ledger, year, content: bytes, body: bytes, *, sha256: str | None = None,
+                     archive_size: int | None = None, side: str = "backups"):
+    return await member.call("POST", f"/{side}/{ledger}/years/{year}/versions", netdisk=True, data=body, headers={
+        "Content-Type": MEDIA_TYPE, "X-Content-SHA256": sha256 or sha(content),
+        "X-Archive-Size": str(len(content) if archive_size is None else archive_size)})
+
+
+@pytest.fixture
+async def two_days(desktop, tmp_path):
+    """A member whose 2018 backup holds day one; day two is the same ledger after a day of bookkeeping."""
+    member = await desktop("delta01", "小王")
+    db = make_ledger_db(tmp_path / "data.db", rows=30_000)
+    day1 = tar_year({"data.db": db})
+    ledger = new_ledger_id()
+    status, first, _ = await member.upload("backups", ledger, 2018, day1, name="L")
+    assert status == 201
+    edit_rows(db, list(range(50, 30_000, 997)))
+    day2 = tar_year({"data.db": db})
+    archive = tmp_path / "day2.tar"
+    archive.write_bytes(day2)
+    return member, ledger, first, day2, archive
+
+
+async def ask_missing(member, ledger, manifest, side="backups") -> set[bytes]:
+    status, body, _ = await member.call("POST", f"/{side}/{ledger}/years/2018/chunks/missing", netdisk=True,
+                                        json={"chunks": [digest.hex() for digest, _ in manifest]})
+    assert status == 200, body
+    return {bytes.fromhex(digest) for digest in body["missing"]}
+
+
+async def test_a_day_of_bookkeeping_travels_as_its_changed_pages(two_days):
+    member, ledger, first, day2, archive = two_days
+    manifest = manifest_of(day2)
+    missing = await ask_missing(member, ledger, manifest)
+    body = b"".join(delta_blocks(archive, manifest, missing))
+    # ~30 scattered entries of a 2 MB ledger: their page groups and the manifest, not the year.
+    assert len(body) == delta_size(manifest, missing) < len(day2) // 4
+    _, before, _ = await member.call("GET", "/netdisk")
+    status, version, _ = await send_delta(member, ledger, 2018, day2, body)
+    assert status == 201, version
+    assert version["size"] == len(day2) and version["sha256"] == sha(day2)
+    assert (await member.download("backups", ledger, 2018))[1] == day2
+    _, after, _ = await member.call("GET", "/netdisk")
+    assert after["used_bytes"] - before["used_bytes"] == sum(size for d, size in set(manifest) if d in missing)
+
+
+async def test_a_delta_naming_a_chunk_the_server_lacks_is_409_missing_chunks(two_days):
+    member, ledger, first, day2, archive = two_days
+    manifest = manifest_of(day2)
+    body = b"".join(delta_blocks(archive, manifest, set()))  # claims the server has everything
+    status, error, _ = await send_delta(member, ledger, 2018, day2, body)
+    assert status == 409 and error["error"]["code"] == "missing_chunks" and error["error"]["missing"]
+    _, year, _ = await member.call("GET", f"/backups/{ledger}/years/2018", netdisk=True)
+    assert [v["version_id"] for v in year["versions"]] == [first["version_id"]]
+
+
+async def test_a_delta_whose_year_checksum_is_wrong_keeps_nothing(two_days):
+    member, ledger, first, day2, archive = two_days
+    manifest = manifest_of(day2)
+    body = b"".join(delta_blocks(archive, manifest, await ask_missing(member, ledger, manifest)))
+    _, before, _ = await member.call("GET", "/netdisk")
+    status, error, _ = await send_delta(member, ledger, 2018, day2, body, sha256="0" * 64)
+    assert status == 400 and error["error"]["code"] == "checksum_mismatch"
+    _, after, _ = await member.call("GET", "/netdisk")
+    assert after["used_bytes"] == before["used_bytes"]
+
+
+async def test_a_delta_chunk_that_does_not_match_its_digest_is_refused(two_days):
+    member, ledger, first, day2, archive = two_days
+    manifest = manifest_of(day2)
+    missing = await ask_missing(member, ledger, manifest)
+    body = bytearray(b"".join(delta_blocks(archive, manifest, missing)))
+    body[-1] ^= 0xFF
+    status, error, _ = await send_delta(member, ledger, 2018, day2, bytes(body))
+    assert status == 400 and error["error"]["code"] == "checksum_mismatch"
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated", "trailing", "archive_size", "huge_count"])
+async def test_malformed_deltas_are_4xx_and_keep_nothing(two_days, damage):
+    member, ledger, first, day2, archive = two_days
+    manifest = manifest_of(day2)
+    body = b"".join(delta_blocks(archive, manifest, await ask_missing(member, ledger, manifest)))
+    archive_size = None
+    if damage == "magic":
+        body = b"NOT-A-DELTA!!!" + body[len(MAGIC):]
+    elif damage == "truncated":
+        body = body[:-10]
+    elif damage == "trailing":
+        body = body + b"extra"
+    elif damage == "archive_size":
+        archive_size = len(day2) + 1
+    elif damage == "huge_count":
+        body = MAGIC + COUNT.pack(2**32 - 1) + body[len(MAGIC) + COUNT.size:]
+    status, error, _ = await send_delta(member, ledger, 2018, day2, body, archive_size=archive_size)
+    assert 400 <= status < 500 and error["error"]["code"] in ("bad_request", "checksum_mismatch"), (damage, error)
+    _, year, _ = await member.call("GET", f"/backups/{ledger}/years/2018", netdisk=True)
+    assert len(year["versions"]) == 1
+
+
+async def test_delta_upload_needs_the_archive_size(two_days):
+    member, ledger, first, day2, archive = two_days
+    status, error, _ = await member.call("POST", f"/backups/{ledger}/years/2018/versions", netdisk=True, data=b"x",
+                                         headers={"Content-Type": MEDIA_TYPE, "X-Content-SHA256": sha(day2)})
+    assert status == 422
+
+
+async def test_missing_chunk_query_follows_the_access_rule(two_days, desktop):
+    member, ledger, first, day2, archive = two_days
+    stranger = await desktop("delta02", "陌生人")
+    status, error, _ = await stranger.call("POST", f"/backups/{ledger}/years/2018/chunks/missing", netdisk=True,
+                                           json={"chunks": ["0" * 64]})
+    assert status == 404
+    status, error, _ = await member.call("POST", f"/cloud-shares/{ledger}/years/2018/chunks/missing", netdisk=True,
+                                         json={"chunks": ["0" * 64]})
+    assert status == 403 and error["error"]["code"] == "owner_uses_backup"
+    status, error, _ = await member.call("POST", f"/backups/{ledger}/years/2018/chunks/missing", netdisk=True,
+                                         json={"chunks": ["not-hex"]})
+    assert status == 422
+
+
+def test_entry_layout_is_fixed():
+    assert ENTRY.size == 37 and COUNT.size == 4 and MAGIC == b"EACCT-DELTA/1\n"
