@@ -196,10 +196,9 @@ class EacctClient:
         return missing
 
     async def upload(self, side: str, ledger_id: str, year: int, archive: Path, sha256: str, *, remark: str = "",
-                     ledger_name: str | None = None, if_match: str | None = None,
-                     delta: tuple[list[tuple[bytes, int]], set[bytes]] | None = None) -> dict:
+                     ledger_name: str | None = None, if_match: str | None = None, delta: Path | None = None) -> dict:
         """Upload a year archive on `side` ("backups" or "cloud-shares"); returns the new Version. With
-        `delta` = (manifest, chunks to send) only those chunks travel (eacct.netdisk.delta)."""
+        `delta`, the body is that delta file (eacct.netdisk.delta) instead of the archive."""
         headers = {**self._headers(True), "Content-Type": "application/octet-stream", "X-Content-SHA256": sha256,
                    "X-Remark": quote(remark, safe=""), "X-Client-Version": quote(self.client_version, safe="")}
         if ledger_name:
@@ -210,11 +209,9 @@ class EacctClient:
         if delta is None:
             request = Request("POST", url, headers, body=lambda: file_blocks(archive), body_size=archive.stat().st_size)
         else:
-            manifest, send = delta
             headers["Content-Type"] = delta_format.MEDIA_TYPE
             headers["X-Archive-Size"] = str(archive.stat().st_size)
-            request = Request("POST", url, headers, body=lambda: delta_format.delta_blocks(archive, manifest, send),
-                              body_size=delta_format.delta_size(manifest, send))
+            request = Request("POST", url, headers, body=lambda: file_blocks(delta), body_size=delta.stat().st_size)
 
         async def receive(response: Response) -> Any:
             data = await response.json()

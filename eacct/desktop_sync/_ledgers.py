@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import tarfile
 import tempfile
 import uuid
@@ -26,6 +27,7 @@ from eacct.desktop_sync._exceptions import LedgerNotFound, LocalCopyExists, Unsa
 __all__ = ["LedgerFolder", "LocalLedger", "pack_year", "sha256_of"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+MANIFEST_ENTRY = struct.Struct(">32sI")
 READ_BLOCK = 1 << 20
 
 
@@ -139,6 +141,31 @@ class LedgerFolder:
         staged = directory / f".ledger.json.{uuid.uuid4().hex}"
         staged.write_text(json.dumps(ledger.to_json(), ensure_ascii=False, indent=2), encoding="utf-8")
         os.replace(staged, directory / "ledger.json")
+
+    def _manifest_path(self, ledger_id: str, year: int) -> Path:
+        return self.ledger_dir(ledger_id) / ".eacct" / f"{int(year)}.manifest"
+
+    def save_manifest(self, ledger_id: str, year: int, version_id: str, manifest: list[tuple[bytes, int]]) -> None:
+        """Remember the chunk list of the cloud version a local year now matches (the next delta's base)."""
+        path = self._manifest_path(ledger_id, year)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        with open(staged, "wb") as handle:
+            handle.write(version_id.encode() + b"\n")
+            for digest, size in manifest:
+                handle.write(MANIFEST_ENTRY.pack(digest, size))
+        os.replace(staged, path)
+
+    def load_manifest(self, ledger_id: str, year: int, version_id: str) -> list[tuple[bytes, int]] | None:
+        """The remembered chunk list of `version_id`, or None when another version's (or none) is kept."""
+        path = self._manifest_path(ledger_id, year)
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        head, _, entries = data.partition(b"\n")
+        if head.decode(errors="replace") != version_id or len(entries) % MANIFEST_ENTRY.size:
+            return None
+        return list(MANIFEST_ENTRY.iter_unpack(entries))
 
     def year_dir(self, ledger_id: str, year: int) -> Path:
         return self.ledger_dir(ledger_id) / str(int(year))

@@ -19,11 +19,16 @@ from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, sha256_of
 from eacct.netdisk import delta as delta_format
 from eacct.netdisk.chunker import iter_file_chunks
 
-__all__ = ["BACKUP", "REMINDER", "SHARE", "DesktopSync", "Transfer"]
+__all__ = ["BACKUP", "REMINDER", "SHARE", "DesktopSync", "Transfer", "manifest_of"]
 
 BACKUP = "backups"
 SHARE = "cloud-shares"
 REMINDER = "温馨提示：共享人操作云备份，受共享人操作云共享。"
+
+
+def manifest_of(archive: Path) -> list[tuple[bytes, int]]:
+    """The chunk list of an archive, cut exactly as the server cuts it."""
+    return [(hashlib.sha256(chunk).digest(), len(chunk)) for chunk in iter_file_chunks(archive)]
 
 
 @dataclass(frozen=True)
@@ -78,13 +83,15 @@ class DesktopSync:
             archive = Path(scratch) / f"{year}.tar"
             await asyncio.to_thread(self.folder.pack, ledger_id, year, archive)
             sha256 = await asyncio.to_thread(sha256_of, archive)
+            manifest = await asyncio.to_thread(manifest_of, archive)
             reminder = ""
             try:
-                version = await self._upload(side, ledger, year, archive, sha256, remark, based_on)
+                version = await self._upload(side, ledger, year, archive, sha256, remark, based_on, manifest)
             except WrongPath:
                 side = SHARE if side == BACKUP else BACKUP
                 reminder = REMINDER
-                version = await self._upload(side, ledger, year, archive, sha256, remark, based_on)
+                version = await self._upload(side, ledger, year, archive, sha256, remark, based_on, manifest)
+        self.folder.save_manifest(ledger_id, year, version["version_id"], manifest)
         me = await self.me()
         ledger.years[str(year)] = {"version_id": version["version_id"], "sha256": sha256}
         if ledger.owner_id is None:
@@ -92,17 +99,22 @@ class DesktopSync:
         self.folder.save(ledger)
         return Transfer(side, version, reminder)
 
-    async def _upload(self, side, ledger: LocalLedger, year, archive, sha256, remark, based_on) -> dict:
-        """Send only the chunks the cloud lacks when that is smaller (a re-upload after a day's work sends the
-        changed pages); the whole archive otherwise, or when the cloud lost a chunk meanwhile."""
+    async def _upload(self, side, ledger: LocalLedger, year, archive, sha256, remark, based_on,
+                      manifest: list[tuple[bytes, int]]) -> dict:
+        """Send the year as edits to the version this copy came from, with only the chunks the cloud lacks,
+        when that is smaller (after a day's work: the changed pages); the whole archive otherwise, or when the
+        cloud lost a chunk meanwhile."""
         name = ledger.name if side == BACKUP else None
-        manifest = await asyncio.to_thread(lambda: [(hashlib.sha256(c).digest(), len(c)) for c in iter_file_chunks(archive)])
-        missing = await self.client.missing_chunks(side, ledger.ledger_id, year, [d.hex() for d, _ in manifest])
-        send = {digest for digest, _ in manifest if digest.hex() in missing}
-        if delta_format.delta_size(manifest, send) < archive.stat().st_size:
+        base = self.folder.load_manifest(ledger.ledger_id, year, based_on) if based_on else None
+        known = set(base or [])
+        candidates = list(dict.fromkeys(d.hex() for d, size in manifest if (d, size) not in known))
+        missing = await self.client.missing_chunks(side, ledger.ledger_id, year, candidates) if candidates else set()
+        ops = delta_format.plan(manifest, base, {bytes.fromhex(d) for d in missing})
+        delta = archive.with_name(archive.name + ".delta")
+        if await asyncio.to_thread(delta_format.write_delta, archive, manifest, ops, delta) < archive.stat().st_size:
             try:
                 return await self.client.upload(side, ledger.ledger_id, year, archive, sha256, remark=remark,
-                                                ledger_name=name, if_match=based_on, delta=(manifest, send))
+                                                ledger_name=name, if_match=based_on, delta=delta)
             except ConflictError as exc:
                 if exc.code != "missing_chunks":
                     raise
@@ -129,6 +141,7 @@ class DesktopSync:
                 side, reminder = (SHARE if side == BACKUP else BACKUP), REMINDER
                 got = await self.client.download(side, ledger_id, year, version, archive)
             await asyncio.to_thread(self.folder.install, ledger_id, year, archive, overwrite)
+            self.folder.save_manifest(ledger_id, year, got["version_id"], await asyncio.to_thread(manifest_of, archive))
         if ledger is None:
             name = (listed or {}).get("name", "")
             owner = (listed or {}).get("owner", {}).get("id") if side == SHARE else (await self.me())["id"]

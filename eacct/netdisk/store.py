@@ -483,7 +483,10 @@ async def receive_version(
     upload = _Upload(sessions, blobs, settings, incoming, free_bytes)
     try:
         if incoming.delta:
-            async for entries, body_bytes in read_ahead(read_delta(body), BODY_BLOCKS_AHEAD):
+            async def base() -> bytes:
+                return await _base_manifest(sessions, incoming)
+
+            async for entries, body_bytes in read_ahead(read_delta(body, base), BODY_BLOCKS_AHEAD):
                 await upload.feed_delta(entries, body_bytes)
         else:
             async for data in read_ahead(body, BODY_BLOCKS_AHEAD):
@@ -495,6 +498,22 @@ async def receive_version(
     except BaseException:
         await asyncio.shield(upload.abandon())
         raise
+
+
+async def _base_manifest(sessions: async_sessionmaker[AsyncSession], incoming: IncomingVersion) -> bytes:
+    """The chunk list of the version a delta upload builds on (its If-Match)."""
+    if incoming.if_match is None:
+        raise errors.BadRequest("增量上传引用基准版本时需要 If-Match")
+    async with sessions() as session:
+        entries = await session.scalar(
+            select(VersionManifest.entries)
+            .join(Version, Version.id == VersionManifest.version_id)
+            .where(Version.public_id == incoming.if_match, Version.ledger_id == incoming.ledger_id,
+                   Version.year == incoming.year)
+        )
+    if entries is None:
+        raise errors.VersionConflict("增量上传的基准版本已不存在，请先下载最新版本再上传")
+    return entries
 
 
 async def _upsert_chunks(session: AsyncSession, rows: Iterable[dict]) -> None:
