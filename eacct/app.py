@@ -22,6 +22,8 @@ log = logging.getLogger("eacct")
 
 ENGINE = web.AppKey("engine", AsyncEngine)
 JSON_BODY_LIMIT = 1024 * 1024
+# How long shutdown waits for WeChat template messages still on their way.
+SHUTDOWN_WAIT_SECONDS = 5.0
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -48,10 +50,13 @@ def create_app(
     from eacct.share.api import routes as share_routes
     from eacct.share.notify import MessageCenterNotifier
     from eacct.wechat.api import routes as wechat_routes
+    from eacct.wechat.notify import WechatTemplateNotifier
 
     app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
     app[SETTINGS] = settings
-    app[NOTIFIER] = MessageCenterNotifier()
+    # Personal messages go to the message center, and as WeChat template messages when WeChat is configured.
+    wechat_templates = WechatTemplateNotifier(settings) if WechatTemplateNotifier.configured(settings) else None
+    app[NOTIFIER] = MessageCenterNotifier(extra_channels=[wechat_templates] if wechat_templates else [])
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_engine = engine is None
@@ -67,6 +72,8 @@ def create_app(
         if collect_garbage_on_start:
             gc_task = asyncio.create_task(_collect_garbage(app))
         yield
+        if wechat_templates is not None:
+            await wechat_templates.close(timeout=SHUTDOWN_WAIT_SECONDS)
         if gc_task is not None:
             gc_task.cancel()
             await asyncio.gather(gc_task, return_exceptions=True)

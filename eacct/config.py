@@ -50,6 +50,9 @@ class Settings:
     wechat_token: str = field(default="", repr=False)
     wechat_aes_key: str = field(default="", repr=False)
     wechat_api_base: str = "https://api.weixin.qq.com"
+    # Template of the WeChat template messages (模板消息) that tell bound members their personal messages;
+    # the channel is on only with appid, secret and this set.
+    wechat_template_id: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

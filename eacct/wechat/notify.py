@@ -1,0 +1,195 @@
+"""WeChat template messages (模板消息): bound members also get their personal messages on the phone (rule 18).
+
+A second channel of `eacct.share.notify.MessageCenterNotifier`, so share code does not change. Inside the
+event's transaction `personal` only looks up the member's binding and registers the message with
+`eacct.db.after_commit`: a rolled-back event sends nothing, and WeChat's speed never holds a lock. After the
+commit the send runs as a background task (the HTTP answer does not wait for it) on a small dedicated thread
+pool with wechatpy's synchronous client; at most `workers` sends run at once and at most `max_pending` wait,
+further ones are dropped with a warning (the message center has the message anyway). Failures are logged
+without the secret or the access token and never reach the request.
+
+Template fields (a 业务通知-style template with these keys; WeChat ignores keys a template does not have):
+`first` = the message title, `keyword1` = the message body, `keyword2` = when it happened (Beijing time,
+YYYY-MM-DD HH:MM), `remark` = "详情请在 e会计【消息中心】查看".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta, timezone
+
+import requests
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from wechatpy import WeChatClient
+from wechatpy.constants import WeChatErrorCode
+from wechatpy.exceptions import WeChatClientException
+
+from eacct.config import Settings
+from eacct.db import after_commit, utcnow
+from eacct.members.models import WechatBinding
+
+__all__ = ["REMARK", "WechatTemplateNotifier", "template_data"]
+
+log = logging.getLogger("eacct.wechat.notify")
+
+REMARK = "详情请在 e会计【消息中心】查看"
+BEIJING = timezone(timedelta(hours=8))
+# WeChat's answers to a token it no longer accepts: fetch a new one and try once more.
+TOKEN_REFUSED = {WeChatErrorCode.INVALID_CREDENTIAL, WeChatErrorCode.INVALID_ACCESS_TOKEN,
+                 WeChatErrorCode.EXPIRED_ACCESS_TOKEN}
+_SECRET_PARAMS = re.compile(r"(secret|access_token)=[^&\s'\"]+")
+
+
+def template_data(title: str, body: str, when=None) -> dict:
+    """The `data` of a template message for one personal message."""
+    when = (when or utcnow()).astimezone(BEIJING)
+    return {
+        "first": {"value": title},
+        "keyword1": {"value": body},
+        "keyword2": {"value": when.strftime("%Y-%m-%d %H:%M")},
+        "remark": {"value": REMARK},
+    }
+
+
+class _TimeoutSession(requests.Session):
+    """A requests session with a default timeout: wechatpy fetches the access token without one."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.default_timeout = timeout
+
+    def request(self, method, url, **kwargs):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.default_timeout
+        return super().request(method, url, **kwargs)
+
+
+class _Client(WeChatClient):
+    """wechatpy's client against `api_base` (its token fetch ignores API_BASE_URL, so it is redone here), with
+    timeouts, and one token fetch at a time between the pool's threads. The token is cached in wechatpy's
+    MemoryStorage: enough for one process (several processes each keep their own token; WeChat accepts the
+    old token for five minutes after a new one is issued)."""
+
+    def __init__(self, appid: str, secret: str, api_base: str, timeout: float) -> None:
+        super().__init__(appid, secret, timeout=timeout, auto_retry=False)
+        self.API_BASE_URL = api_base.rstrip("/") + "/cgi-bin/"
+        self._http = _TimeoutSession(timeout)
+        self._token_lock = threading.RLock()
+
+    def fetch_access_token(self):
+        with self._token_lock:
+            return self._fetch_access_token(
+                url=self.API_BASE_URL + "token",
+                params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
+            )
+
+    @property
+    def access_token(self):
+        with self._token_lock:
+            return super().access_token
+
+
+class WechatTemplateNotifier:
+    """The WeChat channel of personal messages: a template message to the member's bound WeChat, if any."""
+
+    def __init__(self, settings: Settings, *, workers: int = 2, max_pending: int = 1000,
+                 timeout: float = 10.0) -> None:
+        if not self.configured(settings):
+            raise ValueError("WeChat template messages need the appid, the secret and the template id")
+        self.template_id = settings.wechat_template_id
+        self.max_pending = max_pending
+        self._secret = settings.wechat_secret
+        self._client = _Client(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base, timeout)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eacct-wechat")
+        self._slots = asyncio.Semaphore(workers)
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+
+    @staticmethod
+    def configured(settings: Settings) -> bool:
+        """Whether settings turn this channel on."""
+        return bool(settings.wechat_appid and settings.wechat_secret and settings.wechat_template_id)
+
+    async def personal(self, session: AsyncSession, member_id: int, title: str, body: str) -> None:
+        openid = await session.scalar(select(WechatBinding.openid).where(WechatBinding.member_id == member_id))
+        if openid is None:
+            return
+        data = template_data(title, body)
+        loop = asyncio.get_running_loop()
+        after_commit(session, lambda: self._start(loop, member_id, openid, data))
+
+    @property
+    def pending(self) -> int:
+        """Sends started and not finished (waiting for a slot or on their way)."""
+        return len(self._tasks)
+
+    def _start(self, loop: asyncio.AbstractEventLoop, member_id: int, openid: str, data: dict) -> None:
+        if self._closed:
+            log.warning("WeChat channel closed; template message to member %s not sent", member_id)
+            return
+        if len(self._tasks) >= self.max_pending:
+            log.warning("%s WeChat template messages waiting; message to member %s dropped", len(self._tasks),
+                        member_id)
+            return
+        task = loop.create_task(self._send(member_id, openid, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, member_id: int, openid: str, data: dict) -> None:
+        try:
+            async with self._slots:
+                await asyncio.get_running_loop().run_in_executor(self._pool, self._send_now, openid, data)
+        except asyncio.CancelledError:
+            log.warning("template message to member %s abandoned at shutdown", member_id)
+            raise
+        except Exception as exc:
+            log.warning("template message to member %s failed: %s", member_id, self._describe(exc))
+        else:
+            log.info("template message sent to member %s", member_id)
+
+    def _send_now(self, openid: str, data: dict) -> None:
+        """In a pool thread: send, fetching a new access token once if WeChat refuses the cached one."""
+        try:
+            self._client.message.send_template(openid, self.template_id, data)
+        except WeChatClientException as exc:
+            if exc.errcode not in TOKEN_REFUSED:
+                raise
+            self._client.fetch_access_token()
+            self._client.message.send_template(openid, self.template_id, data)
+
+    def _describe(self, exc: Exception) -> str:
+        """What went wrong, for the log: WeChat's errcode and errmsg, or the error with secrets masked (request
+        errors quote the URL, and the token URL carries the secret). Never a traceback: chained exceptions
+        would quote it too."""
+        if isinstance(exc, WeChatClientException):
+            if exc.errcode is None and exc.response is not None:
+                text = f"HTTP {exc.response.status_code}"
+            else:
+                text = f"errcode {exc.errcode}: {exc.errmsg}"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        text = _SECRET_PARAMS.sub(r"\1=***", text)
+        return text.replace(self._secret, "***") if self._secret else text
+
+    async def drain(self) -> None:
+        """Wait until every send started so far (and any started meanwhile) has finished, sent or failed."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop taking sends; wait up to `timeout` seconds for those under way, then abandon the rest."""
+        self._closed = True
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+                log.warning("%s WeChat template messages not sent at shutdown", len(late))
+        # A thread still inside a request finishes within the client's timeout; nobody waits for it.
+        self._pool.shutdown(wait=False, cancel_futures=True)
