@@ -214,6 +214,11 @@ class OssBlobStore(BlobStore):
             return b""
         return await self._call("get", key, self._get_range_sync, full_key, offset, length)
 
+
+    async def get_many(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
+        # Ranged GETs side by side on the pool (each already a coalesced run of one pack).
+        return list(await asyncio.gather(*(self.get(key, offset, length) for key, offset, length in ranges)))
+
     async def stream(self, key: str, block_size: int = 1 << 20) -> AsyncIterator[bytes]:
         full_key = self._full_key(key)
         result = await self._call("get", key, self._bucket.get_object, full_key)

@@ -678,15 +678,26 @@ async def _read_window(sessions, blobs: BlobStore, owner_id: int, window, local:
         else:
             runs.append((key, offset, length, [(item, length)]))
     decompressor = zstandard.ZstdDecompressor()
-    for key, offset, length, items in runs:
+    batch: list[tuple[str, int, int, list]] = []
+    batch_bytes = 0
+    for index, run in enumerate(runs):
+        batch.append(run)
+        batch_bytes += run[2]
+        if batch_bytes < MAX_COALESCED_READ and index + 1 < len(runs):
+            continue
         try:
-            data = await blobs.get(key, offset, length)
+            datas = await blobs.get_many([(key, offset, length) for key, offset, length, _ in batch])
         except BlobNotFound as exc:
             raise errors.NotFound("该版本的数据已不完整") from exc
         except BlobStoreError as exc:
-            log.warning("pack %s could not be read: %s", key, exc)
+            log.warning("packs could not be read: %s", exc)
             raise errors.StorageUnavailable("云存储暂时不可用，请稍后重新下载") from exc
-        yield await asyncio.to_thread(_decode_run, decompressor, data, items)
+        yield await asyncio.to_thread(_decode_runs, decompressor, datas, [items for *_, items in batch])
+        batch, batch_bytes = [], 0
+
+
+def _decode_runs(decompressor: zstandard.ZstdDecompressor, datas: list[bytes], runs: list) -> bytes:
+    return b"".join(_decode_run(decompressor, data, items) for data, items in zip(datas, runs))
 
 
 def _decode_run(decompressor: zstandard.ZstdDecompressor, data: bytes, items) -> bytes:

@@ -90,6 +90,17 @@ async def test_ranged_gets(store: BlobStore, tmp_path: Path) -> None:
     assert await store.get("packs/r", 7, 0) == b""
 
 
+async def test_get_many_returns_each_range_in_order(store: BlobStore, tmp_path: Path) -> None:
+    first, second = os.urandom(5000), os.urandom(7000)
+    await put_bytes(store, tmp_path, "packs/m1", first)
+    await put_bytes(store, tmp_path, "packs/m2", second)
+    ranges = [("packs/m2", 10, 100), ("packs/m1", 0, 5000), ("packs/m2", 6990, 10), ("packs/m1", 42, 1)]
+    assert await store.get_many(ranges) == [second[10:110], first, second[6990:], first[42:43]]
+    assert await store.get_many([]) == []
+    with pytest.raises(BlobNotFound):
+        await store.get_many([("packs/m1", 0, 10), ("packs/absent", 0, 10)])
+
+
 async def test_stream_yields_the_whole_object_in_bounded_blocks(store: BlobStore, tmp_path: Path) -> None:
     data = os.urandom(200_000)
     await put_bytes(store, tmp_path, "packs/s", data)
