@@ -165,22 +165,25 @@ async def send_version(
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{version.size}"
     sessions = request.app[SESSIONS]
     blocks = store.read_version(sessions, request.app[BLOBS], version, start, end)
-    first = await anext(blocks, None)  # errors before the first byte still get a JSON answer
-    await response.prepare(request)
-    since_check = 0
-    while first is not None:
-        await response.write(first)
-        since_check += len(first)
-        if since_check >= RECHECK_EVERY_BYTES:
-            since_check = 0
-            async with sessions() as session:
-                try:
-                    await still_allowed(session)
-                except errors.DomainError:
-                    # Headers are gone; the only honest signal left is a cut connection.
-                    request.transport and request.transport.close()
-                    return response
-        first = await anext(blocks, None)
+    try:
+        first = await anext(blocks, None)  # errors before the first byte still get a JSON answer
+        await response.prepare(request)
+        since_check = 0
+        while first is not None:
+            await response.write(first)
+            since_check += len(first)
+            if since_check >= RECHECK_EVERY_BYTES:
+                since_check = 0
+                async with sessions() as session:
+                    try:
+                        await still_allowed(session)
+                    except errors.DomainError:
+                        # Headers are gone; the only honest signal left is a cut connection.
+                        request.transport and request.transport.close()
+                        return response
+            first = await anext(blocks, None)
+    finally:
+        await blocks.aclose()  # now, not whenever the generator is collected
     await response.write_eof()
     return response
 

@@ -59,6 +59,7 @@ WAITING_BYTES = 4 * 1024 * 1024
 PUTS_IN_FLIGHT = 2
 DOWNLOAD_BLOCKS_AHEAD = 2
 BODY_BLOCKS_AHEAD = 8
+STOP_GRACE_SECONDS = 10.0
 READ_WINDOW = 512
 MAX_COALESCED_READ = 4 * 1024 * 1024
 ZSTD_LEVEL = 1
@@ -84,18 +85,28 @@ async def read_ahead(source: AsyncIterator[T], depth: int) -> AsyncIterator[T]:
     """Iterate `source` in a task of its own, up to `depth` items ahead of the consumer.
 
     Lets I/O on one side (reading a request body, fetching packs) go on while the other side works.
-    Errors of the source reach the consumer in order; when the consumer stops early, the source is cancelled.
+    Errors of the source reach the consumer in order. When the consumer stops early, the source is asked to
+    stop after the step it is in and closed, not cancelled mid-step: a step may be a database transaction,
+    and one torn by a cancellation can leave SQLite's write lock behind. Only a source that does not stop
+    within `STOP_GRACE_SECONDS` is cancelled.
     """
     queue: asyncio.Queue = asyncio.Queue(maxsize=depth)
+    stop = asyncio.Event()
 
     async def pump() -> None:
         try:
             async for item in source:
+                if stop.is_set():
+                    return
                 await queue.put(item)
-        except Exception as exc:  # handed to the consumer, which raises it where it reads
-            await queue.put(_Failed(exc))
-        else:
             await queue.put(_END)
+        except Exception as exc:  # handed to the consumer, which raises it where it reads
+            if not stop.is_set():
+                await queue.put(_Failed(exc))
+        finally:
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()
 
     task = asyncio.create_task(pump())
     try:
@@ -104,8 +115,14 @@ async def read_ahead(source: AsyncIterator[T], depth: int) -> AsyncIterator[T]:
                 raise item.error
             yield item
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        stop.set()
+        while not queue.empty():  # a put the pump is waiting in goes through, and it sees the stop
+            queue.get_nowait()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
