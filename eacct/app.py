@@ -52,6 +52,7 @@ def create_app(
     from eacct.wechat.api import routes as wechat_routes
     from eacct.wechat.notify import WechatTemplateNotifier
 
+    settings.trusted_proxy_networks()  # a malformed EACCT_TRUSTED_PROXIES stops start-up, not a request
     app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
     app[SETTINGS] = settings
     # Personal messages go to the message center, and as WeChat template messages when WeChat is configured.

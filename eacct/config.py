@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""
+    # Load balancers / reverse proxies whose X-Forwarded-For is believed (comma-separated IPs or CIDRs).
+    trusted_proxies: str = ""
     netdisk_quota_bytes: int = 400 * 1024 * 1024
     # How many versions of one (ledger, year) are kept, and how many versions one member may hold in all.
     versions_kept_per_year: int = 10
@@ -72,6 +75,10 @@ class Settings:
             else:
                 values[name] = raw
         return replace(defaults, **values)
+
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """`trusted_proxies` parsed; a malformed entry raises ValueError."""
+        return [ipaddress.ip_network(part.strip(), strict=False) for part in self.trusted_proxies.split(",") if part.strip()]
 
     def with_overrides(self, **changes: object) -> "Settings":
         """A copy with some fields changed (tests, CLI flags)."""

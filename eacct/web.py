@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -153,8 +154,22 @@ async def require_netdisk(request: web.Request) -> Caller:
 
 
 def client_ip(request: web.Request) -> str:
-    """The caller's address as seen by this server."""
-    return request.remote or ""
+    """The caller's address: the peer, or behind trusted proxies (EACCT_TRUSTED_PROXIES) the last address in
+    X-Forwarded-For that none of them added; a forwarded header from anyone else is ignored."""
+    trusted = request.app[SETTINGS].trusted_proxy_networks()
+    address = request.remote or ""
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    while _in(address, trusted) and hops:
+        address = hops.pop()
+    return address[:64]
+
+
+def _in(address: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def header_text(request: web.Request, name: str, *, max_length: int) -> str | None:

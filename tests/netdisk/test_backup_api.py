@@ -314,3 +314,23 @@ async def test_unknown_version_and_year_are_404(desktop):
     assert (await owner.download("backups", ledger, 2019))[0] == 404
     assert (await owner.call("GET", f"/backups/{ledger}/years/2019", netdisk=True))[0] == 404
     assert (await owner.call("GET", f"/backups/{new_ledger_id()}", netdisk=True))[0] == 404
+
+
+@pytest.mark.parametrize("trusted, forwarded, recorded", [
+    ("", "203.0.113.9", "127.0.0.1"),  # nobody trusted: a forwarded header is not believed
+    ("127.0.0.1", "203.0.113.9", "203.0.113.9"),
+    ("127.0.0.0/8, 10.0.0.0/8", "198.51.100.7, 203.0.113.9, 10.1.2.3", "203.0.113.9"),
+])
+async def test_rule_17_deletion_record_ip_behind_trusted_proxies(make_server, settings, blobs, http, trusted,
+                                                                 forwarded, recorded):
+    from tests.conftest import Desktop
+
+    base_url = await make_server(settings.with_overrides(trusted_proxies=trusted), blobs)
+    owner = await (await Desktop(http, base_url, "proxy01", "小王").register()).open_netdisk()
+    ledger = new_ledger_id()
+    await owner.upload("backups", ledger, 2018, b"abc", name="L")
+    status, _, _ = await owner.call("DELETE", f"/backups/{ledger}", netdisk=True, headers={
+        "X-Netdisk-Password": owner.netdisk_password, "X-Forwarded-For": forwarded})
+    assert status == 204
+    _, records, _ = await owner.call("GET", "/netdisk/deletions")
+    assert records["deletions"][0]["ip"] == recorded
