@@ -88,3 +88,19 @@ async def test_healthz_and_openapi(http, base_url):
     validate(document)
     assert "/api/v1/backups/{ledger_id}/years/{year}/versions" in document["paths"]
     assert "NewMember" in document["components"]["schemas"]
+
+
+async def test_password_guessing_is_throttled_per_account_and_address(desktop):
+    member = await desktop("guess01", "小王", netdisk=False)
+    for attempt in range(10):
+        status, body, _ = await member.call("POST", "/sessions", json={"account": "guess01", "password": f"wrong-{attempt}"})
+        assert status == 401 and body["error"]["code"] == "bad_credentials"
+    assert "locked_until" in body["error"]
+    status, body, headers = await member.call("POST", "/sessions", json={"account": "guess01", "password": member.password})
+    assert status == 429 and int(headers["Retry-After"]) > 0
+    # Other accounts from the same address are not affected, and unknown accounts are throttled alike.
+    other = await desktop("guess02", "小李", netdisk=False)
+    assert (await other.call("POST", "/sessions", json={"account": "guess02", "password": other.password}))[0] == 201
+    for attempt in range(10):
+        assert (await other.call("POST", "/sessions", json={"account": "nobody-here", "password": "x"}))[0] == 401
+    assert (await other.call("POST", "/sessions", json={"account": "nobody-here", "password": "x"}))[0] == 429

@@ -6,7 +6,7 @@ from aiohttp import web
 from eacct.members import service
 from eacct.members.schemas import Credentials, Me, MemberOut, NewMember, NicknameChange, SessionOut
 from eacct.openapi import endpoint
-from eacct.web import SETTINGS, bearer_token, iso, json_response, read_body, require_member, transaction
+from eacct.web import SESSIONS, SETTINGS, bearer_token, client_ip, iso, json_response, read_body, require_member, transaction
 
 routes = web.RouteTableDef()
 
@@ -24,8 +24,8 @@ async def create_member(request: web.Request) -> web.Response:
 @endpoint(body=Credentials, answer=SessionOut, status=201, auth=False, summary="登录，取得会话令牌")
 async def create_session(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
-    async with transaction(request) as session:
-        token, expires_at, member = await service.log_in(session, request.app[SETTINGS], body.account, body.password)
+    token, expires_at, member = await service.log_in(request.app[SESSIONS], request.app[SETTINGS], body.account,
+                                                     body.password, client_ip(request))
     return json_response({"token": token, "expires_at": iso(expires_at), "member": service.member_view(member)}, 201)
 
 

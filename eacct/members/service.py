@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from eacct import errors
+from eacct import errors, throttle
 from eacct.config import Settings
-from eacct.db import utcnow
+from eacct.db import unit_of_work, utcnow
 from eacct.members.models import AccessToken, Member, TokenKind, WechatBinding
 from eacct.netdisk.models import Netdisk
 from eacct.secrets import hash_secret, hash_token, new_token, verify_secret
@@ -29,6 +29,8 @@ class Caller:
     member_id: int
     netdisk: bool
 
+
+LOGIN_FREE_FAILURES = 10
 
 _dummy_hashes: dict[tuple[int, int], str] = {}
 
@@ -87,13 +89,23 @@ async def check_credentials(session: AsyncSession, settings: Settings, account: 
     return member
 
 
-async def log_in(session: AsyncSession, settings: Settings, account: str, password: str) -> tuple[str, datetime, Member]:
-    """Check account and password and open a session (401 bad_credentials, the same for either mistake)."""
-    member = await check_credentials(session, settings, account, password)
-    if member is None:
-        raise errors.BadCredentials()
-    token, expires_at = await issue_token(session, member.id, TokenKind.SESSION, settings.session_ttl_seconds)
-    return token, expires_at, member
+async def log_in(sessions: async_sessionmaker[AsyncSession], settings: Settings, account: str, password: str,
+                 ip: str) -> tuple[str, datetime, Member]:
+    """Check account and password and open a session (401 bad_credentials, the same for either mistake).
+
+    Guessing is throttled per account and address, so a guesser is slowed down without letting anyone lock
+    a member out from elsewhere."""
+    key = f"login:{account[:32]}:{ip}"
+    async with unit_of_work(sessions) as session:
+        await throttle.check_not_locked(session, key)
+        member = await check_credentials(session, settings, account, password)
+        if member is not None:
+            await throttle.clear(session, key)
+            token, expires_at = await issue_token(session, member.id, TokenKind.SESSION, settings.session_ttl_seconds)
+            return token, expires_at, member
+    policy = throttle.Policy(LOGIN_FREE_FAILURES, settings.lockout_base_seconds, settings.lockout_max_seconds)
+    until = await throttle.record_failure(sessions, key, policy)
+    raise throttle.with_lockout(errors.BadCredentials(), until)
 
 
 async def authenticate(session: AsyncSession, settings: Settings, token: str) -> Caller:
