@@ -143,6 +143,20 @@ def cmd_storage_check(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(ok for _, ok, _ in results) else 1
 
 
+def cmd_wechat_menu(settings: Settings, args: argparse.Namespace) -> int:
+    from wechatpy.exceptions import WeChatClientException
+
+    from eacct.wechat.menu import create_menu
+
+    try:
+        answer = create_menu(settings)
+    except (ValueError, WeChatClientException, OSError) as exc:
+        print(f"menu not published: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eacct", description="e会计 cloud backup and share service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     storage = commands.add_parser("storage", help="blob storage").add_subparsers(dest="storage_command", required=True)
     storage.add_parser("check", help="write, read back, range-read and delete a probe object").set_defaults(
         run=cmd_storage_check)
+    wechat = commands.add_parser("wechat", help="WeChat official account").add_subparsers(dest="wechat_command",
+                                                                                          required=True)
+    wechat.add_parser("menu", help="publish the menu (会员中心, 我的网盘, 帮助)").set_defaults(run=cmd_wechat_menu)
     return parser
 
 

@@ -62,6 +62,8 @@ class FakeWechatApi:
         self.app = web.Application()
         self.app.router.add_get("/cgi-bin/token", self._token)
         self.app.router.add_post("/cgi-bin/message/template/send", self._send_template)
+        self.app.router.add_post("/cgi-bin/menu/create", self._create_menu)
+        self.menu: dict | None = None  # the menu as last published
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on `host:port` (a free port when 0); return the base URL (what EACCT_WECHAT_API_BASE holds)."""
@@ -142,6 +144,19 @@ class FakeWechatApi:
         token = secrets.token_urlsafe(48)
         self.tokens[token] = True
         return self._answer({"access_token": token, "expires_in": 7200})
+
+    async def _create_menu(self, request: web.Request) -> web.Response:
+        if not self.tokens.get(request.query.get("access_token", "")):
+            return self._error(40001, "invalid credential, access_token is invalid or not latest")
+        try:
+            menu = json.loads(await request.read())
+        except ValueError:
+            return self._error(47001, "data format error")
+        buttons = menu.get("button") if isinstance(menu, dict) else None
+        if not buttons or len(buttons) > 3 or any(len(b.get("sub_button", [])) > 5 for b in buttons):
+            return self._error(40016, "invalid button size")
+        self.menu = menu
+        return self._answer({"errcode": 0, "errmsg": "ok"})
 
     async def _send_template(self, request: web.Request) -> web.Response:
         attempt = {"errcode": None}

@@ -33,7 +33,7 @@ from eacct.config import Settings
 from eacct.db import after_commit, utcnow
 from eacct.members.models import WechatBinding
 
-__all__ = ["REMARK", "WechatTemplateNotifier", "template_data"]
+__all__ = ["REMARK", "WechatApiClient", "WechatTemplateNotifier", "template_data"]
 
 log = logging.getLogger("eacct.wechat.notify")
 
@@ -69,7 +69,7 @@ class _TimeoutSession(requests.Session):
         return super().request(method, url, **kwargs)
 
 
-class _Client(WeChatClient):
+class WechatApiClient(WeChatClient):
     """wechatpy's client against `api_base` (its token fetch ignores API_BASE_URL, so it is redone here), with
     timeouts, and one token fetch at a time between the pool's threads. The token is cached in wechatpy's
     MemoryStorage: enough for one process (several processes each keep their own token; WeChat accepts the
@@ -104,7 +104,7 @@ class WechatTemplateNotifier:
         self.template_id = settings.wechat_template_id
         self.max_pending = max_pending
         self._secret = settings.wechat_secret
-        self._client = _Client(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base, timeout)
+        self._client = WechatApiClient(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base, timeout)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eacct-wechat")
         self._slots = asyncio.Semaphore(workers)
         self._tasks: set[asyncio.Task] = set()
