@@ -334,3 +334,16 @@ async def test_rule_17_deletion_record_ip_behind_trusted_proxies(make_server, se
     assert status == 204
     _, records, _ = await owner.call("GET", "/netdisk/deletions")
     assert records["deletions"][0]["ip"] == recorded
+
+
+async def test_rule_15_too_many_versions_is_413_before_the_body(make_server, settings, blobs, http):
+    from tests.conftest import Desktop
+
+    base_url = await make_server(settings.with_overrides(max_versions_per_member=2), blobs)
+    owner = await (await Desktop(http, base_url, "cap01", "小王").register()).open_netdisk()
+    for year in (2017, 2018):
+        assert (await owner.upload("backups", new_ledger_id(), year, os.urandom(1000), name="L"))[0] == 201
+    status, body, _ = await owner.upload("backups", new_ledger_id(), 2019, os.urandom(1000), name="L")
+    assert status == 413 and body["error"]["code"] == "too_many_versions"
+    _, listing, _ = await owner.call("GET", "/backups", netdisk=True)
+    assert len(listing["ledgers"]) == 2
