@@ -50,8 +50,8 @@ from fastcdc import fastcdc
 from bench._data import PAGE_SIZE, edit_rows, ledger_db, settings_file, voucher_count
 from bench._harness import Desktop, MiB, Server, client_session, exit_on_sigterm, sha256_file
 from eacct.desktop_sync import AiohttpTransport, DesktopSync, EacctClient, LedgerFolder, LocalLedger
-from eacct.netdisk import delta as delta_format
-from eacct.netdisk.chunker import iter_file_chunks
+from eacct.chunks import delta as delta_format
+from eacct.chunks.chunker import iter_file_chunks
 
 YEAR = 2018
 KEPT = 30

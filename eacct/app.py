@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eacct.config import Settings
 from eacct.db import engine_for, make_session_factory
-from eacct.netdisk.blobstore import BlobStore, open_blob_store
+from eacct.storage import BlobStore, open_blob_store
 from eacct.openapi import endpoint, openapi_document
 from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, json_response
 

@@ -20,7 +20,7 @@ from eacct.app import create_app
 from eacct.config import Settings
 from eacct.db import engine_for, make_session_factory, unit_of_work
 from eacct.migrate import upgrade
-from eacct.netdisk.blobstore import open_blob_store
+from eacct.storage import open_blob_store
 
 __all__ = ["main"]
 
@@ -128,7 +128,7 @@ def cmd_message_broadcast(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_storage_check(settings: Settings, args: argparse.Namespace) -> int:
-    from eacct.netdisk.storage_check import run_storage_check
+    from eacct.storage.check import run_storage_check
 
     async def run():
         blobs = _blobs(settings)

@@ -20,7 +20,7 @@ from eacct.db import unit_of_work
 from eacct.formats import iso
 from eacct.members import service as members
 from eacct.members.service import Caller
-from eacct.netdisk.blobstore import BlobStore
+from eacct.storage import BlobStore
 
 __all__ = [
     "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",

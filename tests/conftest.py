@@ -26,7 +26,7 @@ from eacct.config import Settings
 from eacct.db import create_engine, make_session_factory
 from eacct.migrate import upgrade
 from eacct.models import Base
-from eacct.netdisk.blobstore import LocalBlobStore
+from eacct.storage import LocalBlobStore
 
 POSTGRES_URL = os.environ.get("EACCT_TEST_DATABASE_URL", "")
 STORAGE = os.environ.get("EACCT_TEST_STORAGE", "local")
@@ -137,7 +137,7 @@ async def blobs(tmp_path):
     if STORAGE != "oss":
         yield LocalBlobStore(tmp_path / "blobs")
         return
-    from eacct.netdisk.blobstore_oss import OssBlobStore, RetryPolicy
+    from eacct.storage.oss import OssBlobStore, RetryPolicy
     from tests.oss_server import start_oss_server
 
     _, server = await start_oss_server("LTAI5tTestKey", "test-secret", "eacct-test")

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 
 from eacct.desktop_sync._exceptions import ChecksumError, TransportError, error_for
-from eacct.netdisk import delta as delta_format
+from eacct.chunks import delta as delta_format
 
 __all__ = ["AiohttpTransport", "EacctClient", "MockTransport", "Request", "Response", "Transport"]
 
@@ -198,7 +198,7 @@ class EacctClient:
     async def upload(self, side: str, ledger_id: str, year: int, archive: Path, sha256: str, *, remark: str = "",
                      ledger_name: str | None = None, if_match: str | None = None, delta: Path | None = None) -> dict:
         """Upload a year archive on `side` ("backups" or "cloud-shares"); returns the new Version. With
-        `delta`, the body is that delta file (eacct.netdisk.delta) instead of the archive."""
+        `delta`, the body is that delta file (eacct.chunks.delta) instead of the archive."""
         headers = {**self._headers(True), "Content-Type": "application/octet-stream", "X-Content-SHA256": sha256,
                    "X-Remark": quote(remark, safe=""), "X-Client-Version": quote(self.client_version, safe="")}
         if ledger_name:

@@ -15,19 +15,18 @@ import json
 import os
 import shutil
 import sqlite3
-import struct
 import tarfile
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eacct.chunks.manifest import ENTRY as MANIFEST_ENTRY, decode_manifest, encode_manifest
 from eacct.desktop_sync._exceptions import LedgerNotFound, LocalCopyExists, UnsafeArchive
 
 __all__ = ["LedgerFolder", "LocalLedger", "pack_year", "sha256_of"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-MANIFEST_ENTRY = struct.Struct(">32sI")
 READ_BLOCK = 1 << 20
 
 
@@ -152,8 +151,7 @@ class LedgerFolder:
         staged = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
         with open(staged, "wb") as handle:
             handle.write(version_id.encode() + b"\n")
-            for digest, size in manifest:
-                handle.write(MANIFEST_ENTRY.pack(digest, size))
+            handle.write(encode_manifest(manifest))
         os.replace(staged, path)
 
     def load_manifest(self, ledger_id: str, year: int, version_id: str) -> list[tuple[bytes, int]] | None:
@@ -165,7 +163,7 @@ class LedgerFolder:
         head, _, entries = data.partition(b"\n")
         if head.decode(errors="replace") != version_id or len(entries) % MANIFEST_ENTRY.size:
             return None
-        return list(MANIFEST_ENTRY.iter_unpack(entries))
+        return decode_manifest(entries)
 
     def year_dir(self, ledger_id: str, year: int) -> Path:
         return self.ledger_dir(ledger_id) / str(int(year))

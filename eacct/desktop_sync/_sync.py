@@ -16,8 +16,8 @@ from pathlib import Path
 from eacct.desktop_sync._client import EacctClient
 from eacct.desktop_sync._exceptions import ConflictError, LedgerNotFound, NotFoundError, WrongPath
 from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, sha256_of
-from eacct.netdisk import delta as delta_format
-from eacct.netdisk.chunker import iter_file_chunks
+from eacct.chunks import delta as delta_format
+from eacct.chunks.chunker import iter_file_chunks
 
 __all__ = ["BACKUP", "REMINDER", "SHARE", "DesktopSync", "Transfer", "manifest_of"]
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
-from eacct.netdisk import delta as delta_format
+from eacct.chunks import delta as delta_format
 from eacct.netdisk import service, store
 from eacct.netdisk.models import Version
 from eacct.netdisk.schemas import (

@@ -19,7 +19,7 @@ from eacct.db import unit_of_work, utcnow
 from eacct.members.models import AccessToken, Member, TokenKind
 from eacct.members.service import issue_token, member_view
 from eacct.netdisk import store
-from eacct.netdisk.blobstore import BlobStore
+from eacct.storage import BlobStore
 from eacct.formats import iso
 from eacct.netdisk.models import Chunk, Deletion, Ledger, Netdisk, SecurityQuestion, Version
 from eacct.secrets import hash_secret, normalise_answer, verify_secret
@@ -283,7 +283,7 @@ class UploadClaim:
     ledger_name: str | None = None
     client_version: str = ""
     if_match: str | None = None
-    # A delta upload (eacct.netdisk.delta): `size` is the whole year's, `body_size` what travels.
+    # A delta upload (eacct.chunks.delta): `size` is the whole year's, `body_size` what travels.
     delta: bool = False
     body_size: int | None = None
 

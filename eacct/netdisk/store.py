@@ -34,9 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from eacct import errors
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
-from eacct.netdisk.blobstore import BlobNotFound, BlobStore, BlobStoreError
-from eacct.netdisk.chunker import ArchiveChunker
-from eacct.netdisk.delta import read_delta
+from eacct.storage import BlobNotFound, BlobStore, BlobStoreError
+from eacct.chunks.chunker import ArchiveChunker
+from eacct.chunks.delta import read_delta
+from eacct.chunks.errors import ChunkChecksumError, ChunkFormatError
+from eacct.chunks.manifest import ENTRY, iter_manifest
 from eacct.netdisk.models import Chunk, Netdisk, Pack, Version, VersionManifest
 
 __all__ = [
@@ -51,7 +53,6 @@ __all__ = [
 log = logging.getLogger("eacct.store")
 T = TypeVar("T")
 
-ENTRY = struct.Struct(">32sI")
 NEW_CHUNK = struct.Struct("<IQII")
 INSERT_BATCH = 2000
 LOOKUP_BATCH = 500
@@ -71,11 +72,6 @@ async def used_bytes(session: AsyncSession, owner_id: int) -> int:
         select(func.coalesce(func.sum(Chunk.raw_size), 0)).where(Chunk.owner_id == owner_id, Chunk.refs > 0)
     )
     return int(total or 0)
-
-
-def iter_manifest(entries: bytes) -> Iterable[tuple[bytes, int]]:
-    """(digest, raw size) of each chunk of a manifest, in file order."""
-    return ENTRY.iter_unpack(entries)
 
 
 _END = object()
@@ -152,7 +148,7 @@ class IncomingVersion:
     remark: str = ""
     client_version: str = ""
     if_match: str | None = None
-    # A delta upload's body holds the manifest and only the chunks the server lacks (eacct.netdisk.delta);
+    # A delta upload's body holds the manifest and only the chunks the server lacks (eacct.chunks.delta);
     # `size` is then the whole year's size and `body_size` the body's.
     delta: bool = False
     body_size: int | None = None
@@ -503,7 +499,7 @@ async def receive_version(
             async def base() -> bytes:
                 return await _base_manifest(sessions, incoming)
 
-            async for entries, body_bytes in read_ahead(read_delta(body, base), BODY_BLOCKS_AHEAD):
+            async for entries, body_bytes in read_ahead(_checked_delta(body, base), BODY_BLOCKS_AHEAD):
                 await upload.feed_delta(entries, body_bytes)
         else:
             async for data in read_ahead(body, BODY_BLOCKS_AHEAD):
@@ -515,6 +511,17 @@ async def receive_version(
     except BaseException:
         await asyncio.shield(upload.abandon())
         raise
+
+
+async def _checked_delta(body: AsyncIterator[bytes], base: Callable[[], Awaitable[bytes]]):
+    """`read_delta` with the chunk format's errors turned into the server's."""
+    try:
+        async for item in read_delta(body, base):
+            yield item
+    except ChunkChecksumError as exc:
+        raise errors.ChecksumMismatch(str(exc)) from exc
+    except ChunkFormatError as exc:
+        raise errors.BadRequest(str(exc)) from exc
 
 
 async def _base_manifest(sessions: async_sessionmaker[AsyncSession], incoming: IncomingVersion) -> bytes:

@@ -23,7 +23,7 @@ from eacct.members.models import Member
 from eacct.members.service import member_view
 from eacct.netdisk import service as netdisk
 from eacct.netdisk import store
-from eacct.netdisk.blobstore import BlobStore
+from eacct.storage import BlobStore
 from eacct.netdisk.models import Ledger, Version
 from eacct.share.access import ledger_for_share
 from eacct.share.models import Friendship, Message, MessageRead, Share

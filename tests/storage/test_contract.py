@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from eacct.netdisk.blobstore import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, LocalBlobStore
-from eacct.netdisk.blobstore_oss import OssBlobStore, RetryPolicy
-from eacct.netdisk.storage_check import run_storage_check
+from eacct.storage import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, LocalBlobStore
+from eacct.storage.oss import OssBlobStore, RetryPolicy
+from eacct.storage.check import run_storage_check
 from tests.oss_server import start_oss_server
 
 pytestmark = pytest.mark.asyncio

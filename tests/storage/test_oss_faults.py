@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from eacct.netdisk.blobstore_oss import OssBlobStore, RetryPolicy
+from eacct.storage.oss import OssBlobStore, RetryPolicy
 from eacct.netdisk.store import collect_garbage
 from tests.conftest import Desktop, new_ledger_id
 from tests.oss_server import COMPLETE_MULTIPART, GET_OBJECT, PUT_OBJECT, UPLOAD_PART, start_oss_server

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
-from eacct.netdisk.blobstore import BlobNotFound, BlobStore
+from eacct.storage.base import BlobNotFound, BlobStore
 
 __all__ = ["PROBE_PREFIX", "run_storage_check"]
 

@@ -44,7 +44,7 @@ import urllib3.exceptions
 from oss2.models import PartInfo
 from oss2.utils import Crc64, SizedFileAdapter
 
-from eacct.netdisk.blobstore import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, check_key
+from eacct.storage.base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, check_key
 
 __all__ = ["OssBlobStore", "RetryPolicy"]
 
@@ -236,14 +236,9 @@ class OssBlobStore(BlobStore):
                     raise
                 except Exception as exc:
                     failures += 1
-                    if not _is_transient(exc) or failures >= self._retry.attempts:
-                        raise self._convert("get", key, exc, failures) from exc
-                    log.warning(
-                        "OSS get %r broke after %d bytes (%s); resuming", key, received, self._scrub(_describe(exc))
-                    )
                     result.close()
                     result = None
-                    await asyncio.sleep(self._retry.delay(failures))
+                    await self._back_off("get", key, exc, failures)  # then resume from `received`
                     result = await self._call("get", key, self._resume_sync, full_key, received, etag)
                     continue
                 if not block:
@@ -494,14 +489,18 @@ class OssBlobStore(BlobStore):
                 raise
             except Exception as exc:
                 failures += 1
-                if not _is_transient(exc) or failures >= self._retry.attempts:
-                    raise self._convert(op, key, exc, failures) from exc
-                delay = self._retry.delay(failures)
-                log.warning(
-                    "OSS %s %r failed (%s); try %d of %d in %.2fs",
-                    op, key, self._scrub(_describe(exc)), failures + 1, self._retry.attempts, delay,
-                )
-                await asyncio.sleep(delay)
+                await self._back_off(op, key, exc, failures)
+
+    async def _back_off(self, op: str, key: str, exc: BaseException, failures: int) -> None:
+        """After a request's `failures`-th failure: raise the converted error when it is final, else log and wait."""
+        if not _is_transient(exc) or failures >= self._retry.attempts:
+            raise self._convert(op, key, exc, failures) from exc
+        delay = self._retry.delay(failures)
+        log.warning(
+            "OSS %s %r failed (%s); try %d of %d in %.2fs",
+            op, key, self._scrub(_describe(exc)), failures + 1, self._retry.attempts, delay,
+        )
+        await asyncio.sleep(delay)
 
     def _convert(self, op: str, key: str, exc: BaseException, attempts: int) -> BlobStoreError:
         if _is_not_found(exc):

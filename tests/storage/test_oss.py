@@ -25,9 +25,9 @@ import oss2
 import pytest
 import pytest_asyncio
 
-from eacct.netdisk.blobstore import BlobNotFound, BlobStoreError, open_blob_store
-from eacct.netdisk.blobstore_oss import OssBlobStore, RetryPolicy
-from eacct.netdisk.storage_check import run_storage_check
+from eacct.storage import BlobNotFound, BlobStoreError, open_blob_store
+from eacct.storage.oss import OssBlobStore, RetryPolicy
+from eacct.storage.check import run_storage_check
 from tests.oss_server import (
     ABORT_MULTIPART,
     COMPLETE_MULTIPART,

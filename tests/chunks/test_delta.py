@@ -1,4 +1,4 @@
-"""Delta uploads: the manifest plus only the chunks the server lacks (eacct.netdisk.delta)."""
+"""Delta uploads: the manifest plus only the chunks the server lacks (eacct.chunks.delta)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from eacct.netdisk.chunker import chunk_bytes
-from eacct.netdisk.delta import COPY, COUNT, MAGIC, MEDIA_TYPE, NEW, Copy, New, plan, write_delta
+from eacct.chunks.chunker import chunk_bytes
+from eacct.chunks.delta import COPY, COUNT, MAGIC, MEDIA_TYPE, NEW, Copy, New, plan, write_delta
 from tests.conftest import new_ledger_id, sha
 from tests.netdisk.ledgers import edit_rows, make_ledger_db, tar_year
 

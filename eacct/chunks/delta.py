@@ -1,6 +1,6 @@
 """The delta upload format: a year as edits to the version it started from, carrying only new chunks.
 
-Client and server cut a year with the same chunker (eacct.netdisk.chunker). The client remembers the chunk
+Client and server cut a year with the same chunker (eacct.chunks.chunker). The client remembers the chunk
 list of the version its copy came from (the If-Match version), so after a day of bookkeeping it describes
 the new year as runs copied from that list plus the few new chunks, asks the server which of those it lacks
 (`…/chunks/missing`), and sends those compressed. Layout (big-endian):
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import zstandard
 
-from eacct import errors
+from eacct.chunks.errors import ChunkChecksumError, ChunkFormatError
+from eacct.chunks.manifest import ENTRY as MANIFEST_ENTRY
 
 __all__ = ["MAGIC", "MEDIA_TYPE", "Copy", "New", "plan", "read_delta", "write_delta"]
 
@@ -36,7 +37,6 @@ MAGIC = b"EACCT-DELTA/2\n"
 COUNT = struct.Struct(">I")
 COPY = struct.Struct(">BII")
 NEW = struct.Struct(">B32sII")
-MANIFEST_ENTRY = struct.Struct(">32sI")  # as the store keeps manifests
 MAX_OPS = 2_000_000
 MAX_CHUNK = 4 * 1024 * 1024
 BATCH = 512
@@ -138,7 +138,7 @@ class _Blocks:
             try:
                 self._buffer += await self._blocks.__anext__()
             except StopAsyncIteration:
-                raise errors.BadRequest("增量上传的数据不完整") from None
+                raise ChunkFormatError("增量上传的数据不完整") from None
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
         return data
@@ -162,9 +162,9 @@ def _decode(batch: list[tuple[bytes, bytes | None, int]]) -> list[Entry]:
             try:
                 piece = decompressor.decompress(frame, max_output_size=size)
             except zstandard.ZstdError as exc:
-                raise errors.BadRequest("增量上传中的数据块无法解压") from exc
+                raise ChunkFormatError("增量上传中的数据块无法解压") from exc
             if len(piece) != size or hashlib.sha256(piece).digest() != digest:
-                raise errors.ChecksumMismatch("增量上传中的数据块校验失败，未保存，请重新上传")
+                raise ChunkChecksumError("增量上传中的数据块校验失败，未保存，请重新上传")
         out.append((digest, piece, size))
     return out
 
@@ -178,10 +178,10 @@ async def read_delta(
     """
     reader = _Blocks(blocks)
     if await reader.read(len(MAGIC)) != MAGIC:
-        raise errors.BadRequest("不是 e会计 增量上传格式（EACCT-DELTA/2）")
+        raise ChunkFormatError("不是 e会计 增量上传格式（EACCT-DELTA/2）")
     (count,) = COUNT.unpack(await reader.read(COUNT.size))
     if count > MAX_OPS:
-        raise errors.BadRequest("增量上传的操作过多")
+        raise ChunkFormatError("增量上传的操作过多")
     ops = []
     consumed = len(MAGIC) + COUNT.size
     for _ in range(count):
@@ -193,7 +193,7 @@ async def read_delta(
             ops.append(NEW.unpack(bytes([kind]) + await reader.read(NEW.size - 1)))
             consumed += NEW.size
         else:
-            raise errors.BadRequest("增量上传的操作不正确")
+            raise ChunkFormatError("增量上传的操作不正确")
     base: bytes | None = None
     batch: list[tuple[bytes, bytes | None, int]] = []
     for op in ops:
@@ -202,19 +202,19 @@ async def read_delta(
             if base is None:
                 base = await load_base()
             if run == 0 or (start + run) * MANIFEST_ENTRY.size > len(base):
-                raise errors.BadRequest("增量上传引用了基准版本中不存在的数据块")
+                raise ChunkFormatError("增量上传引用了基准版本中不存在的数据块")
             for index in range(start, start + run):
                 digest, size = MANIFEST_ENTRY.unpack_from(base, index * MANIFEST_ENTRY.size)
                 batch.append((digest, None, size))
         else:
             _, digest, size, frame = op
             if size > MAX_CHUNK or frame > MAX_CHUNK + 1024:
-                raise errors.BadRequest("增量上传的数据块过大")
+                raise ChunkFormatError("增量上传的数据块过大")
             batch.append((digest, await reader.read(frame) if frame else None, size))
             consumed += frame
         if len(batch) >= BATCH:
             yield await asyncio.to_thread(_decode, batch), consumed
             batch, consumed = [], 0
     if not await reader.at_end():
-        raise errors.BadRequest("增量上传在数据块之后还有多余的数据")
+        raise ChunkFormatError("增量上传在数据块之后还有多余的数据")
     yield await asyncio.to_thread(_decode, batch), consumed

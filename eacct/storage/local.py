@@ -1,103 +1,17 @@
-"""Blob storage behind one small interface.
-
-Packs of compressed chunks live in a blob store; the database only indexes them. A backend stores an
-already-written local file under a new key (never overwriting), reads byte ranges back, streams whole
-objects, deletes and lists. Backends convert their own errors at this boundary: a missing object is
-always `BlobNotFound`, anything else a `BlobStoreError`.
-"""
+"""Blobs as files under one local directory (the embedded default)."""
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import os
 import shutil
-import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
-__all__ = [
-    "BlobInfo",
-    "BlobNotFound",
-    "BlobStore",
-    "BlobStoreError",
-    "LocalBlobStore",
-    "open_blob_store",
-]
+from eacct.storage.base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, check_key
 
-
-class BlobStoreError(Exception):
-    """A backend failed in a way the caller cannot fix (I/O error, remote refused, retries exhausted)."""
-
-
-class BlobNotFound(BlobStoreError, FileNotFoundError):
-    """The key names no stored object."""
-
-
-@dataclass(frozen=True, slots=True)
-class BlobInfo:
-    """One stored object as a listing reports it."""
-
-    key: str
-    size: int
-    modified: datetime
-
-
-class BlobStore(abc.ABC):
-    """Where pack blobs are kept. Keys are `/`-separated relative names without `..` parts."""
-
-    @abc.abstractmethod
-    async def put(self, key: str, path: Path) -> None:
-        """Store the local file at `path` under `key`, durably, before returning.
-
-        The file's bytes are streamed, never read whole. The caller removes `path` afterwards (the
-        local backend may have moved it away already).
-        """
-
-    @abc.abstractmethod
-    async def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        """Return `length` bytes of `key` from `offset` (to the end when `length` is None).
-
-        Meant for bounded ranges (a few MiB at most); use `stream` for whole objects.
-        """
-
-    async def get_many(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
-        """Several bounded ranges `(key, offset, length)`, in order; a backend may fetch them together."""
-        return [await self.get(key, offset, length) for key, offset, length in ranges]
-
-    @abc.abstractmethod
-    def stream(self, key: str, block_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        """Yield the whole object in blocks, verifying its integrity where the backend can."""
-
-    @abc.abstractmethod
-    async def delete(self, key: str) -> None:
-        """Remove `key`; removing a missing key is not an error."""
-
-    @abc.abstractmethod
-    def list(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
-        """Yield every object whose key starts with `prefix`."""
-
-    def spool_dir(self) -> Path:
-        """A local directory to write files that will be `put` (the local backend keeps it beside its blobs)."""
-        if self._spool is None:
-            self._spool = Path(tempfile.mkdtemp(prefix="eacct-spool-"))
-        return self._spool
-
-    _spool: Path | None = None
-
-    async def close(self) -> None:
-        """Release connections and threads."""
-
-
-def check_key(key: str) -> str:
-    """Refuse keys that could escape the store's root or confuse a backend."""
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"bad blob key: {key!r}")
-    return key
+__all__ = ["LocalBlobStore"]
 
 
 class LocalBlobStore(BlobStore):
@@ -218,16 +132,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def open_blob_store(url: str, *, oss_access_key_id: str = "", oss_access_key_secret: str = "") -> BlobStore:
-    """Build the backend named by EACCT_STORAGE_URL (`file://<dir>` or `oss://<bucket>?endpoint=<url>`)."""
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        # file://./eacct-data/blobs is relative: netloc "." plus path.
-        return LocalBlobStore(Path(parts.netloc + parts.path))
-    if parts.scheme == "oss":
-        from eacct.netdisk.blobstore_oss import OssBlobStore
-
-        return OssBlobStore.from_url(url, oss_access_key_id, oss_access_key_secret)
-    raise ValueError(f"unsupported storage URL: {url}")

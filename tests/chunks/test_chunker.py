@@ -1,4 +1,4 @@
-"""Tests for eacct.netdisk.chunker: determinism, lossless round trip, format-aware cut placement."""
+"""Tests for eacct.chunks.chunker: determinism, lossless round trip, format-aware cut placement."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fastcdc import fastcdc
 
-from eacct.netdisk.chunker import (
+from eacct.chunks.chunker import (
     DEFAULT_PARAMS,
     ArchiveChunker,
     ChunkerParams,
