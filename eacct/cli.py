@@ -81,7 +81,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_member_create(settings: Settings, args: argparse.Namespace) -> int:
     from eacct.members import service
-    from eacct.members.schemas import NewMember
+    from eacct.members.schemas import MemberOut, NewMember
 
     password = args.password or getpass.getpass("password: ")
     try:
@@ -93,7 +93,7 @@ def cmd_member_create(settings: Settings, args: argparse.Namespace) -> int:
     async def work(sessions):
         async with unit_of_work(sessions) as session:
             member = await service.create_member(session, settings, body.account, body.password, body.nickname)
-            return service.member_view(member)
+            return MemberOut.model_validate(member).model_dump(mode="json")
 
     print(json.dumps(asyncio.run(_with_database(settings, work)), ensure_ascii=False))
     return 0
@@ -118,10 +118,12 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_message_broadcast(settings: Settings, args: argparse.Namespace) -> int:
     from eacct.share import service
+    from eacct.share.schemas import MessageOut
 
     async def work(sessions):
         async with unit_of_work(sessions) as session:
-            return await service.broadcast(session, args.title, args.body)
+            message = await service.broadcast(session, args.title, args.body)
+            return MessageOut.model_validate(message).model_dump(mode="json")
 
     print(json.dumps(asyncio.run(_with_database(settings, work)), ensure_ascii=False))
     return 0

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from datetime import datetime
 
-__all__ = ["Account", "Nickname", "Password", "Strict"]
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema
+
+from eacct.formats import iso
+
+__all__ = ["Account", "Nickname", "Out", "Password", "Strict", "UtcTime"]
 
 
 class Strict(BaseModel):
@@ -19,3 +23,13 @@ Account = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{3,32}$")]
 Password = Annotated[str, StringConstraints(min_length=6, max_length=128)]
 Nickname = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20, pattern=r"^[^\x00-\x1f]*$")]
 MemberId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class Out(BaseModel):
+    """Answers: read from the domain objects the services return (dataclasses and ORM rows)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+# A time in an answer: ISO 8601 UTC with `Z` (API.md).
+UtcTime = Annotated[datetime, PlainSerializer(iso, return_type=str), WithJsonSchema({"type": "string", "format": "date-time"})]

@@ -63,6 +63,11 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.json_response(data, status=status, headers=headers, dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
 
+def answer(schema: type[BaseModel], data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Serialize what a service returned with the answer schema the OpenAPI document is built from."""
+    return json_response(schema.model_validate(data).model_dump(mode="json"), status, headers)
+
+
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
     """The error body of API.md; `retry_after` also becomes the Retry-After header."""
     headers = {}
@@ -186,4 +191,3 @@ def header_text(request: web.Request, name: str, *, max_length: int) -> str | No
     return text
 
 
-SessionFactory = async_sessionmaker[AsyncSession]

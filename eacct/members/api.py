@@ -6,7 +6,7 @@ from aiohttp import web
 from eacct.members import service
 from eacct.members.schemas import Credentials, Me, MemberOut, NewMember, NicknameChange, SessionOut
 from eacct.openapi import endpoint
-from eacct.web import SESSIONS, SETTINGS, bearer_token, client_ip, iso, json_response, read_body, require_member, transaction
+from eacct.web import SESSIONS, SETTINGS, answer, bearer_token, client_ip, read_body, require_member, transaction
 
 routes = web.RouteTableDef()
 
@@ -17,7 +17,7 @@ async def create_member(request: web.Request) -> web.Response:
     body = await read_body(request, NewMember)
     async with transaction(request) as session:
         member = await service.create_member(session, request.app[SETTINGS], body.account, body.password, body.nickname)
-    return json_response(service.member_view(member), status=201)
+    return answer(MemberOut, member, status=201)
 
 
 @routes.post("/api/v1/sessions")
@@ -26,7 +26,7 @@ async def create_session(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
     token, expires_at, member = await service.log_in(request.app[SESSIONS], request.app[SETTINGS], body.account,
                                                      body.password, client_ip(request))
-    return json_response({"token": token, "expires_at": iso(expires_at), "member": service.member_view(member)}, 201)
+    return answer(SessionOut, {"token": token, "expires_at": expires_at, "member": member}, status=201)
 
 
 @routes.delete("/api/v1/sessions/current")
@@ -43,7 +43,7 @@ async def delete_session(request: web.Request) -> web.Response:
 async def get_me(request: web.Request) -> web.Response:
     caller = await require_member(request)
     async with transaction(request) as session:
-        return json_response(await service.profile(session, caller.member_id))
+        return answer(Me, await service.profile(session, caller.member_id))
 
 
 @routes.patch("/api/v1/me")
@@ -53,4 +53,4 @@ async def patch_me(request: web.Request) -> web.Response:
     body = await read_body(request, NicknameChange)
     async with transaction(request) as session:
         member = await service.rename(session, caller.member_id, body.nickname)
-        return json_response(service.member_view(member))
+        return answer(MemberOut, member)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, Integer, String
@@ -9,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from eacct.db import Base, UtcDateTime, utcnow
 
-__all__ = ["AccessToken", "Member", "TokenKind", "WechatBinding"]
+__all__ = ["AccessToken", "Member", "Profile", "TokenKind", "WechatBinding"]
 
 
 class Member(Base):
@@ -52,3 +53,14 @@ class WechatBinding(Base):
     openid: Mapped[str] = mapped_column(String(64), primary_key=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), unique=True)
     bound_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A member as they see themselves (会员信息): who they are, and whether WeChat and the netdisk are set up."""
+
+    id: int
+    account: str
+    nickname: str
+    wechat_bound: bool
+    netdisk_opened: bool

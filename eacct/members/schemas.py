@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
-from eacct.schemas import Account, Nickname, Password, Strict
+from eacct.schemas import Account, Nickname, Out, Password, Strict, UtcTime
 
 
 class NewMember(Strict):
@@ -22,7 +20,7 @@ class NicknameChange(Strict):
     nickname: Nickname
 
 
-class MemberOut(BaseModel):
+class MemberOut(Out):
     id: int
     account: str
     nickname: str
@@ -33,7 +31,7 @@ class Me(MemberOut):
     netdisk_opened: bool
 
 
-class SessionOut(BaseModel):
+class SessionOut(Out):
     token: str
-    expires_at: str
+    expires_at: UtcTime
     member: MemberOut

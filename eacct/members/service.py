@@ -12,12 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from eacct import errors, throttle
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
-from eacct.members.models import AccessToken, Member, TokenKind, WechatBinding
+from eacct.members.models import AccessToken, Member, Profile, TokenKind, WechatBinding
 from eacct.netdisk.models import Netdisk
 from eacct.secrets import hash_secret, hash_token, new_token, verify_secret
 
 __all__ = [
-    "Caller", "authenticate", "check_credentials", "create_member", "get_member", "profile", "issue_token", "log_in", "member_view", "rename", "revoke_token",
+    "Caller", "authenticate", "check_credentials", "create_member", "get_member", "profile", "issue_token", "log_in", "rename", "revoke_token",
 ]
 
 
@@ -41,11 +41,6 @@ async def _dummy_hash(settings: Settings) -> str:
     if key not in _dummy_hashes:
         _dummy_hashes[key] = await hash_secret(settings, new_token())
     return _dummy_hashes[key]
-
-
-def member_view(member: Member) -> dict:
-    """`Member` of API.md."""
-    return {"id": member.id, "account": member.account, "nickname": member.nickname}
 
 
 async def create_member(session: AsyncSession, settings: Settings, account: str, password: str, nickname: str) -> Member:
@@ -124,12 +119,13 @@ async def revoke_token(session: AsyncSession, token: str) -> None:
     await session.execute(delete(AccessToken).where(AccessToken.token_hash == hash_token(token)))
 
 
-async def profile(session: AsyncSession, member_id: int) -> dict:
+async def profile(session: AsyncSession, member_id: int) -> Profile:
     """会员信息: the member plus whether WeChat is bound and the netdisk opened."""
     member = await get_member(session, member_id)
     bound = await session.scalar(select(WechatBinding.openid).where(WechatBinding.member_id == member_id))
     opened = await session.scalar(select(Netdisk.member_id).where(Netdisk.member_id == member_id))
-    return {**member_view(member), "wechat_bound": bound is not None, "netdisk_opened": opened is not None}
+    return Profile(member.id, member.account, member.nickname, wechat_bound=bound is not None,
+                   netdisk_opened=opened is not None)
 
 
 async def rename(session: AsyncSession, member_id: int, nickname: str) -> Member:

@@ -20,7 +20,7 @@ from eacct.netdisk.schemas import (
 )
 from eacct.openapi import endpoint
 from eacct.web import (
-    BLOBS, NOTIFIER, SESSIONS, SETTINGS, client_ip, header_text, iso, json_response, read_body, require_member,
+    BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, client_ip, header_text, read_body, require_member,
     require_netdisk, transaction,
 )
 
@@ -196,7 +196,7 @@ async def send_version(
 async def get_netdisk(request: web.Request) -> web.Response:
     caller = await require_member(request)
     async with transaction(request) as session:
-        return json_response(await service.netdisk_status(session, request.app[SETTINGS], caller.member_id))
+        return answer(NetdiskOut, await service.netdisk_status(session, request.app[SETTINGS], caller.member_id))
 
 
 @routes.post("/api/v1/netdisk")
@@ -208,7 +208,7 @@ async def open_netdisk(request: web.Request) -> web.Response:
     async with transaction(request) as session:
         await service.open_netdisk(session, settings, caller.member_id, body.password,
                                    [(q.question, q.answer) for q in body.questions])
-        return json_response(await service.netdisk_status(session, settings, caller.member_id), status=201)
+        return answer(NetdiskOut, await service.netdisk_status(session, settings, caller.member_id), status=201)
 
 
 @routes.get("/api/v1/netdisk/questions")
@@ -216,7 +216,7 @@ async def open_netdisk(request: web.Request) -> web.Response:
 async def get_questions(request: web.Request) -> web.Response:
     caller = await require_member(request)
     async with transaction(request) as session:
-        return json_response({"questions": await service.questions(session, caller.member_id)})
+        return answer(QuestionsOut, {"questions": await service.questions(session, caller.member_id)})
 
 
 @routes.post("/api/v1/netdisk/unlock")
@@ -225,7 +225,7 @@ async def unlock(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, Unlock)
     token, expires_at = await service.unlock(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, body.password)
-    return json_response({"netdisk_token": token, "expires_at": iso(expires_at)}, status=201)
+    return answer(UnlockOut, {"netdisk_token": token, "expires_at": expires_at}, status=201)
 
 
 @routes.post("/api/v1/netdisk/reset")
@@ -253,7 +253,7 @@ async def change_password(request: web.Request) -> web.Response:
 async def list_deletions(request: web.Request) -> web.Response:
     caller = await require_member(request)
     async with transaction(request) as session:
-        return json_response({"deletions": await service.deletions(session, caller.member_id)})
+        return answer(DeletionsOut, {"deletions": await service.deletions(session, caller.member_id)})
 
 
 # ------------------------------------------------------------------------------------------ backups
@@ -264,7 +264,7 @@ async def list_deletions(request: web.Request) -> web.Response:
 async def list_backups(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     async with transaction(request) as session:
-        return json_response({"ledgers": await service.list_ledgers(session, caller.member_id)})
+        return answer(LedgersOut, {"ledgers": await service.list_ledgers(session, caller.member_id)})
 
 
 @routes.get("/api/v1/backups/{ledger_id}")
@@ -273,7 +273,7 @@ async def get_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id = ledger_id_of(request)
     async with transaction(request) as session:
-        return json_response(await service.get_ledger_view(session, caller.member_id, ledger_id))
+        return answer(LedgerOut, await service.get_ledger(session, caller.member_id, ledger_id))
 
 
 @routes.patch("/api/v1/backups/{ledger_id}")
@@ -283,7 +283,7 @@ async def rename_backup(request: web.Request) -> web.Response:
     ledger_id = ledger_id_of(request)
     body = await read_body(request, LedgerRename)
     async with transaction(request) as session:
-        return json_response(await service.rename_ledger(session, caller.member_id, ledger_id, body.name))
+        return answer(LedgerOut, await service.rename_ledger(session, caller.member_id, ledger_id, body.name))
 
 
 def _password_header(request: web.Request) -> str:
@@ -309,7 +309,7 @@ async def get_backup_year(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     async with transaction(request) as session:
-        return json_response(await service.backup_year(session, caller.member_id, ledger_id, year))
+        return answer(YearOut, await service.backup_year(session, caller.member_id, ledger_id, year))
 
 
 @routes.delete("/api/v1/backups/{ledger_id}/years/{year}")
@@ -330,7 +330,7 @@ async def upload_backup(request: web.Request) -> web.Response:
     app = request.app
     version = await service.backup_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], caller.member_id, claim,
                                           body_blocks(request), on_accepted=continue_sender(request))
-    return json_response(version, status=201)
+    return answer(VersionOut, version, status=201)
 
 
 @routes.get("/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/content")
@@ -356,4 +356,4 @@ async def backup_missing_chunks(request: web.Request) -> web.Response:
     body = await read_body(request, ChunkQuery)
     async with transaction(request) as session:
         missing = await service.backup_missing_chunks(session, caller.member_id, ledger_id, body.chunks)
-    return json_response({"missing": missing})
+    return answer(MissingChunks, {"missing": missing})

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from eacct.db import Base, UtcDateTime, utcnow
+from eacct.members.models import Member
 
 __all__ = [
+    "LedgerInfo",
+    "NetdiskStatus",
+    "VersionInfo",
+    "YearSummary",
+    "YearVersions",
     "AttemptCounter",
     "Chunk",
     "Deletion",
@@ -143,3 +150,65 @@ class Deletion(Base):
     year: Mapped[int | None] = mapped_column(Integer, nullable=True)
     deleted_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     ip: Mapped[str] = mapped_column(String(64), default="")
+
+
+# ------------------------------------------------------------------ what the netdisk service answers with
+
+
+@dataclass(frozen=True, slots=True)
+class NetdiskStatus:
+    """Opened or not, and the quota: total, used (distinct chunks, uncompressed) and free."""
+
+    opened: bool
+    quota_bytes: int
+    used_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One kept version of a (ledger, year) with the member who uploaded it."""
+
+    version_id: str
+    ledger_id: str
+    year: int
+    remark: str
+    size: int
+    sha256: str
+    uploaded_at: datetime
+    uploaded_by: Member
+    via: str
+    client_version: str
+
+    @classmethod
+    def of(cls, version: Version, uploader: Member) -> VersionInfo:
+        """The version row seen with its uploader."""
+        return cls(version.public_id, version.ledger_id, version.year, version.remark, version.size, version.sha256,
+                   version.uploaded_at, uploader, version.via, version.client_version)
+
+
+@dataclass(frozen=True, slots=True)
+class YearVersions:
+    """A year of a ledger with every kept version, newest first."""
+
+    year: int
+    versions: list[VersionInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class YearSummary:
+    """A year as the ledger listing shows it: the newest version and how many are kept."""
+
+    year: int
+    latest: VersionInfo
+    versions_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerInfo:
+    """A ledger in the owner's cloud backup (网盘列表) with its years."""
+
+    ledger_id: str
+    name: str
+    owner: Member
+    years: list[YearSummary]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from eacct.members.schemas import MemberOut
-from eacct.schemas import Password, Strict
+from eacct.schemas import Out, Password, Strict, UtcTime
 
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]*$")]
 Answer = Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -42,65 +42,65 @@ class LedgerRename(Strict):
     name: LedgerName
 
 
-class NetdiskOut(BaseModel):
+class NetdiskOut(Out):
     opened: bool
     quota_bytes: int
     used_bytes: int
     free_bytes: int
 
 
-class QuestionsOut(BaseModel):
+class QuestionsOut(Out):
     questions: list[str]
 
 
-class UnlockOut(BaseModel):
+class UnlockOut(Out):
     netdisk_token: str
-    expires_at: str
+    expires_at: UtcTime
 
 
-class DeletionOut(BaseModel):
+class DeletionOut(Out):
     ledger_id: str
     ledger_name: str
     year: int | None
-    deleted_at: str
+    deleted_at: UtcTime
     ip: str
 
 
-class DeletionsOut(BaseModel):
+class DeletionsOut(Out):
     deletions: list[DeletionOut]
 
 
-class VersionOut(BaseModel):
+class VersionOut(Out):
     version_id: str
     ledger_id: str
     year: int
     remark: str
     size: int
     sha256: str
-    uploaded_at: str
+    uploaded_at: UtcTime
     uploaded_by: MemberOut
     via: str
     client_version: str
 
 
-class YearSummary(BaseModel):
+class YearSummary(Out):
     year: int
     latest: VersionOut
     versions_count: int
 
 
-class LedgerOut(BaseModel):
+class LedgerOut(Out):
     ledger_id: str
     name: str
     owner: MemberOut
     years: list[YearSummary]
 
 
-class LedgersOut(BaseModel):
+class LedgersOut(Out):
     ledgers: list[LedgerOut]
 
 
-class YearOut(BaseModel):
+class YearOut(Out):
     year: int
     versions: list[VersionOut]
 
@@ -112,5 +112,5 @@ class ChunkQuery(Strict):
     chunks: Annotated[list[ChunkDigest], Field(max_length=200_000)]
 
 
-class MissingChunks(BaseModel):
+class MissingChunks(Out):
     missing: list[str]

@@ -17,19 +17,21 @@ from eacct import errors, throttle
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.members.models import AccessToken, Member, TokenKind
-from eacct.members.service import issue_token, member_view
+from eacct.members.service import issue_token
 from eacct.netdisk import store
 from eacct.storage import BlobStore
-from eacct.formats import iso
-from eacct.netdisk.models import Chunk, Deletion, Ledger, Netdisk, SecurityQuestion, Version
+from eacct.netdisk.models import (
+    Chunk, Deletion, Ledger, LedgerInfo, Netdisk, NetdiskStatus, SecurityQuestion, Version, VersionInfo, YearSummary,
+    YearVersions,
+)
 from eacct.secrets import hash_secret, normalise_answer, verify_secret
 from eacct.share.access import ledger_for_backup
 
 __all__ = [
     "UploadClaim", "backup_missing_chunks", "backup_upload", "backup_version", "backup_year", "change_password", "clean_ledger_name",
-    "delete_backup", "deletions", "find_version", "get_ledger_view", "ledger_view", "list_ledgers", "missing_chunks", "netdisk_status",
+    "delete_backup", "deletions", "find_version", "get_ledger", "ledger_info", "list_ledgers", "missing_chunks", "netdisk_status",
     "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock", "upload", "verify_password",
-    "version_view", "year_versions",
+    "year_versions",
 ]
 
 
@@ -52,12 +54,12 @@ async def _netdisk(session: AsyncSession, member_id: int) -> Netdisk:
     return netdisk
 
 
-async def netdisk_status(session: AsyncSession, settings: Settings, member_id: int) -> dict:
+async def netdisk_status(session: AsyncSession, settings: Settings, member_id: int) -> NetdiskStatus:
     """Opened or not, and quota: total, used, free."""
     netdisk = await session.get(Netdisk, member_id)
     quota = netdisk.quota_bytes if netdisk else settings.netdisk_quota_bytes
     used = await store.used_bytes(session, member_id)
-    return {"opened": netdisk is not None, "quota_bytes": quota, "used_bytes": used, "free_bytes": max(quota - used, 0)}
+    return NetdiskStatus(opened=netdisk is not None, quota_bytes=quota, used_bytes=used, free_bytes=max(quota - used, 0))
 
 
 async def open_netdisk(session: AsyncSession, settings: Settings, member_id: int, password: str,
@@ -165,24 +167,8 @@ def clean_ledger_name(name: str) -> str:
     return name
 
 
-def version_view(version: Version, uploader: Member) -> dict:
-    """`Version` of API.md."""
-    return {
-        "version_id": version.public_id,
-        "ledger_id": version.ledger_id,
-        "year": version.year,
-        "remark": version.remark,
-        "size": version.size,
-        "sha256": version.sha256,
-        "uploaded_at": iso(version.uploaded_at),
-        "uploaded_by": member_view(uploader),
-        "via": version.via,
-        "client_version": version.client_version,
-    }
-
-
-async def year_versions(session: AsyncSession, ledger_id: str, year: int | None = None) -> dict[int, list[dict]]:
-    """Every version of a ledger (or of one year), newest first, grouped by year (years ascending)."""
+async def year_versions(session: AsyncSession, ledger_id: str, year: int | None = None) -> list[YearVersions]:
+    """Every version of a ledger (or of one year), newest first, per year (years ascending)."""
     query = (
         select(Version, Member)
         .join(Member, Member.id == Version.uploaded_by_id)
@@ -191,40 +177,36 @@ async def year_versions(session: AsyncSession, ledger_id: str, year: int | None 
     )
     if year is not None:
         query = query.where(Version.year == year)
-    grouped: dict[int, list[dict]] = {}
+    grouped: dict[int, list[VersionInfo]] = {}
     for version, uploader in (await session.execute(query)).all():
-        grouped.setdefault(version.year, []).append(version_view(version, uploader))
-    return grouped
+        grouped.setdefault(version.year, []).append(VersionInfo.of(version, uploader))
+    return [YearVersions(year, versions) for year, versions in grouped.items()]
 
 
-async def ledger_view(session: AsyncSession, ledger: Ledger) -> dict:
-    """`Ledger` of API.md: owner and, per year, the latest version and how many are kept."""
+async def ledger_info(session: AsyncSession, ledger: Ledger) -> LedgerInfo:
+    """A ledger with its owner and, per year, the latest version and how many are kept."""
     owner = await session.get(Member, ledger.owner_id)
     years = await year_versions(session, ledger.id)
-    return {
-        "ledger_id": ledger.id,
-        "name": ledger.name,
-        "owner": member_view(owner),
-        "years": [{"year": y, "latest": v[0], "versions_count": len(v)} for y, v in sorted(years.items())],
-    }
+    summaries = [YearSummary(y.year, y.versions[0], len(y.versions)) for y in years]
+    return LedgerInfo(ledger_id=ledger.id, name=ledger.name, owner=owner, years=summaries)
 
 
-async def list_ledgers(session: AsyncSession, member_id: int) -> list[dict]:
+async def list_ledgers(session: AsyncSession, member_id: int) -> list[LedgerInfo]:
     """网盘列表: the member's cloud-backup ledgers, by name."""
     ledgers = await session.scalars(select(Ledger).where(Ledger.owner_id == member_id).order_by(Ledger.name, Ledger.id))
-    return [await ledger_view(session, ledger) for ledger in ledgers]
+    return [await ledger_info(session, ledger) for ledger in ledgers]
 
 
-async def get_ledger_view(session: AsyncSession, member_id: int, ledger_id: str) -> dict:
+async def get_ledger(session: AsyncSession, member_id: int, ledger_id: str) -> LedgerInfo:
     """One of the member's own ledgers (the cloud-backup side)."""
-    return await ledger_view(session, await ledger_for_backup(session, member_id, ledger_id))
+    return await ledger_info(session, await ledger_for_backup(session, member_id, ledger_id))
 
 
-async def rename_ledger(session: AsyncSession, member_id: int, ledger_id: str, name: str) -> dict:
+async def rename_ledger(session: AsyncSession, member_id: int, ledger_id: str, name: str) -> LedgerInfo:
     """Rename one of the member's ledgers."""
     ledger = await ledger_for_backup(session, member_id, ledger_id)
     ledger.name = clean_ledger_name(name)
-    return await ledger_view(session, ledger)
+    return await ledger_info(session, ledger)
 
 
 # ------------------------------------------------------------------------------------------ deletion
@@ -257,15 +239,12 @@ async def delete_backup(sessions: async_sessionmaker[AsyncSession], settings: Se
             await session.delete(ledger)
 
 
-async def deletions(session: AsyncSession, member_id: int) -> list[dict]:
+async def deletions(session: AsyncSession, member_id: int) -> list[Deletion]:
     """The member's deletion records, newest first."""
     rows = await session.scalars(
         select(Deletion).where(Deletion.member_id == member_id).order_by(Deletion.id.desc())
     )
-    return [
-        {"ledger_id": d.ledger_id, "ledger_name": d.ledger_name, "year": d.year, "deleted_at": iso(d.deleted_at), "ip": d.ip}
-        for d in rows
-    ]
+    return list(rows)
 
 
 # ---------------------------------------------------------------------------------------- transfers
@@ -301,7 +280,7 @@ async def upload(
     authorize: Callable[[AsyncSession], Awaitable[Ledger | None]],
     after_commit: Callable[[AsyncSession, Ledger, Version], Awaitable[None]] | None = None,
     on_accepted: Callable[[], Awaitable[None]] | None = None,
-) -> dict:
+) -> VersionInfo:
     """Receive a new version of (ledger, year) for `owner_id`; shared by cloud backup and cloud share.
 
     `authorize` is the path's access rule; it runs before the body is read and again inside the commit,
@@ -340,7 +319,7 @@ async def upload(
     version = await store.receive_version(sessions, blobs, settings, incoming, body, on_commit, free_bytes=free)
     async with sessions() as session:
         uploader = await session.get(Member, uploader_id)
-    return version_view(version, uploader)
+    return VersionInfo.of(version, uploader)
 
 
 async def missing_chunks(session: AsyncSession, owner_id: int, digests: list[str]) -> list[str]:
@@ -375,7 +354,7 @@ async def find_version(session: AsyncSession, ledger_id: str, year: int, version
 
 
 async def backup_upload(sessions, blobs: BlobStore, settings: Settings, member_id: int, claim: UploadClaim,
-                        body: AsyncIterator[bytes], on_accepted=None) -> dict:
+                        body: AsyncIterator[bytes], on_accepted=None) -> VersionInfo:
     """上传云备份: the owner uploads a year of their own ledger (a new ledger on its first upload)."""
 
     async def authorize(session: AsyncSession) -> Ledger | None:
@@ -391,10 +370,10 @@ async def backup_version(session: AsyncSession, member_id: int, ledger_id: str, 
     return await find_version(session, ledger_id, year, version_ref)
 
 
-async def backup_year(session: AsyncSession, member_id: int, ledger_id: str, year: int) -> dict:
+async def backup_year(session: AsyncSession, member_id: int, ledger_id: str, year: int) -> YearVersions:
     """One year of the owner's ledger with every kept version, newest first."""
     await ledger_for_backup(session, member_id, ledger_id)
-    versions = (await year_versions(session, ledger_id, year)).get(year)
-    if not versions:
+    years = await year_versions(session, ledger_id, year)
+    if not years:
         raise errors.NotFound(f"该账套没有 {year} 年度的云备份")
-    return {"year": year, "versions": versions}
+    return years[0]

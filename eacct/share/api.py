@@ -15,7 +15,7 @@ from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
 from eacct.openapi import endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
-from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, json_response, read_body, require_member, require_netdisk, transaction
+from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, read_body, require_member, require_netdisk, transaction
 
 routes = web.RouteTableDef()
 
@@ -35,7 +35,7 @@ def _int_path(request: web.Request, name: str) -> int:
 async def list_friends(request: web.Request) -> web.Response:
     caller = await require_member(request)
     async with transaction(request) as session:
-        return json_response({"friends": await service.list_friends(session, caller.member_id)})
+        return answer(FriendsOut, {"friends": await service.list_friends(session, caller.member_id)})
 
 
 @routes.post("/api/v1/friends")
@@ -45,7 +45,7 @@ async def add_friend(request: web.Request) -> web.Response:
     body = await read_body(request, FriendIn)
     friend, created = await service.add_friend(request.app[SESSIONS], request.app[SETTINGS], caller.member_id,
                                                body.account, body.nickname)
-    return json_response(friend, status=201 if created else 200)
+    return answer(FriendOut, friend, status=201 if created else 200)
 
 
 @routes.delete("/api/v1/friends/{member_id}")
@@ -72,7 +72,7 @@ async def create_shares(request: web.Request) -> web.Response:
         raise errors.Invalid("账套ID 格式不正确，应为 UUID") from exc
     async with transaction(request) as session:
         shares = await service.create_shares(session, request.app[NOTIFIER], caller.member_id, ledger_id, body.friend_ids)
-    return json_response({"shares": shares}, status=201)
+    return answer(SharesCreated, {"shares": shares}, status=201)
 
 
 @routes.get("/api/v1/shares")
@@ -80,7 +80,7 @@ async def create_shares(request: web.Request) -> web.Response:
 async def list_shares(request: web.Request) -> web.Response:
     caller = await require_member(request)
     async with transaction(request) as session:
-        return json_response(await service.list_shares(session, caller.member_id))
+        return answer(ShareList, await service.list_shares(session, caller.member_id))
 
 
 @routes.delete("/api/v1/shares/{share_id}")
@@ -103,7 +103,7 @@ async def cancel_share(request: web.Request) -> web.Response:
 async def cloud_shares(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     async with transaction(request) as session:
-        return json_response(await service.cloud_shares(session, caller.member_id))
+        return answer(CloudShares, {"sharers": await service.cloud_shares(session, caller.member_id)})
 
 
 @routes.get("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/content")
@@ -129,7 +129,7 @@ async def upload_shared(request: web.Request) -> web.Response:
     app = request.app
     version = await service.share_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], app[NOTIFIER], caller.member_id,
                                          claim, body_blocks(request), on_accepted=continue_sender(request))
-    return json_response(version, status=201)
+    return answer(VersionOut, version, status=201)
 
 
 @routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/chunks/missing")
@@ -140,7 +140,7 @@ async def shared_missing_chunks(request: web.Request) -> web.Response:
     body = await read_body(request, ChunkQuery)
     async with transaction(request) as session:
         missing = await service.share_missing_chunks(session, caller.member_id, ledger_id, body.chunks)
-    return json_response({"missing": missing})
+    return answer(MissingChunks, {"missing": missing})
 
 
 # ------------------------------------------------------------------------------------------ messages
@@ -160,7 +160,7 @@ async def list_messages(request: web.Request) -> web.Response:
     statuses = _filter(request, "status", {"unread", "read"})
     kinds = _filter(request, "kind", {"system", "personal"})
     async with transaction(request) as session:
-        return json_response(await service.list_messages(session, caller.member_id, statuses, kinds))
+        return answer(MessagesOut, await service.list_messages(session, caller.member_id, statuses, kinds))
 
 
 @routes.post("/api/v1/messages/{id}/read")

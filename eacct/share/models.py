@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 
 from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from eacct.db import Base, UtcDateTime, utcnow
+from eacct.formats import chinese_date
+from eacct.members.models import Member
+from eacct.netdisk.models import YearVersions
 
-__all__ = ["Friendship", "Message", "MessageRead", "Share"]
+__all__ = [
+    "CloudShareLedger", "FriendInfo", "Friendship", "Inbox", "Message", "MessageInfo", "MessageRead", "Share", "ShareInfo",
+    "ShareOverview", "SharedLedger", "SharerInfo", "share_notice",
+]
 
 
 class Friendship(Base):
@@ -63,3 +70,99 @@ class MessageRead(Base):
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), primary_key=True)
     read_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+# --------------------------------------------------------------- what the share service answers with
+
+
+def share_notice(since: date, nickname: str) -> str:
+    """该账套于YYYY年M月D日开始共享给<昵称>."""
+    return f"该账套于{chinese_date(since)}开始共享给{nickname}"
+
+
+@dataclass(frozen=True, slots=True)
+class FriendInfo:
+    """A member in my friend list, and since when."""
+
+    id: int
+    account: str
+    nickname: str
+    added_at: datetime
+
+    @classmethod
+    def of(cls, member: Member, added_at: datetime) -> FriendInfo:
+        """The friend `member`, added at `added_at`."""
+        return cls(member.id, member.account, member.nickname, added_at)
+
+
+@dataclass(frozen=True, slots=True)
+class ShareInfo:
+    """An active share of a whole ledger from its owner to one friend."""
+
+    share_id: str
+    ledger_id: str
+    ledger_name: str
+    owner: Member
+    recipient: Member
+    since: date
+
+    @property
+    def notice(self) -> str:
+        """The sentence the guide shows once a ledger is shared."""
+        return share_notice(self.since, self.recipient.nickname)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedLedger:
+    """One of my ledgers in 共享列表, with the friends it is shared with."""
+
+    ledger_id: str
+    name: str
+    recipients: list[ShareInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class ShareOverview:
+    """共享列表: how many ledgers are shared with how many friends, and per ledger its recipients."""
+
+    ledger_count: int
+    friend_count: int
+    ledgers: list[SharedLedger]
+
+
+@dataclass(frozen=True, slots=True)
+class CloudShareLedger:
+    """A ledger shared with me: its years and their versions."""
+
+    ledger_id: str
+    name: str
+    since: date
+    years: list[YearVersions]
+
+
+@dataclass(frozen=True, slots=True)
+class SharerInfo:
+    """我的云共享: one sharer and the ledgers they share with me."""
+
+    member: Member
+    ledgers: list[CloudShareLedger]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """A message as one member sees it (read or not is theirs)."""
+
+    id: int
+    kind: str
+    title: str
+    body: str
+    created_at: datetime
+    read: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Inbox:
+    """消息中心: the messages asked for, newest first, and how many are unread in all."""
+
+    unread_count: int
+    messages: list[MessageInfo]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from eacct.members.schemas import MemberOut
 from eacct.netdisk.schemas import VersionOut
-from eacct.schemas import MemberId, Strict
+from eacct.schemas import MemberId, Out, Strict, UtcTime
 
 
 class FriendIn(Strict):
@@ -17,10 +18,10 @@ class FriendIn(Strict):
 
 
 class FriendOut(MemberOut):
-    added_at: str
+    added_at: UtcTime
 
 
-class FriendsOut(BaseModel):
+class FriendsOut(Out):
     friends: list[FriendOut]
 
 
@@ -29,62 +30,62 @@ class ShareIn(Strict):
     friend_ids: Annotated[list[MemberId], Field(min_length=1, max_length=100)]
 
 
-class ShareOut(BaseModel):
+class ShareOut(Out):
     share_id: str
     ledger_id: str
     ledger_name: str
     owner: MemberOut
     recipient: MemberOut
-    since: str
+    since: date
     notice: str
 
 
-class SharesCreated(BaseModel):
+class SharesCreated(Out):
     shares: list[ShareOut]
 
 
-class SharedLedger(BaseModel):
+class SharedLedger(Out):
     ledger_id: str
     name: str
     recipients: list[ShareOut]
 
 
-class ShareList(BaseModel):
+class ShareList(Out):
     ledger_count: int
     friend_count: int
     ledgers: list[SharedLedger]
 
 
-class SharedYear(BaseModel):
+class SharedYear(Out):
     year: int
     versions: list[VersionOut]
 
 
-class CloudShareLedger(BaseModel):
+class CloudShareLedger(Out):
     ledger_id: str
     name: str
-    since: str
+    since: date
     years: list[SharedYear]
 
 
-class Sharer(BaseModel):
+class Sharer(Out):
     member: MemberOut
     ledgers: list[CloudShareLedger]
 
 
-class CloudShares(BaseModel):
+class CloudShares(Out):
     sharers: list[Sharer]
 
 
-class MessageOut(BaseModel):
+class MessageOut(Out):
     id: int
     kind: str
     title: str
     body: str
-    created_at: str
+    created_at: UtcTime
     read: bool
 
 
-class MessagesOut(BaseModel):
+class MessagesOut(Out):
     unread_count: int
     messages: list[MessageOut]

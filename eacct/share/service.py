@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import date
 
 from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -18,15 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from eacct import errors, throttle
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
-from eacct.formats import iso
+from eacct.formats import BEIJING
 from eacct.members.models import Member
-from eacct.members.service import member_view
 from eacct.netdisk import service as netdisk
 from eacct.netdisk import store
 from eacct.storage import BlobStore
-from eacct.netdisk.models import Ledger, Version
+from eacct.netdisk.models import Ledger, Version, VersionInfo
 from eacct.share.access import ledger_for_share
-from eacct.share.models import Friendship, Message, MessageRead, Share
+from eacct.share.models import (
+    CloudShareLedger, FriendInfo, Friendship, Inbox, Message, MessageInfo, MessageRead, Share, ShareInfo, ShareOverview,
+    SharedLedger, SharerInfo, share_notice,
+)
 from eacct.share.notify import SYSTEM, Notifier
 
 __all__ = [
@@ -35,17 +37,9 @@ __all__ = [
     "share_version",
 ]
 
-BEIJING = timezone(timedelta(hours=8))
-
-
 def today_in_china() -> date:
     """The calendar date our users live in, for "开始共享" dates."""
     return utcnow().astimezone(BEIJING).date()
-
-
-def share_notice(since: date, nickname: str) -> str:
-    """该账套于YYYY年M月D日开始共享给<昵称>."""
-    return f"该账套于{since.year}年{since.month}月{since.day}日开始共享给{nickname}"
 
 
 # -------------------------------------------------------------------------------------------- friends
@@ -62,13 +56,8 @@ async def _insert_once(session: AsyncSession, row: object) -> bool:
     return True
 
 
-def friend_view(member: Member, added_at: datetime) -> dict:
-    """`Member` plus `added_at`."""
-    return {**member_view(member), "added_at": iso(added_at)}
-
-
 async def add_friend(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int, account: str,
-                     nickname: str) -> tuple[dict, bool]:
+                     nickname: str) -> tuple[FriendInfo, bool]:
     """Add a friend by account **and** nickname; any mismatch is the same `member_not_found`, and failed
     attempts are throttled per member, so accounts cannot be probed. Returns (friend, newly added).
 
@@ -84,21 +73,21 @@ async def add_friend(sessions: async_sessionmaker[AsyncSession], settings: Setti
         if friend is not None and friend.nickname == nickname.strip():
             existing = await session.get(Friendship, (member_id, friend.id))
             if existing is not None:
-                return friend_view(friend, existing.added_at), False
+                return FriendInfo.of(friend, existing.added_at), False
             friendship = Friendship(member_id=member_id, friend_id=friend.id, added_at=utcnow())
             if not await _insert_once(session, friendship):
                 # The same friend added by a concurrent request (a double click): adding twice is harmless.
                 existing = await session.scalar(select(Friendship).where(
                     Friendship.member_id == member_id, Friendship.friend_id == friend.id))
-                return friend_view(friend, existing.added_at), False
-            return friend_view(friend, friendship.added_at), True
+                return FriendInfo.of(friend, existing.added_at), False
+            return FriendInfo.of(friend, friendship.added_at), True
     policy = throttle.Policy(settings.friend_attempts_per_window, settings.friend_attempt_window_seconds,
                              settings.friend_attempt_window_seconds)
     until = await throttle.record_failure(sessions, key, policy, window_seconds=settings.friend_attempt_window_seconds)
     raise throttle.with_lockout(errors.MemberNotFound(), until)
 
 
-async def list_friends(session: AsyncSession, member_id: int) -> list[dict]:
+async def list_friends(session: AsyncSession, member_id: int) -> list[FriendInfo]:
     """我的好友, in the order they were added."""
     rows = await session.execute(
         select(Member, Friendship.added_at)
@@ -106,7 +95,7 @@ async def list_friends(session: AsyncSession, member_id: int) -> list[dict]:
         .where(Friendship.member_id == member_id)
         .order_by(Friendship.added_at, Member.id)
     )
-    return [friend_view(member, added_at) for member, added_at in rows.all()]
+    return [FriendInfo.of(member, added_at) for member, added_at in rows.all()]
 
 
 async def remove_friend(session: AsyncSession, notifier: Notifier, member_id: int, friend_id: int) -> None:
@@ -130,25 +119,18 @@ async def remove_friend(session: AsyncSession, notifier: Notifier, member_id: in
 # --------------------------------------------------------------------------------------------- shares
 
 
-async def _share_view(session: AsyncSession, share: Share, ledger_name: str | None = None) -> dict:
+async def _share_info(session: AsyncSession, share: Share, ledger_name: str | None = None) -> ShareInfo:
     owner = await session.get(Member, share.owner_id)
     recipient = await session.get(Member, share.recipient_id)
     if ledger_name is None:
         ledger = await session.get(Ledger, share.ledger_id)
         ledger_name = ledger.name if ledger else ""
-    return {
-        "share_id": share.id,
-        "ledger_id": share.ledger_id,
-        "ledger_name": ledger_name,
-        "owner": member_view(owner),
-        "recipient": member_view(recipient),
-        "since": iso(share.since),
-        "notice": share_notice(share.since, recipient.nickname),
-    }
+    return ShareInfo(share_id=share.id, ledger_id=share.ledger_id, ledger_name=ledger_name, owner=owner,
+                     recipient=recipient, since=share.since)
 
 
 async def create_shares(session: AsyncSession, notifier: Notifier, owner_id: int, ledger_id: str,
-                        friend_ids: list[int]) -> list[dict]:
+                        friend_ids: list[int]) -> list[ShareInfo]:
     """共享给好友: share a ledger (all its years) with friends; only friends may be chosen. A friend who
     already has it keeps their share (and its date)."""
     await store.lock_owner(session, owner_id)
@@ -178,11 +160,11 @@ async def create_shares(session: AsyncSession, notifier: Notifier, owner_id: int
                 session, friend_id, "新的共享账套",
                 f"{owner.nickname}（{owner.account}）将账套 {ledger.name} 共享给您，请在 e会计【云共享】-【我的云共享】中下载",
             )
-        views.append(await _share_view(session, share, ledger.name))
+        views.append(await _share_info(session, share, ledger.name))
     return views
 
 
-async def list_shares(session: AsyncSession, owner_id: int) -> dict:
+async def list_shares(session: AsyncSession, owner_id: int) -> ShareOverview:
     """共享列表: how many ledgers are shared with how many friends, and per ledger its recipients."""
     rows = (await session.execute(
         select(Share, Ledger.name)
@@ -190,12 +172,12 @@ async def list_shares(session: AsyncSession, owner_id: int) -> dict:
         .where(Share.owner_id == owner_id, Share.cancelled_at.is_(None))
         .order_by(Ledger.name, Ledger.id, Share.created_at)
     )).all()
-    ledgers: dict[str, dict] = {}
+    ledgers: dict[str, SharedLedger] = {}
     for share, name in rows:
-        entry = ledgers.setdefault(share.ledger_id, {"ledger_id": share.ledger_id, "name": name, "recipients": []})
-        entry["recipients"].append(await _share_view(session, share, name))
+        entry = ledgers.setdefault(share.ledger_id, SharedLedger(share.ledger_id, name, []))
+        entry.recipients.append(await _share_info(session, share, name))
     friends = {share.recipient_id for share, _ in rows}
-    return {"ledger_count": len(ledgers), "friend_count": len(friends), "ledgers": list(ledgers.values())}
+    return ShareOverview(ledger_count=len(ledgers), friend_count=len(friends), ledgers=list(ledgers.values()))
 
 
 async def _end_share(session: AsyncSession, notifier: Notifier, share: Share, reason: str = "") -> None:
@@ -226,7 +208,7 @@ async def end_shares_of_ledger(session: AsyncSession, notifier: Notifier, ledger
 # ----------------------------------------------------------------------------------- the recipient
 
 
-async def cloud_shares(session: AsyncSession, member_id: int) -> dict:
+async def cloud_shares(session: AsyncSession, member_id: int) -> list[SharerInfo]:
     """我的云共享: sharers → their ledgers shared with me → years → versions (newest first)."""
     rows = (await session.execute(
         select(Share, Ledger, Member)
@@ -235,17 +217,12 @@ async def cloud_shares(session: AsyncSession, member_id: int) -> dict:
         .where(Share.recipient_id == member_id, Share.cancelled_at.is_(None))
         .order_by(Member.account, Ledger.name, Ledger.id)
     )).all()
-    sharers: dict[int, dict] = {}
+    sharers: dict[int, SharerInfo] = {}
     for share, ledger, owner in rows:
-        entry = sharers.setdefault(owner.id, {"member": member_view(owner), "ledgers": []})
+        entry = sharers.setdefault(owner.id, SharerInfo(owner, []))
         years = await netdisk.year_versions(session, ledger.id)
-        entry["ledgers"].append({
-            "ledger_id": ledger.id,
-            "name": ledger.name,
-            "since": iso(share.since),
-            "years": [{"year": year, "versions": versions} for year, versions in sorted(years.items())],
-        })
-    return {"sharers": list(sharers.values())}
+        entry.ledgers.append(CloudShareLedger(ledger.id, ledger.name, share.since, years))
+    return list(sharers.values())
 
 
 async def share_version(session: AsyncSession, member_id: int, ledger_id: str, year: int, version_ref: str) -> Version:
@@ -262,7 +239,7 @@ async def share_missing_chunks(session: AsyncSession, member_id: int, ledger_id:
 
 async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
                        notifier: Notifier, member_id: int, claim: netdisk.UploadClaim, body: AsyncIterator[bytes],
-                       on_accepted=None) -> dict:
+                       on_accepted=None) -> VersionInfo:
     """上传云共享: the recipient's upload becomes a new version in the **owner's** cloud backup (and quota)."""
     async with sessions() as session:
         ledger, _ = await ledger_for_share(session, member_id, claim.ledger_id)
@@ -296,7 +273,7 @@ def _read_by(member_id: int):
     return exists().where(MessageRead.message_id == Message.id, MessageRead.member_id == member_id)
 
 
-async def list_messages(session: AsyncSession, member_id: int, statuses: set[str], kinds: set[str]) -> dict:
+async def list_messages(session: AsyncSession, member_id: int, statuses: set[str], kinds: set[str]) -> Inbox:
     """消息中心: newest first, filtered by read/unread and system/personal; with the unread count."""
     query = select(Message, _read_by(member_id).label("read")).where(_visible_to(member_id))
     if kinds:
@@ -309,14 +286,8 @@ async def list_messages(session: AsyncSession, member_id: int, statuses: set[str
     unread = await session.scalar(
         select(func.count()).select_from(Message).where(_visible_to(member_id), ~_read_by(member_id))
     )
-    return {
-        "unread_count": unread,
-        "messages": [
-            {"id": m.id, "kind": m.kind, "title": m.title, "body": m.body, "created_at": iso(m.created_at),
-             "read": bool(read)}
-            for m, read in rows
-        ],
-    }
+    messages = [MessageInfo(m.id, m.kind, m.title, m.body, m.created_at, bool(read)) for m, read in rows]
+    return Inbox(unread_count=unread, messages=messages)
 
 
 async def mark_read(session: AsyncSession, member_id: int, message_id: int) -> None:
@@ -328,7 +299,7 @@ async def mark_read(session: AsyncSession, member_id: int, message_id: int) -> N
         await _insert_once(session, MessageRead(message_id=message_id, member_id=member_id, read_at=utcnow()))
 
 
-async def broadcast(session: AsyncSession, title: str, body: str) -> dict:
+async def broadcast(session: AsyncSession, title: str, body: str) -> MessageInfo:
     """A system message from the operator to every member."""
     title, body = title.strip(), body.strip()
     if not title or not body or len(title) > 200:
@@ -336,4 +307,4 @@ async def broadcast(session: AsyncSession, title: str, body: str) -> dict:
     message = Message(member_id=None, kind=SYSTEM, title=title, body=body, created_at=utcnow())
     session.add(message)
     await session.flush()
-    return {"id": message.id, "kind": SYSTEM, "title": title, "body": body, "created_at": iso(message.created_at)}
+    return MessageInfo(message.id, SYSTEM, title, body, message.created_at, read=False)

@@ -20,7 +20,6 @@ import logging
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta, timezone
 
 import requests
 from sqlalchemy import select
@@ -31,6 +30,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from eacct.config import Settings
 from eacct.db import after_commit, utcnow
+from eacct.formats import BEIJING
 from eacct.members.models import WechatBinding
 
 __all__ = ["REMARK", "WechatApiClient", "WechatTemplateNotifier", "template_data"]
@@ -38,7 +38,6 @@ __all__ = ["REMARK", "WechatApiClient", "WechatTemplateNotifier", "template_data
 log = logging.getLogger("eacct.wechat.notify")
 
 REMARK = "详情请在 e会计【消息中心】查看"
-BEIJING = timezone(timedelta(hours=8))
 # WeChat's answers to a token it no longer accepts: fetch a new one and try once more.
 TOKEN_REFUSED = {WeChatErrorCode.INVALID_CREDENTIAL, WeChatErrorCode.INVALID_ACCESS_TOKEN,
                  WeChatErrorCode.EXPIRED_ACCESS_TOKEN}

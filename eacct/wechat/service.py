@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from eacct import errors, throttle
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
+from eacct.formats import chinese_date
 from eacct.members.models import Member, WechatBinding
 from eacct.members.service import check_credentials
 from eacct.netdisk import service as netdisk
@@ -159,7 +160,7 @@ async def _friends(session, settings, openid, member) -> str:
     friends = await share.list_friends(session, member.id)
     if not friends:
         return "您还没有好友。添加好友需要好友的 e会计会员账号和昵称。"
-    lines = [f"{index}. {f['nickname']}（{f['account']}）" for index, f in enumerate(friends, 1)]
+    lines = [f"{index}. {friend.nickname}（{friend.account}）" for index, friend in enumerate(friends, 1)]
     return "我的好友\n" + "\n".join(lines)
 
 
@@ -172,9 +173,9 @@ async def _netdisk_list(session, settings, openid, member) -> str:
                 "才能对云备份的账套进行共享操作。")
     status = await netdisk.netdisk_status(session, settings, member.id)
     mib = 1024 * 1024
-    lines = [f"{index}. {ledger['name']}（{'、'.join(str(y['year']) for y in ledger['years'])} 年度）"
+    lines = [f"{index}. {ledger.name}（{'、'.join(str(y.year) for y in ledger.years)} 年度）"
              for index, ledger in enumerate(ledgers, 1)]
-    return (f"网盘列表（已用 {status['used_bytes'] / mib:.2f} MB，可用 {status['free_bytes'] / mib:.2f} MB）\n"
+    return (f"网盘列表（已用 {status.used_bytes / mib:.2f} MB，可用 {status.free_bytes / mib:.2f} MB）\n"
             + "\n".join(lines))
 
 
@@ -182,11 +183,11 @@ async def _share_list(session, settings, openid, member) -> str:
     if member is None:
         return how_to_bind(settings, openid)
     shares = await share.list_shares(session, member.id)
-    if not shares["ledgers"]:
+    if not shares.ledgers:
         return "您还没有共享账套给好友。"
-    lines = [f"您共享了 {shares['ledger_count']} 个账套给 {shares['friend_count']} 位好友："]
-    for ledger in shares["ledgers"]:
-        lines += [f"· {r['notice'].replace('该账套', '账套 ' + ledger['name'])}" for r in ledger["recipients"]]
+    lines = [f"您共享了 {shares.ledger_count} 个账套给 {shares.friend_count} 位好友："]
+    for ledger in shares.ledgers:
+        lines += [f"· 账套 {ledger.name} 于{chinese_date(r.since)}开始共享给{r.recipient.nickname}" for r in ledger.recipients]
     return "\n".join(lines)
 
 

@@ -56,8 +56,8 @@ async def test_rule_7_identical_content_is_stored_once(sessions, blobs, settings
     second = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2019, content)
     assert await used(sessions, owner) == len(content)
     assert len([info async for info in blobs.list("packs/")]) == packs_after_first
-    assert await read_all(sessions, blobs, second["version_id"]) == content
-    assert await read_all(sessions, blobs, first["version_id"]) == content
+    assert await read_all(sessions, blobs, second.version_id) == content
+    assert await read_all(sessions, blobs, first.version_id) == content
 
 
 async def test_rule_7_a_day_of_bookkeeping_stores_only_the_changed_pages(sessions, blobs, settings, owner, tmp_path):
@@ -70,14 +70,14 @@ async def test_rule_7_a_day_of_bookkeeping_stores_only_the_changed_pages(session
     version = await put(sessions, blobs, settings, owner, ledger, 2018, day2)
     growth = await used(sessions, owner) - before
     assert growth <= 2 * 130 * 4096 + 64 * 1024, growth
-    assert await read_all(sessions, blobs, version["version_id"]) == day2
+    assert await read_all(sessions, blobs, version.version_id) == day2
 
 
 async def test_reads_of_any_range_match_the_content(sessions, blobs, settings, owner):
     content = os.urandom(700_000)
     version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
     for start, end in ((0, 1), (5, 70_000), (65_535, 65_537), (699_999, 700_000), (123_456, 654_321)):
-        assert await read_all(sessions, blobs, version["version_id"], start, end) == content[start:end]
+        assert await read_all(sessions, blobs, version.version_id, start, end) == content[start:end]
 
 
 async def test_rule_15_retention_prunes_and_releases_quota(sessions, blobs, settings, owner):
@@ -97,11 +97,11 @@ async def test_rule_15_pruning_never_removes_the_only_verified_copy(sessions, bl
     kept = await put(sessions, blobs, settings, owner, ledger, 2018, b"verified copy" * 1000)
     with pytest.raises(errors.ChecksumMismatch):
         await put(sessions, blobs, settings, owner, ledger, 2018, os.urandom(20_000), sha256="0" * 64)
-    assert await read_all(sessions, blobs, kept["version_id"]) == b"verified copy" * 1000
+    assert await read_all(sessions, blobs, kept.version_id) == b"verified copy" * 1000
     newer = await put(sessions, blobs, settings, owner, ledger, 2018, b"newer copy" * 1000)
     async with sessions() as session:
         ids = list(await session.scalars(select(Version.public_id)))
-    assert ids == [newer["version_id"]]
+    assert ids == [newer.version_id]
 
 
 async def test_rule_15_at_most_100_versions_per_member(sessions, blobs, settings, owner):
@@ -163,7 +163,7 @@ async def test_gc_removes_chunks_and_packs_that_no_version_uses(sessions, blobs,
     latest = await put(sessions, blobs, settings, owner, ledger, 2018, os.urandom(2 * 1024 * 1024))
     report = await store.collect_garbage(sessions, blobs, settings)
     assert report["chunks"] > 0 and report["packs"] > 0
-    assert await read_all(sessions, blobs, latest["version_id"]) is not None
+    assert await read_all(sessions, blobs, latest.version_id) is not None
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Chunk).where(Chunk.refs <= 0)) == 0
 
@@ -202,7 +202,7 @@ async def test_upload_counting_on_a_chunk_gc_removed_is_refused_cleanly(sessions
     with pytest.raises(errors.Conflict):
         await store._commit(sessions, settings, upload, create_ledger)
     await upload.abandon()
-    assert (await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, shared))["size"] == len(shared)
+    assert (await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, shared)).size == len(shared)
 
 
 async def test_access_rule_for_backup_allows_new_ledger_ids_only_for_upload(sessions, owner):

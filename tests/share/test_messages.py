@@ -12,13 +12,15 @@ from eacct.db import unit_of_work
 from eacct.share import service
 from eacct.share.notify import MessageCenterNotifier
 from eacct.web import NOTIFIER
+from eacct.share.schemas import MessageOut
 from tests.conftest import Desktop, new_ledger_id
 from tests.share.conftest import befriend, cancel, error_code, messages, share
 
 
 async def broadcast(sessions, title: str, body: str) -> dict:
+    """The operator's broadcast, as the message center would answer it."""
     async with unit_of_work(sessions) as session:
-        return await service.broadcast(session, title, body)
+        return MessageOut.model_validate(await service.broadcast(session, title, body)).model_dump(mode="json")
 
 
 async def test_rule_18_share_created_upload_and_cancel_send_personal_messages(world):
