@@ -14,7 +14,8 @@ from eacct.config import Settings
 from eacct.db import engine_for, make_session_factory
 from eacct.storage import BlobStore, open_blob_store
 from eacct.openapi import endpoint, openapi_document
-from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, json_response
+from eacct.netdisk.hooks import NetdiskHooks
+from eacct.web import BLOBS, NETDISK_HOOKS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, json_response
 
 __all__ = ["create_app"]
 
@@ -48,6 +49,7 @@ def create_app(
     from eacct.members.api import routes as member_routes
     from eacct.netdisk.api import routes as netdisk_routes
     from eacct.share.api import routes as share_routes
+    from eacct.share import service as share_service
     from eacct.share.notify import MessageCenterNotifier
     from eacct.wechat.api import routes as wechat_routes
     from eacct.wechat.notify import WechatTemplateNotifier
@@ -60,6 +62,9 @@ def create_app(
     app[NOTIFIER] = MessageCenterNotifier(extra_channels=[wechat_templates] if wechat_templates else [])
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        # Registered at start-up, with the notifier the app ends up with.
+        app[NETDISK_HOOKS] = NetdiskHooks()
+        share_service.register(app[NETDISK_HOOKS], app[NOTIFIER])
         own_engine = engine is None
         app[ENGINE] = engine if engine is not None else engine_for(settings)
         app[SESSIONS] = make_session_factory(app[ENGINE])

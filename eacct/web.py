@@ -20,6 +20,7 @@ from eacct.db import unit_of_work
 from eacct.formats import iso
 from eacct.members import service as members
 from eacct.members.service import Caller
+from eacct.netdisk.hooks import NetdiskHooks
 from eacct.storage import BlobStore
 
 __all__ = [
@@ -32,6 +33,7 @@ log = logging.getLogger("eacct.web")
 SETTINGS = web.AppKey("settings", Settings)
 SESSIONS = web.AppKey("sessions", async_sessionmaker)
 BLOBS = web.AppKey("blobs", BlobStore)
+NETDISK_HOOKS = web.AppKey("netdisk_hooks", NetdiskHooks)
 NOTIFIER = web.AppKey("notifier", object)
 
 STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from eacct.members import service
+from eacct.netdisk import service as netdisk_service
 from eacct.members.schemas import Credentials, Me, MemberOut, NewMember, NicknameChange, SessionOut
 from eacct.openapi import endpoint
 from eacct.web import SESSIONS, SETTINGS, answer, bearer_token, client_ip, read_body, require_member, transaction
@@ -43,7 +44,7 @@ async def delete_session(request: web.Request) -> web.Response:
 async def get_me(request: web.Request) -> web.Response:
     caller = await require_member(request)
     async with transaction(request) as session:
-        return answer(Me, await service.profile(session, caller.member_id))
+        return answer(Me, await service.profile(session, caller.member_id, netdisk_service.is_opened))
 
 
 @routes.patch("/api/v1/me")

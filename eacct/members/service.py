@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -13,7 +14,6 @@ from eacct import errors, throttle
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.members.models import AccessToken, Member, Profile, TokenKind, WechatBinding
-from eacct.netdisk.models import Netdisk
 from eacct.secrets import hash_secret, hash_token, new_token, verify_secret
 
 __all__ = [
@@ -119,13 +119,13 @@ async def revoke_token(session: AsyncSession, token: str) -> None:
     await session.execute(delete(AccessToken).where(AccessToken.token_hash == hash_token(token)))
 
 
-async def profile(session: AsyncSession, member_id: int) -> Profile:
+async def profile(session: AsyncSession, member_id: int,
+                  netdisk_opened: Callable[[AsyncSession, int], Awaitable[bool]]) -> Profile:
     """会员信息: the member plus whether WeChat is bound and the netdisk opened."""
     member = await get_member(session, member_id)
     bound = await session.scalar(select(WechatBinding.openid).where(WechatBinding.member_id == member_id))
-    opened = await session.scalar(select(Netdisk.member_id).where(Netdisk.member_id == member_id))
     return Profile(member.id, member.account, member.nickname, wechat_bound=bound is not None,
-                   netdisk_opened=opened is not None)
+                   netdisk_opened=await netdisk_opened(session, member_id))
 
 
 async def rename(session: AsyncSession, member_id: int, nickname: str) -> Member:

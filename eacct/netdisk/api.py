@@ -20,7 +20,7 @@ from eacct.netdisk.schemas import (
 )
 from eacct.openapi import endpoint
 from eacct.web import (
-    BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, client_ip, header_text, read_body, require_member,
+    BLOBS, NETDISK_HOOKS, SESSIONS, SETTINGS, answer, client_ip, header_text, read_body, require_member,
     require_netdisk, transaction,
 )
 
@@ -273,7 +273,7 @@ async def get_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id = ledger_id_of(request)
     async with transaction(request) as session:
-        return answer(LedgerOut, await service.get_ledger(session, caller.member_id, ledger_id))
+        return answer(LedgerOut, await service.get_ledger(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id))
 
 
 @routes.patch("/api/v1/backups/{ledger_id}")
@@ -283,7 +283,7 @@ async def rename_backup(request: web.Request) -> web.Response:
     ledger_id = ledger_id_of(request)
     body = await read_body(request, LedgerRename)
     async with transaction(request) as session:
-        return answer(LedgerOut, await service.rename_ledger(session, caller.member_id, ledger_id, body.name))
+        return answer(LedgerOut, await service.rename_ledger(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, body.name))
 
 
 def _password_header(request: web.Request) -> str:
@@ -298,7 +298,7 @@ def _password_header(request: web.Request) -> str:
 async def delete_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id = ledger_id_of(request)
-    await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NOTIFIER], caller.member_id,
+    await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NETDISK_HOOKS], caller.member_id,
                                 ledger_id, None, _password_header(request), client_ip(request))
     return web.Response(status=204)
 
@@ -309,7 +309,7 @@ async def get_backup_year(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     async with transaction(request) as session:
-        return answer(YearOut, await service.backup_year(session, caller.member_id, ledger_id, year))
+        return answer(YearOut, await service.backup_year(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year))
 
 
 @routes.delete("/api/v1/backups/{ledger_id}/years/{year}")
@@ -317,7 +317,7 @@ async def get_backup_year(request: web.Request) -> web.Response:
 async def delete_backup_year(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
-    await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NOTIFIER], caller.member_id,
+    await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NETDISK_HOOKS], caller.member_id,
                                 ledger_id, year, _password_header(request), client_ip(request))
     return web.Response(status=204)
 
@@ -328,7 +328,7 @@ async def upload_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     claim = upload_claim(request)
     app = request.app
-    version = await service.backup_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], caller.member_id, claim,
+    version = await service.backup_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], app[NETDISK_HOOKS], caller.member_id, claim,
                                           body_blocks(request), on_accepted=continue_sender(request))
     return answer(VersionOut, version, status=201)
 
@@ -340,10 +340,10 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
     ledger_id, year = ledger_id_of(request), year_of(request)
     version_ref = request.match_info["version_id"]
     async with transaction(request) as session:
-        version = await service.backup_version(session, caller.member_id, ledger_id, year, version_ref)
+        version = await service.backup_version(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year, version_ref)
 
     async def still_allowed(session: AsyncSession) -> object:
-        return await service.backup_version(session, caller.member_id, ledger_id, year, version.public_id)
+        return await service.backup_version(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year, version.public_id)
 
     return await send_version(request, version, still_allowed)
 
@@ -355,5 +355,5 @@ async def backup_missing_chunks(request: web.Request) -> web.Response:
     ledger_id, _ = ledger_id_of(request), year_of(request)
     body = await read_body(request, ChunkQuery)
     async with transaction(request) as session:
-        missing = await service.backup_missing_chunks(session, caller.member_id, ledger_id, body.chunks)
+        missing = await service.backup_missing_chunks(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, body.chunks)
     return answer(MissingChunks, {"missing": missing})

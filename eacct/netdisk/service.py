@@ -19,18 +19,18 @@ from eacct.db import unit_of_work, utcnow
 from eacct.members.models import AccessToken, Member, TokenKind
 from eacct.members.service import issue_token
 from eacct.netdisk import store
+from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.storage import BlobStore
 from eacct.netdisk.models import (
     Chunk, Deletion, Ledger, LedgerInfo, Netdisk, NetdiskStatus, SecurityQuestion, Version, VersionInfo, YearSummary,
     YearVersions,
 )
 from eacct.secrets import hash_secret, normalise_answer, verify_secret
-from eacct.share.access import ledger_for_backup
 
 __all__ = [
     "UploadClaim", "backup_missing_chunks", "backup_upload", "backup_version", "backup_year", "change_password", "clean_ledger_name",
     "delete_backup", "deletions", "find_version", "get_ledger", "ledger_info", "list_ledgers", "missing_chunks", "netdisk_status",
-    "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock", "upload", "verify_password",
+    "is_opened", "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock", "upload", "verify_password",
     "year_versions",
 ]
 
@@ -60,6 +60,11 @@ async def netdisk_status(session: AsyncSession, settings: Settings, member_id: i
     quota = netdisk.quota_bytes if netdisk else settings.netdisk_quota_bytes
     used = await store.used_bytes(session, member_id)
     return NetdiskStatus(opened=netdisk is not None, quota_bytes=quota, used_bytes=used, free_bytes=max(quota - used, 0))
+
+
+async def is_opened(session: AsyncSession, member_id: int) -> bool:
+    """Whether the member has set up their netdisk."""
+    return await session.get(Netdisk, member_id) is not None
 
 
 async def open_netdisk(session: AsyncSession, settings: Settings, member_id: int, password: str,
@@ -197,14 +202,14 @@ async def list_ledgers(session: AsyncSession, member_id: int) -> list[LedgerInfo
     return [await ledger_info(session, ledger) for ledger in ledgers]
 
 
-async def get_ledger(session: AsyncSession, member_id: int, ledger_id: str) -> LedgerInfo:
+async def get_ledger(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str) -> LedgerInfo:
     """One of the member's own ledgers (the cloud-backup side)."""
-    return await ledger_info(session, await ledger_for_backup(session, member_id, ledger_id))
+    return await ledger_info(session, await ledger_for_backup(session, hooks, member_id, ledger_id))
 
 
-async def rename_ledger(session: AsyncSession, member_id: int, ledger_id: str, name: str) -> LedgerInfo:
+async def rename_ledger(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str, name: str) -> LedgerInfo:
     """Rename one of the member's ledgers."""
-    ledger = await ledger_for_backup(session, member_id, ledger_id)
+    ledger = await ledger_for_backup(session, hooks, member_id, ledger_id)
     ledger.name = clean_ledger_name(name)
     return await ledger_info(session, ledger)
 
@@ -212,19 +217,16 @@ async def rename_ledger(session: AsyncSession, member_id: int, ledger_id: str, n
 # ------------------------------------------------------------------------------------------ deletion
 
 
-async def delete_backup(sessions: async_sessionmaker[AsyncSession], settings: Settings, notifier, member_id: int,
+async def delete_backup(sessions: async_sessionmaker[AsyncSession], settings: Settings, hooks: NetdiskHooks, member_id: int,
                         ledger_id: str, year: int | None, password: str, ip: str) -> None:
     """Delete a whole ledger (`year` None: its shares end too) or one year of it, after the netdisk password
     is given again; releases the quota and leaves a deletion record (who, when, what, from which IP)."""
-    # Imported here: share.service builds on this module.
-    from eacct.share.service import end_shares_of_ledger
-
     async with unit_of_work(sessions) as session:
-        await ledger_for_backup(session, member_id, ledger_id)
+        await ledger_for_backup(session, hooks, member_id, ledger_id)
     await verify_password(sessions, settings, member_id, password)
     async with unit_of_work(sessions) as session:
         await store.lock_owner(session, member_id)
-        ledger = await ledger_for_backup(session, member_id, ledger_id)
+        ledger = await ledger_for_backup(session, hooks, member_id, ledger_id)
         query = select(Version.id).where(Version.ledger_id == ledger_id)
         if year is not None:
             query = query.where(Version.year == year)
@@ -235,7 +237,7 @@ async def delete_backup(sessions: async_sessionmaker[AsyncSession], settings: Se
         session.add(Deletion(member_id=member_id, ledger_id=ledger_id, ledger_name=ledger.name, year=year,
                              deleted_at=utcnow(), ip=ip))
         if year is None:
-            await end_shares_of_ledger(session, notifier, ledger)
+            await hooks.end_ledger(session, ledger)
             await session.delete(ledger)
 
 
@@ -334,9 +336,9 @@ async def missing_chunks(session: AsyncSession, owner_id: int, digests: list[str
     return [digest.hex() for digest in wanted if digest not in have]
 
 
-async def backup_missing_chunks(session: AsyncSession, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
+async def backup_missing_chunks(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
     """Before a delta 上传云备份: the chunks the owner's store lacks."""
-    await ledger_for_backup(session, member_id, ledger_id, may_be_new=True)
+    await ledger_for_backup(session, hooks, member_id, ledger_id, may_be_new=True)
     return await missing_chunks(session, member_id, digests)
 
 
@@ -353,26 +355,26 @@ async def find_version(session: AsyncSession, ledger_id: str, year: int, version
     return version
 
 
-async def backup_upload(sessions, blobs: BlobStore, settings: Settings, member_id: int, claim: UploadClaim,
+async def backup_upload(sessions, blobs: BlobStore, settings: Settings, hooks: NetdiskHooks, member_id: int, claim: UploadClaim,
                         body: AsyncIterator[bytes], on_accepted=None) -> VersionInfo:
     """上传云备份: the owner uploads a year of their own ledger (a new ledger on its first upload)."""
 
     async def authorize(session: AsyncSession) -> Ledger | None:
-        return await ledger_for_backup(session, member_id, claim.ledger_id, may_be_new=True)
+        return await ledger_for_backup(session, hooks, member_id, claim.ledger_id, may_be_new=True)
 
     return await upload(sessions, blobs, settings, claim, body, owner_id=member_id, uploader_id=member_id,
                         via="backup", authorize=authorize, on_accepted=on_accepted)
 
 
-async def backup_version(session: AsyncSession, member_id: int, ledger_id: str, year: int, version_ref: str) -> Version:
+async def backup_version(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str, year: int, version_ref: str) -> Version:
     """The owner's version to download (restore = download of any kept version)."""
-    await ledger_for_backup(session, member_id, ledger_id)
+    await ledger_for_backup(session, hooks, member_id, ledger_id)
     return await find_version(session, ledger_id, year, version_ref)
 
 
-async def backup_year(session: AsyncSession, member_id: int, ledger_id: str, year: int) -> YearVersions:
+async def backup_year(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str, year: int) -> YearVersions:
     """One year of the owner's ledger with every kept version, newest first."""
-    await ledger_for_backup(session, member_id, ledger_id)
+    await ledger_for_backup(session, hooks, member_id, ledger_id)
     years = await year_versions(session, ledger_id, year)
     if not years:
         raise errors.NotFound(f"该账套没有 {year} 年度的云备份")

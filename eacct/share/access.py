@@ -2,8 +2,10 @@
 
 共享人操作云备份，受共享人操作云共享: the owner reads and writes a ledger only through cloud backup, a
 recipient with an active share only through cloud share. Each wrong path gets an error naming the right
-one; anyone else (and a former recipient) is told the ledger does not exist. Every route to a ledger's
-data (REST, WeChat pages, downloads, uploads, and the commit of an upload) goes through here.
+one; anyone else (and a former recipient) is told the ledger does not exist. The cloud-backup side is the
+netdisk's `ledger_for_backup`, into which `register` plugs the recipient's refusal; the cloud-share side is
+`ledger_for_share`. Every route to a ledger's data (REST, WeChat pages, downloads, uploads, and the commit of
+an upload) goes through one of the two.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from eacct import errors
 from eacct.netdisk.models import Ledger
 from eacct.share.models import Share
 
-__all__ = ["active_share", "ledger_for_backup", "ledger_for_share"]
+__all__ = ["active_share", "ledger_for_share", "send_recipient_to_share"]
 
 
 async def active_share(session: AsyncSession, ledger_id: str, recipient_id: int) -> Share | None:
@@ -27,18 +29,10 @@ async def active_share(session: AsyncSession, ledger_id: str, recipient_id: int)
     )
 
 
-async def ledger_for_backup(session: AsyncSession, member_id: int, ledger_id: str, *, may_be_new: bool = False) -> Ledger | None:
-    """The caller's own ledger for the cloud-backup path; None for an unknown id when `may_be_new` (first upload)."""
-    ledger = await session.get(Ledger, ledger_id)
-    if ledger is None:
-        if may_be_new:
-            return None
-        raise errors.NotFound("云备份中没有这个账套")
-    if ledger.owner_id == member_id:
-        return ledger
-    if await active_share(session, ledger_id, member_id) is not None:
+async def send_recipient_to_share(session: AsyncSession, member_id: int, ledger: Ledger) -> None:
+    """On the cloud-backup path, a member the ledger is shared with is told to use cloud share instead."""
+    if await active_share(session, ledger.id, member_id) is not None:
         raise errors.RecipientUsesShare()
-    raise errors.NotFound("云备份中没有这个账套")
 
 
 async def ledger_for_share(session: AsyncSession, member_id: int, ledger_id: str) -> tuple[Ledger, Share]:

@@ -24,7 +24,8 @@ from eacct.netdisk import service as netdisk
 from eacct.netdisk import store
 from eacct.storage import BlobStore
 from eacct.netdisk.models import Ledger, Version, VersionInfo
-from eacct.share.access import ledger_for_share
+from eacct.netdisk.hooks import NetdiskHooks
+from eacct.share.access import ledger_for_share, send_recipient_to_share
 from eacct.share.models import (
     CloudShareLedger, FriendInfo, Friendship, Inbox, Message, MessageInfo, MessageRead, Share, ShareInfo, ShareOverview,
     SharedLedger, SharerInfo, share_notice,
@@ -32,7 +33,7 @@ from eacct.share.models import (
 from eacct.share.notify import SYSTEM, Notifier
 
 __all__ = [
-    "add_friend", "broadcast", "cancel_share", "cloud_shares", "create_shares", "end_shares_of_ledger",
+    "add_friend", "broadcast", "register", "cancel_share", "cloud_shares", "create_shares", "end_shares_of_ledger",
     "list_friends", "list_messages", "list_shares", "mark_read", "remove_friend", "share_missing_chunks", "share_notice", "share_upload",
     "share_version",
 ]
@@ -196,6 +197,16 @@ async def cancel_share(session: AsyncSession, notifier: Notifier, owner_id: int,
     if share is None or share.owner_id != owner_id or share.cancelled_at is not None:
         raise errors.NotFound("没有这个共享")
     await _end_share(session, notifier, share)
+
+
+def register(hooks: NetdiskHooks, notifier: Notifier) -> None:
+    """Take part in the netdisk's rules: recipients are sent to cloud share, and a deleted ledger's shares end."""
+    hooks.non_owner_checks.append(send_recipient_to_share)
+
+    async def end_shares(session: AsyncSession, ledger: Ledger) -> None:
+        await end_shares_of_ledger(session, notifier, ledger)
+
+    hooks.ledger_deleted.append(end_shares)
 
 
 async def end_shares_of_ledger(session: AsyncSession, notifier: Notifier, ledger: Ledger) -> None:

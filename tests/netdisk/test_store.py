@@ -12,9 +12,9 @@ from sqlalchemy import func, select, update
 from eacct import errors
 from eacct.db import unit_of_work
 from eacct.members.service import create_member
+from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk import service, store
 from eacct.netdisk.models import Chunk, Ledger, Pack, Version
-from eacct.share.access import ledger_for_backup
 from tests.netdisk.ledgers import edit_rows, make_ledger_db, tar_year
 
 
@@ -35,7 +35,7 @@ async def put(sessions, blobs, settings, owner, ledger_id, year, content, *, bod
     claim = service.UploadClaim(ledger_id=ledger_id, year=year, size=len(content),
                                 sha256=kwargs.pop("sha256", hashlib.sha256(content).hexdigest()),
                                 ledger_name="账套", **kwargs)
-    return await service.backup_upload(sessions, blobs, settings, owner, claim, body or body_of(content))
+    return await service.backup_upload(sessions, blobs, settings, NetdiskHooks(), owner, claim, body or body_of(content))
 
 
 async def used(sessions, owner) -> int:
@@ -207,9 +207,9 @@ async def test_upload_counting_on_a_chunk_gc_removed_is_refused_cleanly(sessions
 
 async def test_access_rule_for_backup_allows_new_ledger_ids_only_for_upload(sessions, owner):
     async with sessions() as session:
-        assert await ledger_for_backup(session, owner, str(uuid.uuid4()), may_be_new=True) is None
+        assert await ledger_for_backup(session, NetdiskHooks(), owner, str(uuid.uuid4()), may_be_new=True) is None
         with pytest.raises(errors.NotFound):
-            await ledger_for_backup(session, owner, str(uuid.uuid4()))
+            await ledger_for_backup(session, NetdiskHooks(), owner, str(uuid.uuid4()))
 
 
 async def test_quota_check_before_the_body_counts_what_the_current_version_can_share(sessions, settings, owner):
