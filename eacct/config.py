@@ -56,6 +56,11 @@ class Settings:
     # Template of the WeChat template messages (模板消息) that tell bound members their personal messages;
     # the channel is on only with appid, secret and this set.
     wechat_template_id: str = ""
+    # An upload body that sends no byte for this many seconds is refused (408 upload_stalled), nothing kept.
+    upload_idle_timeout: int = 60
+    # A running upload refreshes its lease (UploadLease) a few times per this period; gc reclaims the pending
+    # data of an upload whose lease has not been refreshed for this long (its process is gone).
+    upload_lease_seconds: int = 120
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -24,6 +24,7 @@ __all__ = [
     "BlobNotFound",
     "BlobStore",
     "BlobStoreError",
+    "Leftover",
     "LocalBlobStore",
     "open_blob_store",
 ]
@@ -44,6 +45,17 @@ class BlobInfo:
     key: str
     size: int
     modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """A local working file a process may have left behind: a spool file (`kind="spool"`, named by the
+    writer) or a half-made put (`kind="staged"`, with the `key` it was to become)."""
+
+    path: Path
+    kind: str
+    modified: datetime
+    key: str | None = None
 
 
 class BlobStore(abc.ABC):
@@ -88,6 +100,16 @@ class BlobStore(abc.ABC):
 
     _spool: Path | None = None
 
+    async def leftovers(self) -> list[Leftover]:
+        """Working files that gc may reclaim once no live upload owns them (spool files, half-made puts)."""
+        if self._spool is None:
+            return []
+        return await asyncio.to_thread(_spool_files, self._spool)
+
+    async def remove_leftover(self, leftover: Leftover) -> None:
+        """Delete a leftover working file; a missing one is not an error."""
+        await asyncio.to_thread(leftover.path.unlink, True)
+
     async def close(self) -> None:
         """Release connections and threads."""
 
@@ -118,6 +140,26 @@ class LocalBlobStore(BlobStore):
 
     async def put(self, key: str, path: Path) -> None:
         await asyncio.to_thread(self._put_sync, self._path(key), path)
+
+    async def leftovers(self) -> list[Leftover]:
+        # Spool files live in .incoming/ and half-made puts are `.<name>.<pid>.tmp` beside their target:
+        # neither is listed under packs/, so a crash leaves them unless gc looks here.
+        return await asyncio.to_thread(self._leftovers_sync)
+
+    def _leftovers_sync(self) -> list[Leftover]:
+        found = _spool_files(self._incoming)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                full = Path(dirpath) / name
+                target = name[1:].split(".", 1)[0]
+                key = (full.parent.relative_to(self.root) / target).as_posix()
+                modified = _modified(full)
+                if modified is not None:
+                    found.append(Leftover(full, "staged", modified, key))
+        return found
 
     def _put_sync(self, target: Path, source: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +252,27 @@ class LocalBlobStore(BlobStore):
                     found.append(BlobInfo(key, stat.st_size, modified))
         found.sort(key=lambda info: info.key)
         return found
+
+
+def _modified(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except FileNotFoundError:  # removed meanwhile by its owner
+        return None
+
+
+def _spool_files(directory: Path) -> list[Leftover]:
+    found = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        path = directory / name
+        modified = _modified(path)
+        if modified is not None and path.is_file():
+            found.append(Leftover(path, "spool", modified))
+    return found
 
 
 def _fsync_dir(directory: Path) -> None:
