@@ -46,7 +46,7 @@ class Settings:
     friend_attempts_per_window: int = 10
     friend_attempt_window_seconds: int = 600
     pack_target_bytes: int = 8 * 1024 * 1024
-    # Unreferenced packs younger than this may belong to an upload still under way; gc leaves them.
+    # Blobs no pack row names (and pending packs from before upload leases) younger than this are left by gc.
     gc_grace_seconds: int = 6 * 3600
     wechat_appid: str = ""
     wechat_secret: str = field(default="", repr=False)

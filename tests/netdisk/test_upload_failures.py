@@ -371,3 +371,22 @@ async def test_a_commit_after_gc_reclaimed_the_lease_is_refused(sessions, blobs,
     with pytest.raises(errors.Conflict):
         await store._commit(sessions, settings, upload, on_commit)
     assert await count(sessions, Version) == 0
+
+
+async def test_a_process_that_died_just_before_a_restart_has_its_uploads_reclaimed_within_the_lease(
+        aiohttp_server, engine, sessions, blobs, settings, owner):
+    """Start-up gc finds the dead predecessor's lease still fresh; the server reclaims it once it lapses."""
+    content = os.urandom(3 * 1024 * 1024)
+    upload = store._Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
+    await upload.feed(content)
+    await upload.flush()
+    await upload.release_lease()  # the old process dies right here; its last heartbeat is fresh
+    assert await pack_keys(blobs)
+    from eacct.app import create_app
+
+    await aiohttp_server(create_app(settings.with_overrides(upload_lease_seconds=1), engine=engine, blobs=blobs))
+    deadline = time.monotonic() + 10
+    while await count(sessions, Pack) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert await count(sessions, Pack) == 0 and await pack_keys(blobs) == []
+    assert await count(sessions, UploadLease) == 0
