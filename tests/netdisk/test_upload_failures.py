@@ -154,6 +154,37 @@ async def test_failure_after_commit_over_http_keeps_the_version_downloadable(mak
     assert status == 200 and downloaded == content
 
 
+async def test_a_commit_of_unknown_outcome_deletes_nothing_and_gc_reclaims_it(sessions, blobs, settings, owner):
+    """COMMIT fails without taking effect, but the upload cannot know that: it deletes nothing; gc, reading
+    the database once the lease lapses, finds the packs pending and reclaims them."""
+    content = os.urandom(3 * 1024 * 1024)
+    incoming = incoming_for(owner, content)
+
+    async def on_commit(session, version):
+        session.add(Ledger(id=incoming.ledger_id, owner_id=owner, name="账套"))
+        await session.flush()
+        session.info["lose_commit"] = True
+
+    def lose(session) -> None:
+        if session.info.pop("lose_commit", False):
+            raise ConnectionResetError("connection lost before COMMIT reached the server")
+
+    event.listen(Session, "before_commit", lose)
+    try:
+        with pytest.raises(ConnectionResetError):
+            await store.receive_version(sessions, blobs, settings, incoming, body_of(content), on_commit,
+                                        free_bytes=10**9)
+    finally:
+        event.remove(Session, "before_commit", lose)
+    stored = await pack_keys(blobs)
+    async with sessions() as session:
+        assert stored and set(await session.scalars(select(Pack.blob_key))) == set(stored)
+    assert await count(sessions, Version) == 0
+    report = await store.collect_garbage(sessions, blobs, settings.with_overrides(upload_lease_seconds=0))
+    assert report["pending_packs"] == len(stored) and await pack_keys(blobs) == []
+    assert await count(sessions, Pack) == 0 and await count(sessions, UploadLease) == 0
+
+
 async def test_abandon_deletes_a_blob_only_after_its_row_is_deleted(sessions, blobs, settings, owner):
     """When the pending rows cannot be deleted, their blobs stay (gc removes both later)."""
     content = os.urandom(3 * 1024 * 1024)
