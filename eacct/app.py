@@ -99,11 +99,20 @@ def create_app(
 
 
 async def _collect_garbage(app: web.Application) -> None:
-    """Reclaim what crashed uploads left behind, without delaying start-up."""
-    from eacct.netdisk.store import collect_garbage
+    """Reclaim what crashed uploads left behind, without delaying start-up; then keep reclaiming the data of
+    uploads whose lease lapses (a process that died, possibly this one's predecessor moments ago)."""
+    from eacct.netdisk.store import collect_garbage, reclaim_abandoned_uploads
 
     try:
         report = await collect_garbage(app[SESSIONS], app[BLOBS], app[SETTINGS])
         log.info("start-up gc: %s", report)
     except Exception:
         log.exception("start-up gc failed; `eacct gc` can be run by hand")
+    while True:
+        await asyncio.sleep(max(app[SETTINGS].upload_lease_seconds, 1))
+        try:
+            report = await reclaim_abandoned_uploads(app[SESSIONS], app[BLOBS], app[SETTINGS])
+            if any(report.values()):
+                log.info("reclaimed abandoned uploads: %s", report)
+        except Exception:
+            log.warning("reclaiming abandoned uploads failed; will retry", exc_info=True)

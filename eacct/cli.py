@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--password", help="asked for when left out")
     create.set_defaults(run=cmd_member_create)
     gc = commands.add_parser("gc", help="reclaim storage that no version uses")
-    gc.add_argument("--grace-seconds", type=int, help="leave pending packs younger than this (default 6 h)")
+    gc.add_argument("--grace-seconds", type=int, help="leave blobs no pack row names, and pending packs without an upload lease, younger than this (default 6 h)")
     gc.set_defaults(run=cmd_gc)
     message = commands.add_parser("message", help="message center").add_subparsers(dest="message_command", required=True)
     broadcast = message.add_parser("broadcast", help="send a system message to every member")

@@ -46,7 +46,7 @@ class Settings:
     friend_attempts_per_window: int = 10
     friend_attempt_window_seconds: int = 600
     pack_target_bytes: int = 8 * 1024 * 1024
-    # Unreferenced packs younger than this may belong to an upload still under way; gc leaves them.
+    # Blobs no pack row names (and pending packs from before upload leases) younger than this are left by gc.
     gc_grace_seconds: int = 6 * 3600
     wechat_appid: str = ""
     wechat_secret: str = field(default="", repr=False)
@@ -56,6 +56,11 @@ class Settings:
     # Template of the WeChat template messages (模板消息) that tell bound members their personal messages;
     # the channel is on only with appid, secret and this set.
     wechat_template_id: str = ""
+    # An upload body that sends no byte for this many seconds is refused (408 upload_stalled), nothing kept.
+    upload_idle_timeout: int = 60
+    # A running upload refreshes its lease (UploadLease) a few times per this period; gc reclaims the pending
+    # data of an upload whose lease has not been refreshed for this long (its process is gone).
+    upload_lease_seconds: int = 120
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

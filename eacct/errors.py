@@ -20,7 +20,8 @@
     ├── BadRequest                 400 bad_request (missing headers, malformed body)
     ├── Invalid                    422 invalid (+ invalid_year, cannot_add_self)
     ├── TooManyAttempts            429 too_many_attempts (+ retry_after)
-    └── StorageUnavailable         503 storage_unavailable (the blob store failed; nothing was kept)
+    ├── StorageUnavailable         503 storage_unavailable (the blob store failed; nothing was kept)
+    └── UploadStalled              408 upload_stalled (the body stopped arriving; nothing was kept)
 
 Services raise these and never know about HTTP; `eacct.web` maps each class to its status once.
 """
@@ -50,6 +51,7 @@ __all__ = [
     "TooManyAttempts",
     "TooManyVersions",
     "Unauthenticated",
+    "UploadStalled",
     "VersionConflict",
 ]
 
@@ -166,3 +168,8 @@ class TooManyAttempts(DomainError):
 class StorageUnavailable(DomainError):
     code = "storage_unavailable"
     message = "云存储暂时不可用，本次操作未保存任何数据，请稍后重试"
+
+
+class UploadStalled(DomainError):
+    code = "upload_stalled"
+    message = "上传中断：长时间没有收到数据，本次上传未保存，请重新上传"

@@ -49,6 +49,7 @@ STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.Invalid: 422,
     errors.TooManyAttempts: 429,
     errors.StorageUnavailable: 503,
+    errors.UploadStalled: 408,
 }
 
 

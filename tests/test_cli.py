@@ -68,7 +68,8 @@ def test_migrate_and_gc(cli_env, capsys):
     assert main(["migrate"]) == 0
     assert main(["gc", "--grace-seconds", "0"]) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert set(report) == {"chunks", "packs", "pending_packs", "stray_blobs"}
+    # issue 7 item 5: gc also reports the lapsed upload leases and the leftover working files it removed
+    assert set(report) == {"chunks", "packs", "pending_packs", "stray_blobs", "leases", "leftovers"}
 
 
 def test_bad_configuration_is_reported(monkeypatch, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -90,10 +91,20 @@ def upload_claim(request: web.Request) -> service.UploadClaim:
 
 
 async def body_blocks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body in blocks of about 1 MiB, so per-block work is amortised."""
+    """The request body in blocks of about 1 MiB, so per-block work is amortised; a body that sends nothing
+    for `upload_idle_timeout` seconds raises UploadStalled."""
     pending: list[bytes] = []
     pending_size = 0
-    async for data in request.content.iter_any():
+    idle_timeout = request.app[SETTINGS].upload_idle_timeout
+    while True:
+        # A client that stops sending (Content-Length larger than what comes) would hold the upload forever.
+        try:
+            data = await asyncio.wait_for(request.content.readany(), idle_timeout)
+        except TimeoutError:
+            raise errors.UploadStalled(
+                f"上传中断：超过 {idle_timeout} 秒没有收到数据，本次上传未保存，请重新上传") from None
+        if not data:
+            break
         pending.append(data)
         pending_size += len(data)
         if pending_size >= BODY_BLOCK:

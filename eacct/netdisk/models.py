@@ -24,6 +24,7 @@ __all__ = [
     "Netdisk",
     "Pack",
     "SecurityQuestion",
+    "UploadLease",
     "Version",
     "VersionManifest",
 ]
@@ -114,6 +115,20 @@ class Pack(Base):
     blob_key: Mapped[str] = mapped_column(String(200), unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     committed: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # The upload that registered a pending pack; gc reclaims the pack once that upload's lease has lapsed.
+    lease_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
+
+
+class UploadLease(Base):
+    """A running upload's claim on its pending packs and spool files: the process holding it refreshes
+    `heartbeat_at` while the upload is alive, so gc can tell a live upload from a dead process's leftovers."""
+
+    __tablename__ = "upload_leases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))  # host:pid:instance of the process, for people reading logs
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 

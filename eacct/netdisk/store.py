@@ -8,9 +8,14 @@ An upload streams: bytes are hashed, cut by the format-aware chunker, looked up,
 compressed into a spooled pack, which is put to the blob store (registered first as *pending*) whenever it
 is full. Nothing is visible until one final transaction, under the owner's lock, re-checks access, the
 expected version and the quota, inserts the chunk rows, the version and its manifest, counts references,
-marks the packs committed and prunes old versions. If anything fails before that commit, the pending packs
-are deleted; if the process dies, `collect_garbage` deletes them later (after a grace period, since a
-pending pack may belong to an upload still running in another process).
+marks the packs committed and prunes old versions.
+
+Failure rules. A blob is deleted only after the row that allowed it is gone in a committed transaction: a
+failed upload deletes its pending rows first (`committed = false`), then the blobs of the rows it really
+deleted. If the commit was sent and its outcome is unknown (connection lost during COMMIT, cancellation),
+nothing is deleted: gc decides later from what the database says. Every upload that writes anything holds a
+lease (`UploadLease`) whose heartbeat it refreshes while alive; gc reclaims the pending packs and spool files
+of a lease that has lapsed (its process is gone), within `upload_lease_seconds`, and never a live one's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import socket
 import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -34,18 +41,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from eacct import errors
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
-from eacct.storage import BlobNotFound, BlobStore, BlobStoreError
+from eacct.storage import BlobNotFound, BlobStore, BlobStoreError, Leftover
 from eacct.chunks.chunker import ArchiveChunker
 from eacct.chunks.delta import read_delta
 from eacct.chunks.errors import ChunkChecksumError, ChunkFormatError
 from eacct.chunks.manifest import ENTRY, iter_manifest
-from eacct.netdisk.models import Chunk, Netdisk, Pack, Version, VersionManifest
+from eacct.netdisk.models import Chunk, Netdisk, Pack, UploadLease, Version, VersionManifest
 
 __all__ = [
     "IncomingVersion",
     "collect_garbage",
     "read_version",
     "receive_version",
+    "reclaim_abandoned_uploads",
     "release_versions",
     "used_bytes",
 ]
@@ -64,6 +72,14 @@ STOP_GRACE_SECONDS = 2.0
 READ_WINDOW = 512
 MAX_COALESCED_READ = 4 * 1024 * 1024
 ZSTD_LEVEL = 1
+# Identifies this process in the leases it holds (host, pid, and a random part since pids are reused).
+PROCESS_INSTANCE = uuid.uuid4().hex[:8]
+HEARTBEATS_PER_LEASE = 4
+
+
+def lease_holder() -> str:
+    """Who holds a lease: this process, as host:pid:instance."""
+    return f"{socket.gethostname()}:{os.getpid()}:{PROCESS_INSTANCE}"
 
 
 async def used_bytes(session: AsyncSession, owner_id: int) -> int:
@@ -174,19 +190,25 @@ class _PackWriter:
 
     directory: Path
     owner_id: int
+    lease_id: str
     pack_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     size: int = 0
     handle: object | None = None
+    discarded: bool = False
 
     @property
     def path(self) -> Path:
-        return self.directory / f"{self.pack_id}.pack"
+        # Named by its upload's lease, so gc can tell a live upload's spool file from a dead process's.
+        return self.directory / f"{self.lease_id}.{self.pack_id}.pack"
 
     @property
     def blob_key(self) -> str:
         return pack_blob_key(self.owner_id, self.pack_id)
 
     def append(self, frame: bytes) -> int:
+        if self.discarded:
+            # A compression thread still running after its upload was abandoned must not recreate the file.
+            raise RuntimeError("pack writer already discarded")
         if self.handle is None:
             self.handle = open(self.path, "wb")
         offset = self.size
@@ -201,6 +223,7 @@ class _PackWriter:
             self.handle = None
 
     def discard(self) -> None:
+        self.discarded = True
         if self.handle is not None:
             self.handle.close()
             self.handle = None
@@ -230,11 +253,61 @@ class _Upload:
         # (digest, bytes, raw size) in file order; bytes is None for a chunk a delta upload did not send.
         self.waiting: list[tuple[bytes, bytes | None, int]] = []
         self.waiting_bytes = 0
-        self.pack = _PackWriter(blobs.spool_dir(), incoming.owner_id)
+        self.lease_id = uuid.uuid4().hex
+        self.lease_taken = False
+        self.lease_lost = False
+        self.lease_stop = asyncio.Event()
+        self.heartbeat: asyncio.Task[None] | None = None
+        # Set once the commit is sent: from then on a failure leaves its outcome unknown.
+        self.commit_sent = False
+        self.pack = self._new_pack()
+        self.sealed: list[_PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
         self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
+        self.spooling: asyncio.Future[None] | None = None
         # Full packs go to the blob store in the background while the body keeps streaming.
         self.puts: set[asyncio.Task[None]] = set()
         self.cutting: asyncio.Future[list[tuple[bytes, bytes, int]]] | None = None
+
+    def _new_pack(self) -> _PackWriter:
+        return _PackWriter(self.blobs.spool_dir(), self.incoming.owner_id, self.lease_id)
+
+    async def _take_lease(self) -> None:
+        """Register the lease before the first file is written, and keep it alive while the upload is."""
+        if self.lease_taken:
+            return
+        async with unit_of_work(self.sessions) as session:
+            now = utcnow()
+            session.add(UploadLease(id=self.lease_id, holder=lease_holder(), heartbeat_at=now, created_at=now))
+        self.lease_taken = True
+        self.heartbeat = asyncio.create_task(self._keep_lease())
+
+    async def _keep_lease(self) -> None:
+        interval = max(self.settings.upload_lease_seconds / HEARTBEATS_PER_LEASE, 0.05)
+        while True:
+            try:
+                await asyncio.wait_for(self.lease_stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                async with unit_of_work(self.sessions) as session:
+                    result = await session.execute(
+                        update(UploadLease).where(UploadLease.id == self.lease_id).values(heartbeat_at=utcnow())
+                    )
+                if result.rowcount == 0:
+                    # gc took the lease (heartbeats failed for too long): this upload cannot commit any more.
+                    self.lease_lost = True
+                    log.warning("upload lease %s was reclaimed by gc", self.lease_id)
+                    return
+            except Exception:
+                log.warning("could not refresh upload lease %s", self.lease_id, exc_info=True)
+
+    async def release_lease(self) -> None:
+        """Stop refreshing the lease (its row is deleted by the commit or by `abandon`, else it lapses)."""
+        self.lease_stop.set()
+        if self.heartbeat is not None:
+            # Not cancelled: a heartbeat torn mid-transaction could leave SQLite's write lock behind.
+            await asyncio.gather(asyncio.shield(self.heartbeat), return_exceptions=True)
 
     def _cut(self, data: bytes, final: bool) -> list[tuple[bytes, bytes, int]]:
         if data:
@@ -339,7 +412,10 @@ class _Upload:
         self.new_bytes += sum(len(piece) for _, piece in to_store)
         if self.new_bytes > self.free_bytes:
             raise _quota_exceeded(self.new_bytes, self.free_bytes)
-        await asyncio.to_thread(self._spool, to_store)
+        await self._take_lease()
+        # Shielded: if this task is cancelled the thread still runs, and `abandon` waits for it.
+        self.spooling = asyncio.ensure_future(asyncio.to_thread(self._spool, to_store))
+        await asyncio.shield(self.spooling)
         if self.pack.size >= self.settings.pack_target_bytes:
             await self._seal_pack()
 
@@ -355,12 +431,17 @@ class _Upload:
         pack = self.pack
         if pack.size == 0:
             return
-        self.pack_ids.append(pack.pack_id)
-        self.pack = _PackWriter(self.blobs.spool_dir(), self.incoming.owner_id)
+        if self.lease_lost:
+            raise errors.Conflict("云端数据正在整理，请重新上传", code="retry_upload")
         await asyncio.to_thread(pack.close)
+        # The row comes before the writer is replaced: until then `abandon` still finds the spool file.
         async with unit_of_work(self.sessions) as session:
-            session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=pack.size))
+            session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=pack.size,
+                             lease_id=self.lease_id))
         self.pending_packs.append((pack.pack_id, pack.blob_key))
+        self.pack_ids.append(pack.pack_id)
+        self.sealed.append(pack)
+        self.pack = self._new_pack()
         self.puts.add(asyncio.create_task(self._put(pack)))
         await self._wait_for_puts(PUTS_IN_FLIGHT - 1)
 
@@ -389,18 +470,38 @@ class _Upload:
                    "offset": offset, "stored_length": stored, "raw_size": raw, "refs": 0}
 
     async def abandon(self) -> None:
-        """Undo what a failed upload stored: its spool file, its pending packs and their rows."""
+        """Undo what a failed upload stored: spool files, then pending rows, then the blobs of the rows deleted.
+
+        After the commit was sent its outcome is unknown, so nothing stored is touched: the lease lapses and
+        gc keeps what the database says is committed and reclaims the rest.
+        """
         for task in self.puts:
             task.cancel()
-        await asyncio.gather(*self.puts, *([self.cutting] if self.cutting else []), return_exceptions=True)
-        await asyncio.to_thread(self.pack.discard)
-        for pack_id, blob_key in self.pending_packs:
+        threads = [future for future in (self.cutting, self.spooling) if future is not None]
+        await asyncio.gather(*self.puts, *threads, return_exceptions=True)
+        for pack in (self.pack, *self.sealed):
+            await asyncio.to_thread(pack.discard)
+        await self.release_lease()
+        if self.commit_sent or not self.lease_taken:
+            return
+        try:
+            async with unit_of_work(self.sessions) as session:
+                result = await session.execute(
+                    delete(Pack)
+                    .where(Pack.lease_id == self.lease_id, Pack.committed.is_(False))
+                    .returning(Pack.blob_key)
+                    .execution_options(synchronize_session=False)
+                )
+                removed = list(result.scalars())
+                await session.execute(delete(UploadLease).where(UploadLease.id == self.lease_id))
+        except Exception:
+            log.warning("could not remove the pending packs of upload %s; gc will", self.lease_id, exc_info=True)
+            return
+        for blob_key in removed:  # their rows are gone for good: nothing can refer to these blobs
             try:
                 await self.blobs.delete(blob_key)
-                async with unit_of_work(self.sessions) as session:
-                    await session.execute(delete(Pack).where(Pack.id == pack_id, Pack.committed.is_(False)))
             except Exception:
-                log.warning("could not remove pending pack %s; gc will", pack_id, exc_info=True)
+                log.warning("could not delete blob %s; gc will", blob_key, exc_info=True)
 
 
 def _quota_exceeded(needed: int, free: int) -> errors.QuotaExceeded:
@@ -507,10 +608,12 @@ async def receive_version(
         digest = await upload.finish()
         if digest != incoming.sha256:
             raise errors.ChecksumMismatch(received_sha256=digest)
-        return await _commit(sessions, settings, upload, on_commit)
+        version = await _commit(sessions, settings, upload, on_commit)
     except BaseException:
         await asyncio.shield(upload.abandon())
         raise
+    await asyncio.shield(upload.release_lease())
+    return version
 
 
 async def _checked_delta(body: AsyncIterator[bytes], base: Callable[[], Awaitable[bytes]]):
@@ -579,9 +682,17 @@ async def _commit(sessions, settings: Settings, upload: _Upload, on_commit: Comm
         await session.flush()
         session.add(VersionManifest(version_id=version.id, entries=bytes(upload.manifest)))
         if upload.pending_packs:
-            await session.execute(
-                update(Pack).where(Pack.id.in_([pack_id for pack_id, _ in upload.pending_packs])).values(committed=True)
+            result = await session.execute(
+                update(Pack)
+                .where(Pack.id.in_([pack_id for pack_id, _ in upload.pending_packs]), Pack.committed.is_(False))
+                .values(committed=True, lease_id=None)
             )
+            if result.rowcount != len(upload.pending_packs):
+                raise errors.Conflict("云端数据正在整理，请重新上传", code="retry_upload")
+        if upload.lease_taken:
+            result = await session.execute(delete(UploadLease).where(UploadLease.id == upload.lease_id))
+            if result.rowcount != 1:  # gc reclaimed this upload's lease: its spool files may be gone
+                raise errors.Conflict("云端数据正在整理，请重新上传", code="retry_upload")
         await _upsert_chunks(session, upload.chunk_rows())
         distinct = list({digest for digest, _ in iter_manifest(upload.manifest)})
         await _add_refs(session, incoming.owner_id, distinct, +1)
@@ -589,6 +700,7 @@ async def _commit(sessions, settings: Settings, upload: _Upload, on_commit: Comm
         used = await used_bytes(session, incoming.owner_id)
         if used > netdisk.quota_bytes:
             raise _quota_exceeded(upload.new_bytes, netdisk.quota_bytes - (used - upload.new_bytes))
+        upload.commit_sent = True  # leaving the block sends COMMIT
     upload.pending_packs.clear()
     return version
 
@@ -740,39 +852,90 @@ def _decode_run(decompressor: zstandard.ZstdDecompressor, data: bytes, items) ->
 
 
 async def collect_garbage(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings) -> dict[str, int]:
-    """Delete unreferenced chunks, packs nothing uses, abandoned pending packs and blobs no pack row names.
+    """Delete unreferenced chunks, packs nothing uses, abandoned uploads' data and blobs no pack row names.
 
-    Pending packs and unnamed blobs younger than the grace period are left alone: an upload in another
-    process may still be writing them.
+    Blobs no row names are left alone while younger than the grace period (`gc_grace_seconds`).
     """
-    report = {"chunks": 0, "packs": 0, "pending_packs": 0, "stray_blobs": 0}
     horizon = utcnow() - timedelta(seconds=settings.gc_grace_seconds)
+    # Listed before the rows are read: a blob is put only after its row is committed, so a listed blob
+    # whose row is missing below had its row deleted (nothing can refer to it any more).
+    listed = [info async for info in blobs.list("packs/")]
+    report = {"chunks": 0, "packs": 0}
     async with unit_of_work(sessions) as session:
         result = await session.execute(delete(Chunk).where(Chunk.refs <= 0))
         report["chunks"] = result.rowcount or 0
+        # A committed pack no chunk row points at can never be used again (commits only add chunk rows
+        # that point at the committing upload's own packs): row first, blob after the commit.
         dead = (
             await session.execute(
-                select(Pack.id, Pack.blob_key).where(
-                    Pack.committed.is_(True), ~select(Chunk.id).where(Chunk.pack_id == Pack.id).exists()
-                )
+                delete(Pack)
+                .where(Pack.committed.is_(True), ~select(Chunk.id).where(Chunk.pack_id == Pack.id).exists())
+                .returning(Pack.blob_key)
+                .execution_options(synchronize_session=False)
             )
-        ).all()
-        stale = (
-            await session.execute(
-                select(Pack.id, Pack.blob_key).where(Pack.committed.is_(False), Pack.created_at < horizon)
-            )
-        ).all()
+        ).scalars().all()
+    for blob_key in dead:
+        await blobs.delete(blob_key)
+        report["packs"] += 1
+    report.update(await reclaim_abandoned_uploads(sessions, blobs, settings))
+    async with sessions() as session:
         known = set(await session.scalars(select(Pack.blob_key)))
-    for label, packs in (("packs", dead), ("pending_packs", stale)):
-        for pack_id, blob_key in packs:
-            # The row goes first: a pack without a row is only a stray blob, which the next run removes.
-            async with unit_of_work(sessions) as session:
-                await session.execute(delete(Pack).where(Pack.id == pack_id))
-            await blobs.delete(blob_key)
-            report[label] += 1
-    gone = {key for _, key in dead} | {key for _, key in stale}
-    async for info in blobs.list("packs/"):
-        if info.key not in known and info.key not in gone and info.modified < horizon:
+    report["stray_blobs"] = 0
+    for info in listed:
+        if info.key not in known and info.modified < horizon:
             await blobs.delete(info.key)
             report["stray_blobs"] += 1
     return report
+
+
+async def reclaim_abandoned_uploads(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore,
+                                    settings: Settings) -> dict[str, int]:
+    """Delete what uploads of dead processes left: pending packs and spool and staging files whose lease has
+    lapsed (no heartbeat for `upload_lease_seconds`). A live upload's data is never touched.
+
+    Pending packs without a lease (written before leases existed) wait `gc_grace_seconds` as before.
+    """
+    now = utcnow()
+    horizon = now - timedelta(seconds=settings.gc_grace_seconds)
+    lapsed = select(UploadLease.id).where(UploadLease.heartbeat_at < now - timedelta(seconds=settings.upload_lease_seconds))
+    # Listed before the leases are read: a lease is committed before its upload writes any file, so a file
+    # listed here whose lease is missing below belongs to an upload that has ended or died.
+    leftovers = await blobs.leftovers()
+    async with unit_of_work(sessions) as session:
+        # In one transaction with the lease check, so a commit racing this either wins (the pack is committed
+        # and not matched) or finds its pack rows gone and fails.
+        stale = (
+            await session.execute(
+                delete(Pack)
+                .where(
+                    Pack.committed.is_(False),
+                    (Pack.lease_id.is_(None) & (Pack.created_at < horizon))
+                    | Pack.lease_id.in_(lapsed)
+                    | (Pack.lease_id.is_not(None) & ~select(UploadLease.id).where(UploadLease.id == Pack.lease_id).exists()),
+                )
+                .returning(Pack.blob_key)
+                .execution_options(synchronize_session=False)
+            )
+        ).scalars().all()
+        leases = (await session.execute(delete(UploadLease).where(UploadLease.id.in_(lapsed)))).rowcount or 0
+        live_leases = set(await session.scalars(select(UploadLease.id)))
+        pending_keys = set(await session.scalars(select(Pack.blob_key).where(Pack.committed.is_(False))))
+    report = {"pending_packs": 0, "leases": leases, "leftovers": 0}
+    for blob_key in stale:  # their rows are gone for good
+        await blobs.delete(blob_key)
+        report["pending_packs"] += 1
+    for leftover in leftovers:
+        if _leftover_is_garbage(leftover, live_leases, pending_keys, horizon):
+            await blobs.remove_leftover(leftover)
+            report["leftovers"] += 1
+    return report
+
+
+def _leftover_is_garbage(leftover: Leftover, live_leases: set[str], pending_keys: set[str], horizon) -> bool:
+    if leftover.kind == "staged":
+        # A put in progress belongs to a pending pack still alive; anything else is a crashed put's remains.
+        return leftover.key not in pending_keys
+    lease_id, dot, _ = leftover.path.name.partition(".")
+    if dot and len(lease_id) == 32:
+        return lease_id not in live_leases
+    return leftover.modified < horizon  # not named by a lease (an older version's spool file)

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from eacct.storage.base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, check_key
+from eacct.storage.base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, Leftover, check_key
 from eacct.storage.local import LocalBlobStore
 
-__all__ = ["BlobInfo", "BlobNotFound", "BlobStore", "BlobStoreError", "LocalBlobStore", "check_key", "open_blob_store"]
+__all__ = [
+    "BlobInfo", "BlobNotFound", "BlobStore", "BlobStoreError", "Leftover", "LocalBlobStore", "check_key", "open_blob_store",
+]
 
 
 def open_blob_store(url: str, *, oss_access_key_id: str = "", oss_access_key_secret: str = "") -> BlobStore:

@@ -9,13 +9,15 @@ always `BlobNotFound`, anything else a `BlobStoreError`.
 from __future__ import annotations
 
 import abc
+import asyncio
+import os
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["BlobInfo", "BlobNotFound", "BlobStore", "BlobStoreError", "check_key"]
+__all__ = ["BlobInfo", "BlobNotFound", "BlobStore", "BlobStoreError", "Leftover", "check_key"]
 
 
 class BlobStoreError(Exception):
@@ -33,6 +35,17 @@ class BlobInfo:
     key: str
     size: int
     modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """A local working file a process may have left behind: a spool file (`kind="spool"`, named by the
+    writer) or a half-made put (`kind="staged"`, with the `key` it was to become)."""
+
+    path: Path
+    kind: str
+    modified: datetime
+    key: str | None = None
 
 
 class BlobStore(abc.ABC):
@@ -77,6 +90,16 @@ class BlobStore(abc.ABC):
 
     _spool: Path | None = None
 
+    async def leftovers(self) -> list[Leftover]:
+        """Working files that gc may reclaim once no live upload owns them (spool files, half-made puts)."""
+        if self._spool is None:
+            return []
+        return await asyncio.to_thread(spool_files, self._spool)
+
+    async def remove_leftover(self, leftover: Leftover) -> None:
+        """Delete a leftover working file; a missing one is not an error."""
+        await asyncio.to_thread(leftover.path.unlink, True)
+
     async def close(self) -> None:
         """Release connections and threads."""
 
@@ -87,3 +110,24 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"bad blob key: {key!r}")
     return key
+
+
+def modified_time(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except FileNotFoundError:  # removed meanwhile by its owner
+        return None
+
+
+def spool_files(directory: Path) -> list[Leftover]:
+    found = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        path = directory / name
+        modified = modified_time(path)
+        if modified is not None and path.is_file():
+            found.append(Leftover(path, "spool", modified))
+    return found

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from eacct.storage.base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, check_key
+from eacct.storage.base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, Leftover, modified_time, spool_files, check_key
 
 __all__ = ["LocalBlobStore"]
 
@@ -32,6 +32,26 @@ class LocalBlobStore(BlobStore):
 
     async def put(self, key: str, path: Path) -> None:
         await asyncio.to_thread(self._put_sync, self._path(key), path)
+
+    async def leftovers(self) -> list[Leftover]:
+        # Spool files live in .incoming/ and half-made puts are `.<name>.<pid>.tmp` beside their target:
+        # neither is listed under packs/, so a crash leaves them unless gc looks here.
+        return await asyncio.to_thread(self._leftovers_sync)
+
+    def _leftovers_sync(self) -> list[Leftover]:
+        found = spool_files(self._incoming)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                full = Path(dirpath) / name
+                target = name[1:].split(".", 1)[0]
+                key = (full.parent.relative_to(self.root) / target).as_posix()
+                modified = modified_time(full)
+                if modified is not None:
+                    found.append(Leftover(full, "staged", modified, key))
+        return found
 
     def _put_sync(self, target: Path, source: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)

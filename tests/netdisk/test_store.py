@@ -135,8 +135,9 @@ async def test_crash_before_commit_leaves_nothing(sessions, blobs, settings, own
     assert await used(sessions, owner) == 0
 
 
-async def test_gc_reclaims_a_dead_process_pending_packs_after_the_grace_period(sessions, blobs, settings, owner):
-    """A process that died mid-upload leaves a pending pack row and its blob; gc removes them once old enough."""
+async def test_gc_reclaims_a_dead_process_pending_packs_once_its_lease_lapses(sessions, blobs, settings, owner):
+    """A process that died mid-upload leaves a pending pack row and its blob; gc removes them once the upload's
+    lease is no longer refreshed (issue 7 item 5: not after the 6 h grace period)."""
     content = os.urandom(3 * 1024 * 1024)
     upload = store._Upload(sessions, blobs, settings, store.IncomingVersion(
         owner_id=owner, ledger_id=str(uuid.uuid4()), year=2018, uploader_id=owner, via="backup",
@@ -149,7 +150,8 @@ async def test_gc_reclaims_a_dead_process_pending_packs_after_the_grace_period(s
     assert report["pending_packs"] == 0  # still young: an upload in another process may be writing it
     assert len([info async for info in blobs.list("packs/")]) >= 1
 
-    report = await store.collect_garbage(sessions, blobs, settings.with_overrides(gc_grace_seconds=0))
+    await upload.release_lease()  # the process "dies": its heartbeats stop
+    report = await store.collect_garbage(sessions, blobs, settings.with_overrides(upload_lease_seconds=0))
     assert report["pending_packs"] >= 1
     assert [info async for info in blobs.list("packs/")] == []
     async with sessions() as session:

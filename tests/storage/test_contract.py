@@ -211,3 +211,15 @@ async def test_storage_check_passes_on_a_working_store(store: BlobStore) -> None
     assert [name for name, _, _ in results] == ["write", "read", "stream", "range read", "list", "delete"]
     assert all(ok for _, ok, _ in results), results
     assert await listing(store) == [], "the probe object is cleaned up"
+
+
+async def test_spool_files_are_reported_as_leftovers_and_removable(store: BlobStore) -> None:
+    """Issue 7 item 5: gc finds a crashed upload's spool files through the store, whatever the backend."""
+    assert await store.leftovers() == []
+    spooled = store.spool_dir() / "lease.pack.pack"
+    spooled.write_bytes(b"spooled by an upload")
+    found = await store.leftovers()
+    assert [(leftover.path, leftover.kind) for leftover in found] == [(spooled, "spool")]
+    await store.remove_leftover(found[0])
+    assert not spooled.exists() and await store.leftovers() == []
+    await store.remove_leftover(found[0])  # gone already: not an error
