@@ -10,13 +10,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
-    "Base", "UtcDateTime", "after_commit", "create_engine", "engine_for", "make_session_factory", "unit_of_work",
+    "Base", "UtcDateTime", "after_commit", "create_engine", "dialect_insert", "engine_for", "make_session_factory",
+    "unit_of_work",
     "utcnow",
 ]
 
@@ -178,3 +180,8 @@ def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction
 def _drop_at_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_AFTER_COMMIT, None)
+
+
+def dialect_insert(session: AsyncSession, table):
+    """An INSERT for the session's database that can say ON CONFLICT … DO NOTHING (SQLite and PostgreSQL)."""
+    return (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)(table)

@@ -11,14 +11,22 @@
     │   ├── OwnerUsesBackup        403 owner_uses_backup
     │   └── RecipientUsesShare     403 recipient_uses_share
     ├── NotFound                   404 not_found
-    │   └── MemberNotFound         404 member_not_found
-    ├── Conflict                   409 (account_taken, netdisk_already_opened)
+    │   ├── MemberNotFound         404 member_not_found
+    │   └── NetdiskNotOpened       404 netdisk_not_opened
+    ├── Conflict                   409 conflict
+    │   ├── AccountTaken           409 account_taken
+    │   ├── NetdiskAlreadyOpened   409 netdisk_already_opened
+    │   ├── MissingChunks          409 missing_chunks (a delta named chunks the store lacks; + missing)
+    │   └── RetryUpload            409 retry_upload (gc raced the upload; sending it again succeeds)
     ├── VersionConflict            412 version_conflict
-    ├── QuotaExceeded              413 quota_exceeded
+    ├── QuotaExceeded              413 quota_exceeded (+ needed_bytes, free_bytes)
     ├── TooManyVersions            413 too_many_versions
     ├── ChecksumMismatch           400 checksum_mismatch
     ├── BadRequest                 400 bad_request (missing headers, malformed body)
-    ├── Invalid                    422 invalid (+ invalid_year, cannot_add_self)
+    │   └── LengthRequired         400 length_required
+    ├── Invalid                    422 invalid
+    │   ├── InvalidYear            422 invalid_year
+    │   └── CannotAddSelf          422 cannot_add_self
     ├── TooManyAttempts            429 too_many_attempts (+ retry_after)
     ├── StorageUnavailable         503 storage_unavailable (the blob store failed; nothing was kept)
     └── UploadStalled              408 upload_stalled (the body stopped arriving; nothing was kept)
@@ -31,26 +39,35 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AccountTaken",
     "BadAnswers",
     "BadCredentials",
     "BadNetdiskPassword",
     "BadRequest",
+    "CannotAddSelf",
     "ChecksumMismatch",
     "Conflict",
     "DomainError",
     "Forbidden",
     "Invalid",
+    "InvalidYear",
+    "LengthRequired",
     "MemberNotFound",
+    "MissingChunks",
+    "NetdiskAlreadyOpened",
+    "NetdiskNotOpened",
     "NetdiskTokenRequired",
     "NotAFriend",
     "NotFound",
     "OwnerUsesBackup",
     "QuotaExceeded",
     "RecipientUsesShare",
+    "RetryUpload",
     "StorageUnavailable",
     "TooManyAttempts",
     "TooManyVersions",
     "Unauthenticated",
+    "UploadStalled",
     "UploadStalled",
     "VersionConflict",
 ]
@@ -125,9 +142,34 @@ class MemberNotFound(NotFound):
     message = "找不到该会员，请核对会员账号和昵称"
 
 
+class NetdiskNotOpened(NotFound):
+    code = "netdisk_not_opened"
+    message = "您还没有开通云盘：首次使用请先设置云盘密码和密保问题"
+
+
 class Conflict(DomainError):
     code = "conflict"
     message = "与现有数据冲突"
+
+
+class AccountTaken(Conflict):
+    code = "account_taken"
+    message = "该会员账号已被注册"
+
+
+class NetdiskAlreadyOpened(Conflict):
+    code = "netdisk_already_opened"
+    message = "云盘已经开通，不能重复设置"
+
+
+class MissingChunks(Conflict):
+    code = "missing_chunks"
+    message = "云端缺少部分数据块，请重新上传（将发送完整数据）"
+
+
+class RetryUpload(Conflict):
+    code = "retry_upload"
+    message = "云端数据正在整理，请重新上传"
 
 
 class VersionConflict(DomainError):
@@ -138,6 +180,13 @@ class VersionConflict(DomainError):
 class QuotaExceeded(DomainError):
     code = "quota_exceeded"
     message = "云盘空间不足"
+
+    @classmethod
+    def for_upload(cls, needed: int, free: int) -> QuotaExceeded:
+        """The refusal of an upload that needs `needed` bytes where `free` are left (both in the answer)."""
+        mib = 1024 * 1024
+        return cls(f"云盘空间不足：本次上传需要 {needed / mib:.2f} MB，可用空间只有 {max(free, 0) / mib:.2f} MB",
+                   needed_bytes=needed, free_bytes=max(free, 0))
 
 
 class TooManyVersions(DomainError):
@@ -155,9 +204,24 @@ class BadRequest(DomainError):
     message = "请求格式不正确"
 
 
+class LengthRequired(BadRequest):
+    code = "length_required"
+    message = "上传需要 Content-Length"
+
+
 class Invalid(DomainError):
     code = "invalid"
     message = "提交的内容不符合要求"
+
+
+class InvalidYear(Invalid):
+    code = "invalid_year"
+    message = "会计年度应为 1990 到 2100 之间的年份"
+
+
+class CannotAddSelf(Invalid):
+    code = "cannot_add_self"
+    message = "不能添加自己为好友"
 
 
 class TooManyAttempts(DomainError):

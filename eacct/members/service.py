@@ -47,14 +47,14 @@ async def create_member(session: AsyncSession, settings: Settings, account: str,
     """Register a member; the account must be free (409 account_taken)."""
     existing = await session.scalar(select(Member.id).where(Member.account == account))
     if existing is not None:
-        raise errors.Conflict("该会员账号已被注册", code="account_taken")
+        raise errors.AccountTaken()
     member = Member(account=account, password_hash=await hash_secret(settings, password), nickname=nickname)
     session.add(member)
     try:
         async with session.begin_nested():
             await session.flush()
     except IntegrityError as exc:
-        raise errors.Conflict("该会员账号已被注册", code="account_taken") from exc
+        raise errors.AccountTaken() from exc
     return member
 
 

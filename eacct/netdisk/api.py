@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
 from eacct.chunks import delta as delta_format
-from eacct.netdisk import service, store
+from eacct.netdisk import service, store, versions
 from eacct.netdisk.models import Version
 from eacct.netdisk.schemas import (
     ChunkQuery, MissingChunks, DeletionsOut, LedgerOut, LedgerRename, LedgersOut, NetdiskOut, OpenNetdisk, PasswordChange, QuestionsOut, Reset,
@@ -49,17 +49,17 @@ def year_of(request: web.Request) -> int:
     """The `{year}` of the path, 1990–2100 (422 invalid_year)."""
     raw = request.match_info["year"]
     if not raw.isdigit() or not 1990 <= int(raw) <= 2100:
-        raise errors.Invalid("会计年度应为 1990 到 2100 之间的年份", code="invalid_year")
+        raise errors.InvalidYear()
     return int(raw)
 
 
 # ----------------------------------------------------------------------------------------- transfers
 
 
-def upload_claim(request: web.Request) -> service.UploadClaim:
+def upload_claim(request: web.Request) -> store.IncomingVersion:
     """Read and check an upload's headers (API.md "Uploading a version"; a delta upload adds X-Archive-Size)."""
     if request.content_length is None:
-        raise errors.BadRequest("上传需要 Content-Length", code="length_required")
+        raise errors.LengthRequired()
     delta = request.content_type == delta_format.MEDIA_TYPE
     size = request.content_length
     if delta:
@@ -76,7 +76,7 @@ def upload_claim(request: web.Request) -> service.UploadClaim:
         if not match:
             raise errors.Invalid('If-Match 的格式应为 "<version_id>"')
         if_match = match.group(1)
-    return service.UploadClaim(
+    return store.IncomingVersion(
         ledger_id=ledger_id_of(request),
         year=year_of(request),
         size=size,
@@ -339,7 +339,7 @@ async def upload_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     claim = upload_claim(request)
     app = request.app
-    version = await service.backup_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], app[NETDISK_HOOKS], caller.member_id, claim,
+    version = await versions.backup_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], app[NETDISK_HOOKS], caller.member_id, claim,
                                           body_blocks(request), on_accepted=continue_sender(request))
     return answer(VersionOut, version, status=201)
 
@@ -351,10 +351,10 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
     ledger_id, year = ledger_id_of(request), year_of(request)
     version_ref = request.match_info["version_id"]
     async with transaction(request) as session:
-        version = await service.backup_version(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year, version_ref)
+        version = await versions.backup_version(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year, version_ref)
 
     async def still_allowed(session: AsyncSession) -> object:
-        return await service.backup_version(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year, version.public_id)
+        return await versions.backup_version(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year, version.public_id)
 
     return await send_version(request, version, still_allowed)
 
@@ -366,5 +366,5 @@ async def backup_missing_chunks(request: web.Request) -> web.Response:
     ledger_id, _ = ledger_id_of(request), year_of(request)
     body = await read_body(request, ChunkQuery)
     async with transaction(request) as session:
-        missing = await service.backup_missing_chunks(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, body.chunks)
+        missing = await versions.backup_missing_chunks(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, body.chunks)
     return answer(MissingChunks, {"missing": missing})

@@ -7,8 +7,6 @@ Wrong passwords and wrong answers are counted per member in the database and loc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,19 +17,17 @@ from eacct.db import unit_of_work, utcnow
 from eacct.members.models import AccessToken, Member, TokenKind
 from eacct.members.service import issue_token
 from eacct.netdisk import store
+from eacct.netdisk.versions import clean_ledger_name, lock_owner
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
-from eacct.storage import BlobStore
 from eacct.netdisk.models import (
-    Chunk, Deletion, Ledger, LedgerInfo, Netdisk, NetdiskStatus, SecurityQuestion, Version, VersionInfo, YearSummary,
-    YearVersions,
+    Deletion, Ledger, LedgerInfo, Netdisk, NetdiskStatus, SecurityQuestion, Version, VersionInfo, YearSummary, YearVersions,
 )
 from eacct.secrets import hash_secret, normalise_answer, verify_secret
 
 __all__ = [
-    "UploadClaim", "backup_missing_chunks", "backup_upload", "backup_version", "backup_year", "change_password", "clean_ledger_name",
-    "delete_backup", "deletions", "find_version", "get_ledger", "ledger_info", "list_ledgers", "missing_chunks", "netdisk_status",
-    "is_opened", "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock", "upload", "verify_password",
-    "year_versions",
+    "backup_year", "change_password", "delete_backup", "deletions", "get_ledger", "is_opened", "ledger_info",
+    "list_ledgers", "netdisk_status", "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock",
+    "verify_password", "year_versions",
 ]
 
 
@@ -50,7 +46,7 @@ def _policy(settings: Settings) -> throttle.Policy:
 async def _netdisk(session: AsyncSession, member_id: int) -> Netdisk:
     netdisk = await session.get(Netdisk, member_id)
     if netdisk is None:
-        raise errors.NotFound("您还没有开通云盘：首次使用请先设置云盘密码和密保问题", code="netdisk_not_opened")
+        raise errors.NetdiskNotOpened()
     return netdisk
 
 
@@ -71,7 +67,7 @@ async def open_netdisk(session: AsyncSession, settings: Settings, member_id: int
                        questions: list[tuple[str, str]]) -> None:
     """First use: set the netdisk password and 1–3 security questions (answers trimmed, case-folded, hashed)."""
     if await session.get(Netdisk, member_id) is not None:
-        raise errors.Conflict("云盘已经开通，不能重复设置", code="netdisk_already_opened")
+        raise errors.NetdiskAlreadyOpened()
     if len({q.strip() for q, _ in questions}) != len(questions):
         raise errors.Invalid("密保问题不能重复")
     if any(not normalise_answer(a) for _, a in questions):
@@ -163,15 +159,6 @@ async def _end_netdisk_logins(session: AsyncSession, member_id: int) -> None:
 # ------------------------------------------------------------------------------------------ listings
 
 
-def clean_ledger_name(name: str) -> str:
-    """A ledger name as people see it: trimmed, 1–100 characters, no control characters and nothing that
-    could act as a path when the desktop program names a folder after it."""
-    name = name.strip()
-    if not 1 <= len(name) <= 100 or any(ord(ch) < 32 for ch in name) or "/" in name or "\\" in name or name in (".", ".."):
-        raise errors.Invalid("账套名称应为 1 到 100 个字符，不能包含 / \\ 或控制字符")
-    return name
-
-
 async def year_versions(session: AsyncSession, ledger_id: str, year: int | None = None) -> list[YearVersions]:
     """Every version of a ledger (or of one year), newest first, per year (years ascending)."""
     query = (
@@ -225,7 +212,7 @@ async def delete_backup(sessions: async_sessionmaker[AsyncSession], settings: Se
         await ledger_for_backup(session, hooks, member_id, ledger_id)
     await verify_password(sessions, settings, member_id, password)
     async with unit_of_work(sessions) as session:
-        await store.lock_owner(session, member_id)
+        await lock_owner(session, member_id)
         ledger = await ledger_for_backup(session, hooks, member_id, ledger_id)
         query = select(Version.id).where(Version.ledger_id == ledger_id)
         if year is not None:
@@ -247,129 +234,6 @@ async def deletions(session: AsyncSession, member_id: int) -> list[Deletion]:
         select(Deletion).where(Deletion.member_id == member_id).order_by(Deletion.id.desc())
     )
     return list(rows)
-
-
-# ---------------------------------------------------------------------------------------- transfers
-
-
-@dataclass(frozen=True, slots=True)
-class UploadClaim:
-    """What an upload's headers say: where it goes, how big it is, its checksum, and its labels."""
-
-    ledger_id: str
-    year: int
-    size: int
-    sha256: str
-    remark: str = ""
-    ledger_name: str | None = None
-    client_version: str = ""
-    if_match: str | None = None
-    # A delta upload (eacct.chunks.delta): `size` is the whole year's, `body_size` what travels.
-    delta: bool = False
-    body_size: int | None = None
-
-
-async def upload(
-    sessions: async_sessionmaker[AsyncSession],
-    blobs: BlobStore,
-    settings: Settings,
-    claim: UploadClaim,
-    body: AsyncIterator[bytes],
-    *,
-    owner_id: int,
-    uploader_id: int,
-    via: str,
-    authorize: Callable[[AsyncSession], Awaitable[Ledger | None]],
-    after_commit: Callable[[AsyncSession, Ledger, Version], Awaitable[None]] | None = None,
-    on_accepted: Callable[[], Awaitable[None]] | None = None,
-) -> VersionInfo:
-    """Receive a new version of (ledger, year) for `owner_id`; shared by cloud backup and cloud share.
-
-    `authorize` is the path's access rule; it runs before the body is read and again inside the commit,
-    so access withdrawn during the transfer (a cancelled share) refuses the version. `on_accepted` runs
-    when every check that needs no body byte has passed (the HTTP side answers 100 Continue there).
-    """
-    if claim.ledger_name is not None:
-        claim = replace(claim, ledger_name=clean_ledger_name(claim.ledger_name))
-    incoming = store.IncomingVersion(
-        owner_id=owner_id, ledger_id=claim.ledger_id, year=claim.year, uploader_id=uploader_id, via=via,
-        size=claim.size, sha256=claim.sha256, remark=claim.remark, client_version=claim.client_version,
-        if_match=claim.if_match, delta=claim.delta, body_size=claim.body_size,
-    )
-    async with unit_of_work(sessions) as session:
-        ledger = await authorize(session)
-        if ledger is None and not claim.ledger_name:
-            raise errors.Invalid("首次上传新账套时需要提供账套名称（X-Ledger-Name）")
-        free = await store.check_before_upload(session, settings, incoming)
-    if on_accepted is not None:
-        await on_accepted()
-
-    async def on_commit(session: AsyncSession, version: Version) -> None:
-        ledger = await authorize(session)
-        if ledger is None and not claim.ledger_name:
-            # The ledger existed when the upload began and was deleted while its bytes arrived.
-            raise errors.NotFound("云备份中没有这个账套（上传期间已被删除）")
-        if ledger is None:
-            ledger = Ledger(id=claim.ledger_id, owner_id=owner_id, name=claim.ledger_name)
-            session.add(ledger)
-            await session.flush()
-        elif claim.ledger_name and via == "backup":
-            ledger.name = claim.ledger_name
-        if after_commit is not None:
-            await after_commit(session, ledger, version)
-
-    version = await store.receive_version(sessions, blobs, settings, incoming, body, on_commit, free_bytes=free)
-    async with sessions() as session:
-        uploader = await session.get(Member, uploader_id)
-    return VersionInfo.of(version, uploader)
-
-
-async def missing_chunks(session: AsyncSession, owner_id: int, digests: list[str]) -> list[str]:
-    """Which of these chunk digests (hex) the owner's store lacks, in the order asked."""
-    wanted = [bytes.fromhex(digest) for digest in dict.fromkeys(digests)]
-    have: set[bytes] = set()
-    for start in range(0, len(wanted), 500):
-        batch = wanted[start : start + 500]
-        have.update(await session.scalars(
-            select(Chunk.digest).where(Chunk.owner_id == owner_id, Chunk.refs > 0, Chunk.digest.in_(batch))
-        ))
-    return [digest.hex() for digest in wanted if digest not in have]
-
-
-async def backup_missing_chunks(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
-    """Before a delta 上传云备份: the chunks the owner's store lacks."""
-    await ledger_for_backup(session, hooks, member_id, ledger_id, may_be_new=True)
-    return await missing_chunks(session, member_id, digests)
-
-
-async def find_version(session: AsyncSession, ledger_id: str, year: int, version_ref: str) -> Version:
-    """A version of (ledger, year) by its id, or the newest for `latest`."""
-    if version_ref == "latest":
-        version = await store.latest_version(session, ledger_id, year)
-    else:
-        version = await session.scalar(
-            select(Version).where(Version.public_id == version_ref, Version.ledger_id == ledger_id, Version.year == year)
-        )
-    if version is None:
-        raise errors.NotFound("没有这个版本")
-    return version
-
-
-async def backup_upload(sessions, blobs: BlobStore, settings: Settings, hooks: NetdiskHooks, member_id: int, claim: UploadClaim,
-                        body: AsyncIterator[bytes], on_accepted=None) -> VersionInfo:
-    """上传云备份: the owner uploads a year of their own ledger (a new ledger on its first upload)."""
-
-    async def authorize(session: AsyncSession) -> Ledger | None:
-        return await ledger_for_backup(session, hooks, member_id, claim.ledger_id, may_be_new=True)
-
-    return await upload(sessions, blobs, settings, claim, body, owner_id=member_id, uploader_id=member_id,
-                        via="backup", authorize=authorize, on_accepted=on_accepted)
-
-
-async def backup_version(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str, year: int, version_ref: str) -> Version:
-    """The owner's version to download (restore = download of any kept version)."""
-    await ledger_for_backup(session, hooks, member_id, ledger_id)
-    return await find_version(session, ledger_id, year, version_ref)
 
 
 async def backup_year(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str, year: int) -> YearVersions:

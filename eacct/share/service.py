@@ -21,7 +21,8 @@ from eacct.db import unit_of_work, utcnow
 from eacct.formats import BEIJING
 from eacct.members.models import Member
 from eacct.netdisk import service as netdisk
-from eacct.netdisk import store
+from eacct.netdisk import versions
+from eacct.netdisk.store import IncomingVersion
 from eacct.storage import BlobStore
 from eacct.netdisk.models import Ledger, Version, VersionInfo
 from eacct.netdisk.hooks import NetdiskHooks
@@ -69,7 +70,7 @@ async def add_friend(sessions: async_sessionmaker[AsyncSession], settings: Setti
         await throttle.check_not_locked(session, key)
         me = await session.get(Member, member_id)
         if account == me.account:
-            raise errors.Invalid("不能添加自己为好友", code="cannot_add_self")
+            raise errors.CannotAddSelf()
         friend = await session.scalar(select(Member).where(Member.account == account))
         if friend is not None and friend.nickname == nickname.strip():
             existing = await session.get(Friendship, (member_id, friend.id))
@@ -101,7 +102,7 @@ async def list_friends(session: AsyncSession, member_id: int) -> list[FriendInfo
 
 async def remove_friend(session: AsyncSession, notifier: Notifier, member_id: int, friend_id: int) -> None:
     """Remove a friend; the shares I gave them end with it."""
-    await store.lock_owner_if_opened(session, member_id)  # first: two removals at once then find it in turn
+    await versions.lock_owner_if_opened(session, member_id)  # first: two removals at once then find it in turn
     friendship = await session.get(Friendship, (member_id, friend_id))
     if friendship is None:
         raise errors.NotFound("该会员不在您的好友列表中")
@@ -134,7 +135,7 @@ async def create_shares(session: AsyncSession, notifier: Notifier, owner_id: int
                         friend_ids: list[int]) -> list[ShareInfo]:
     """共享给好友: share a ledger (all its years) with friends; only friends may be chosen. A friend who
     already has it keeps their share (and its date)."""
-    await store.lock_owner(session, owner_id)
+    await versions.lock_owner(session, owner_id)
     ledger = await session.get(Ledger, ledger_id)
     if ledger is None or ledger.owner_id != owner_id:
         raise errors.NotFound("云备份中没有这个账套，请先在 e会计 软件中上传云备份")
@@ -192,7 +193,7 @@ async def _end_share(session: AsyncSession, notifier: Notifier, share: Share, re
 
 async def cancel_share(session: AsyncSession, notifier: Notifier, owner_id: int, share_id: str) -> None:
     """取消共享: the recipient loses access at once (listing, download and upload)."""
-    await store.lock_owner_if_opened(session, owner_id)
+    await versions.lock_owner_if_opened(session, owner_id)
     share = await session.get(Share, share_id)
     if share is None or share.owner_id != owner_id or share.cancelled_at is not None:
         raise errors.NotFound("没有这个共享")
@@ -239,17 +240,17 @@ async def cloud_shares(session: AsyncSession, member_id: int) -> list[SharerInfo
 async def share_version(session: AsyncSession, member_id: int, ledger_id: str, year: int, version_ref: str) -> Version:
     """A version of a ledger shared with me, to download one year at a time."""
     await ledger_for_share(session, member_id, ledger_id)
-    return await netdisk.find_version(session, ledger_id, year, version_ref)
+    return await versions.find_version(session, ledger_id, year, version_ref)
 
 
 async def share_missing_chunks(session: AsyncSession, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
     """Before a delta 上传云共享: the chunks the owner's store lacks."""
     ledger, _ = await ledger_for_share(session, member_id, ledger_id)
-    return await netdisk.missing_chunks(session, ledger.owner_id, digests)
+    return await versions.missing_chunks(session, ledger.owner_id, digests)
 
 
 async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
-                       notifier: Notifier, member_id: int, claim: netdisk.UploadClaim, body: AsyncIterator[bytes],
+                       notifier: Notifier, member_id: int, claim: IncomingVersion, body: AsyncIterator[bytes],
                        on_accepted=None) -> VersionInfo:
     """上传云共享: the recipient's upload becomes a new version in the **owner's** cloud backup (and quota)."""
     async with sessions() as session:
@@ -269,7 +270,7 @@ async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
             "请在【云备份】中查看和下载",
         )
 
-    return await netdisk.upload(sessions, blobs, settings, claim, body, owner_id=owner_id, uploader_id=member_id,
+    return await versions.upload(sessions, blobs, settings, claim, body, owner_id=owner_id, uploader_id=member_id,
                                 via="share", authorize=authorize, after_commit=tell_owner, on_accepted=on_accepted)
 
 

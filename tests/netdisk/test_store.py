@@ -13,8 +13,8 @@ from eacct import errors
 from eacct.db import unit_of_work
 from eacct.members.service import create_member
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
-from eacct.netdisk import service, store
-from eacct.netdisk.models import Chunk, Ledger, Pack, Version
+from eacct.netdisk import service, store, versions
+from eacct.netdisk.models import Chunk, Ledger, Netdisk, Pack, Version
 from tests.netdisk.ledgers import edit_rows, make_ledger_db, tar_year
 
 
@@ -32,10 +32,10 @@ async def owner(sessions, settings) -> int:
 
 
 async def put(sessions, blobs, settings, owner, ledger_id, year, content, *, body=None, **kwargs):
-    claim = service.UploadClaim(ledger_id=ledger_id, year=year, size=len(content),
+    claim = store.IncomingVersion(ledger_id=ledger_id, year=year, size=len(content),
                                 sha256=kwargs.pop("sha256", hashlib.sha256(content).hexdigest()),
                                 ledger_name="账套", **kwargs)
-    return await service.backup_upload(sessions, blobs, settings, NetdiskHooks(), owner, claim, body or body_of(content))
+    return await versions.backup_upload(sessions, blobs, settings, NetdiskHooks(), owner, claim, body or body_of(content))
 
 
 async def used(sessions, owner) -> int:
@@ -139,7 +139,7 @@ async def test_gc_reclaims_a_dead_process_pending_packs_once_its_lease_lapses(se
     """A process that died mid-upload leaves a pending pack row and its blob; gc removes them once the upload's
     lease is no longer refreshed (issue 7 item 5: not after the 6 h grace period)."""
     content = os.urandom(3 * 1024 * 1024)
-    upload = store._Upload(sessions, blobs, settings, store.IncomingVersion(
+    upload = store.Upload(sessions, blobs, settings, store.IncomingVersion(
         owner_id=owner, ledger_id=str(uuid.uuid4()), year=2018, uploader_id=owner, via="backup",
         size=len(content), sha256=hashlib.sha256(content).hexdigest()), free_bytes=10**9)
     await upload.feed(content[: 2 * 1024 * 1024])
@@ -188,7 +188,7 @@ async def test_upload_counting_on_a_chunk_gc_removed_is_refused_cleanly(sessions
     await put(sessions, blobs, settings, owner, ledger, 2018, os.urandom(10_000))  # prunes: `shared` unreferenced
     split = store.WAITING_BYTES + 1024 * 1024  # past the first lookup, which finds the unreferenced chunks
     ledger_id = str(uuid.uuid4())
-    upload = store._Upload(sessions, blobs, settings, store.IncomingVersion(
+    upload = store.Upload(sessions, blobs, settings, store.IncomingVersion(
         owner_id=owner, ledger_id=ledger_id, year=2018, uploader_id=owner, via="backup", size=len(shared),
         sha256=hashlib.sha256(shared).hexdigest()), free_bytes=10**9)
     await upload.feed(shared[:split])
@@ -202,7 +202,7 @@ async def test_upload_counting_on_a_chunk_gc_removed_is_refused_cleanly(sessions
         await session.flush()
 
     with pytest.raises(errors.Conflict):
-        await store._commit(sessions, settings, upload, create_ledger)
+        await store.commit(sessions, upload, versions.UploadRules(settings, upload.incoming, create_ledger))
     await upload.abandon()
     assert (await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, shared)).size == len(shared)
 
@@ -217,9 +217,9 @@ async def test_access_rule_for_backup_allows_new_ledger_ids_only_for_upload(sess
 async def test_quota_check_before_the_body_counts_what_the_current_version_can_share(sessions, settings, owner):
     settings = settings.with_overrides(netdisk_quota_bytes=1000)
     async with unit_of_work(sessions) as session:
-        await session.execute(update(store.Netdisk).values(quota_bytes=1000))
+        await session.execute(update(Netdisk).values(quota_bytes=1000))
         incoming = store.IncomingVersion(owner_id=owner, ledger_id=str(uuid.uuid4()), year=2018, uploader_id=owner,
                                          via="backup", size=5000, sha256="0" * 64)
         with pytest.raises(errors.QuotaExceeded) as refused:
-            await store.check_before_upload(session, settings, incoming)
+            await versions.check_before_upload(session, settings, incoming)
     assert refused.value.extra == {"needed_bytes": 5000, "free_bytes": 1000}

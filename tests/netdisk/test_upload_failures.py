@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from eacct import errors
 from eacct.db import unit_of_work, utcnow
 from eacct.members.service import create_member
-from eacct.netdisk import service, store
+from eacct.netdisk import service, store, versions
 from eacct.storage import LocalBlobStore
 from eacct.netdisk.models import Ledger, Pack, UploadLease, Version
 from tests.conftest import Desktop, new_ledger_id
@@ -111,7 +111,7 @@ async def test_failure_after_commit_keeps_committed_packs(sessions, blobs, setti
         session.info["fault"] = fault
 
     upload = asyncio.create_task(store.receive_version(sessions, blobs, settings, incoming, body_of(content),
-                                                       on_commit, free_bytes=10**9))
+                                                       versions.UploadRules(settings, incoming, on_commit), free_bytes=10**9))
     with pytest.raises((ConnectionResetError, asyncio.CancelledError)):
         await upload
 
@@ -172,7 +172,8 @@ async def test_a_commit_of_unknown_outcome_deletes_nothing_and_gc_reclaims_it(se
     event.listen(Session, "before_commit", lose)
     try:
         with pytest.raises(ConnectionResetError):
-            await store.receive_version(sessions, blobs, settings, incoming, body_of(content), on_commit,
+            await store.receive_version(sessions, blobs, settings, incoming, body_of(content),
+                                        versions.UploadRules(settings, incoming, on_commit),
                                         free_bytes=10**9)
     finally:
         event.remove(Session, "before_commit", lose)
@@ -188,7 +189,7 @@ async def test_a_commit_of_unknown_outcome_deletes_nothing_and_gc_reclaims_it(se
 async def test_abandon_deletes_a_blob_only_after_its_row_is_deleted(sessions, blobs, settings, owner):
     """When the pending rows cannot be deleted, their blobs stay (gc removes both later)."""
     content = os.urandom(3 * 1024 * 1024)
-    upload = store._Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
+    upload = store.Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
     await upload.feed(content)
     await upload.flush()
     assert await pack_keys(blobs)
@@ -253,7 +254,7 @@ async def test_stalled_upload_body_is_refused_with_408_and_nothing_kept(make_ser
 async def test_gc_reclaims_a_dead_uploads_spool_file_and_keeps_a_live_ones(sessions, blobs, settings, owner):
     settings = settings.with_overrides(pack_target_bytes=64 * 1024 * 1024)  # spooled, never sealed
     contents = [os.urandom(store.WAITING_BYTES + 1024 * 1024) for _ in range(2)]
-    dead, live = (store._Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
+    dead, live = (store.Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
                   for content in contents)
     for upload, content in ((dead, contents[0]), (live, contents[1])):
         await upload.feed(content)
@@ -285,7 +286,7 @@ async def test_gc_reclaims_half_made_puts_in_the_local_store(sessions, settings,
 
 async def test_a_pack_whose_pending_row_cannot_be_written_leaves_no_spool_file(sessions, blobs, settings, owner):
     content = os.urandom(3 * 1024 * 1024)
-    upload = store._Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
+    upload = store.Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
 
     def refuse_pack_rows(session, *_):
         if any(isinstance(item, Pack) for item in session.new):
@@ -306,7 +307,7 @@ async def test_a_pack_whose_pending_row_cannot_be_written_leaves_no_spool_file(s
 async def test_a_compression_thread_finishing_after_abandon_does_not_recreate_its_file(sessions, blobs, settings,
                                                                                       owner):
     content = os.urandom(store.WAITING_BYTES + 512 * 1024)
-    upload = store._Upload(sessions, blobs, settings.with_overrides(pack_target_bytes=64 * 1024 * 1024),
+    upload = store.Upload(sessions, blobs, settings.with_overrides(pack_target_bytes=64 * 1024 * 1024),
                            incoming_for(owner, content), free_bytes=10**9)
     real = upload.compressor
     first_frame_written = asyncio.Event()
@@ -346,7 +347,7 @@ LIVE_UPLOAD_SCRIPT = textwrap.dedent("""
         sessions = make_session_factory(engine)
         blobs = LocalBlobStore(Path(os.environ["BLOBS"]))
         content = os.urandom(6 * 1024 * 1024)
-        upload = store._Upload(sessions, blobs, settings, store.IncomingVersion(
+        upload = store.Upload(sessions, blobs, settings, store.IncomingVersion(
             owner_id=int(os.environ["OWNER"]), ledger_id=str(uuid.uuid4()), year=2018, uploader_id=1,
             via="backup", size=len(content), sha256=hashlib.sha256(content).hexdigest()), free_bytes=10**9)
         await upload.feed(content)
@@ -389,7 +390,7 @@ async def test_a_commit_after_gc_reclaimed_the_lease_is_refused(sessions, blobs,
     """An upload whose lease lapsed (heartbeats failed) must not commit packs gc may have deleted."""
     content = os.urandom(3 * 1024 * 1024)
     incoming = incoming_for(owner, content)
-    upload = store._Upload(sessions, blobs, settings, incoming, free_bytes=10**9)
+    upload = store.Upload(sessions, blobs, settings, incoming, free_bytes=10**9)
     await upload.feed(content)
     await upload.finish()
     await upload.release_lease()
@@ -400,7 +401,7 @@ async def test_a_commit_after_gc_reclaimed_the_lease_is_refused(sessions, blobs,
         await session.flush()
 
     with pytest.raises(errors.Conflict):
-        await store._commit(sessions, settings, upload, on_commit)
+        await store.commit(sessions, upload, versions.UploadRules(settings, upload.incoming, on_commit))
     assert await count(sessions, Version) == 0
 
 
@@ -408,7 +409,7 @@ async def test_a_process_that_died_just_before_a_restart_has_its_uploads_reclaim
         aiohttp_server, engine, sessions, blobs, settings, owner):
     """Start-up gc finds the dead predecessor's lease still fresh; the server reclaims it once it lapses."""
     content = os.urandom(3 * 1024 * 1024)
-    upload = store._Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
+    upload = store.Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
     await upload.feed(content)
     await upload.flush()
     await upload.release_lease()  # the old process dies right here; its last heartbeat is fresh

@@ -1,0 +1,118 @@
+"""Shared mechanics of the store: constants, the upload lease holder, quota in use, read-ahead, pack keys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from eacct.netdisk.models import Chunk
+
+__all__ = [
+    "BODY_BLOCKS_AHEAD", "DOWNLOAD_BLOCKS_AHEAD", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
+    "MAX_COALESCED_READ", "NEW_CHUNK", "PUTS_IN_FLIGHT", "READ_WINDOW", "WAITING_BYTES", "ZSTD_LEVEL", "batched",
+    "lease_holder", "log", "pack_blob_key", "read_ahead", "used_bytes",
+]
+
+log = logging.getLogger("eacct.store")
+T = TypeVar("T")
+
+NEW_CHUNK = struct.Struct("<IQII")
+INSERT_BATCH = 2000
+LOOKUP_BATCH = 500
+WAITING_BYTES = 4 * 1024 * 1024
+PUTS_IN_FLIGHT = 2
+DOWNLOAD_BLOCKS_AHEAD = 2
+BODY_BLOCKS_AHEAD = 8
+STOP_GRACE_SECONDS = 2.0
+READ_WINDOW = 512
+MAX_COALESCED_READ = 4 * 1024 * 1024
+ZSTD_LEVEL = 1
+# Identifies this process in the leases it holds (host, pid, and a random part since pids are reused).
+PROCESS_INSTANCE = uuid.uuid4().hex[:8]
+HEARTBEATS_PER_LEASE = 4
+
+
+def lease_holder() -> str:
+    """Who holds a lease: this process, as host:pid:instance."""
+    return f"{socket.gethostname()}:{os.getpid()}:{PROCESS_INSTANCE}"
+
+
+async def used_bytes(session: AsyncSession, owner_id: int) -> int:
+    """Quota in use: every distinct chunk a version of the owner refers to, counted once, uncompressed."""
+    total = await session.scalar(
+        select(func.coalesce(func.sum(Chunk.raw_size), 0)).where(Chunk.owner_id == owner_id, Chunk.refs > 0)
+    )
+    return int(total or 0)
+
+
+_END = object()
+
+
+async def read_ahead(source: AsyncIterator[T], depth: int) -> AsyncIterator[T]:
+    """Iterate `source` in a task of its own, up to `depth` items ahead of the consumer.
+
+    Lets I/O on one side (reading a request body, fetching packs) go on while the other side works.
+    Errors of the source reach the consumer in order. When the consumer stops early, the source is asked to
+    stop after the step it is in and closed, not cancelled mid-step: a step may be a database transaction,
+    and one torn by a cancellation can leave SQLite's write lock behind. Only a source that does not stop
+    within `STOP_GRACE_SECONDS` is cancelled.
+    """
+    queue: asyncio.Queue = asyncio.Queue(maxsize=depth)
+    stop = asyncio.Event()
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                if stop.is_set():
+                    return
+                await queue.put(item)
+            await queue.put(_END)
+        except Exception as exc:  # handed to the consumer, which raises it where it reads
+            if not stop.is_set():
+                await queue.put(_Failed(exc))
+        finally:
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()
+
+    task = asyncio.create_task(pump())
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while not queue.empty():  # a put the pump is waiting in goes through, and it sees the stop
+            queue.get_nowait()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: Exception
+
+
+def batched(items: list, size: int) -> Iterable[list]:
+    """`items` in lists of at most `size`."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def pack_blob_key(owner_id: int, pack_id: str) -> str:
+    """Where a pack lives in the blob store: a new key for every pack, never overwritten."""
+    return f"packs/{owner_id}/{pack_id[:2]}/{pack_id}"

@@ -1,0 +1,440 @@
+"""The upload pipeline: stream, cut, deduplicate, compress into spooled packs, put them, hold a lease."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from eacct import errors
+from eacct.config import Settings
+from eacct.db import unit_of_work, utcnow
+from eacct.storage import BlobStore, BlobStoreError
+from eacct.chunks.chunker import ArchiveChunker
+from eacct.chunks.delta import read_delta
+from eacct.chunks.errors import ChunkChecksumError, ChunkFormatError
+from eacct.chunks.manifest import ENTRY
+from eacct.netdisk.models import Chunk, Pack, UploadLease, Version, VersionManifest
+from eacct.netdisk.store.common import (
+    BODY_BLOCKS_AHEAD, HEARTBEATS_PER_LEASE, LOOKUP_BATCH, NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL,
+    lease_holder, log, pack_blob_key, read_ahead,
+)
+from eacct.netdisk.store.index import CommitRules, commit
+from eacct.netdisk.store.read import read_entries
+
+__all__ = ["IncomingVersion", "Upload", "receive_version"]
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingVersion:
+    """What an upload claims before its bytes arrive (its headers), and, once the service decided, whose it is."""
+
+    ledger_id: str
+    year: int
+    size: int
+    sha256: str
+    remark: str = ""
+    ledger_name: str | None = None
+    client_version: str = ""
+    if_match: str | None = None
+    # A delta upload's body holds the manifest and only the chunks the server lacks (eacct.chunks.delta);
+    # `size` is then the whole year's size and `body_size` the body's.
+    delta: bool = False
+    body_size: int | None = None
+    # Set by the service: whose backup the version goes into, who sends it, and by which path.
+    owner_id: int = 0
+    uploader_id: int = 0
+    via: str = "backup"
+
+    @property
+    def body_bytes(self) -> int:
+        """How many bytes the request body carries."""
+        return self.size if self.body_size is None else self.body_size
+
+
+@dataclass
+class _PackWriter:
+    """Spools compressed chunks into one local file until it is big enough to become a pack blob."""
+
+    directory: Path
+    owner_id: int
+    lease_id: str
+    pack_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    size: int = 0
+    handle: object | None = None
+    discarded: bool = False
+
+    @property
+    def path(self) -> Path:
+        # Named by its upload's lease, so gc can tell a live upload's spool file from a dead process's.
+        return self.directory / f"{self.lease_id}.{self.pack_id}.pack"
+
+    @property
+    def blob_key(self) -> str:
+        return pack_blob_key(self.owner_id, self.pack_id)
+
+    def append(self, frame: bytes) -> int:
+        if self.discarded:
+            # A compression thread still running after its upload was abandoned must not recreate the file.
+            raise RuntimeError("pack writer already discarded")
+        if self.handle is None:
+            self.handle = open(self.path, "wb")
+        offset = self.size
+        self.handle.write(frame)
+        self.size += len(frame)
+        return offset
+
+    def close(self) -> None:
+        # No fsync here: the blob store's `put` is what makes a pack durable (the local one fsyncs it).
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def discard(self) -> None:
+        self.discarded = True
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        self.path.unlink(missing_ok=True)
+
+
+class Upload:
+    """The state of one streaming upload; CPU work runs in a worker thread, database and blob I/O on the loop."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
+                 incoming: IncomingVersion, free_bytes: int) -> None:
+        self.sessions = sessions
+        self.blobs = blobs
+        self.settings = settings
+        self.incoming = incoming
+        self.free_bytes = free_bytes
+        self.hasher = hashlib.sha256()
+        self.chunker = ArchiveChunker()
+        self.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self.received = 0
+        self.manifest = bytearray()
+        # Chunks this upload stored itself: digest → NEW_CHUNK-packed (pack number, offset, stored length,
+        # raw size); packed because a 1 GB year has ~100k of them and tuples of ints cost three times as much.
+        self.new_chunks: dict[bytes, bytes] = {}
+        self.pack_ids: list[str] = []
+        self.new_bytes = 0
+        # (digest, bytes, raw size) in file order; bytes is None for a chunk a delta upload did not send.
+        self.waiting: list[tuple[bytes, bytes | None, int]] = []
+        self.waiting_bytes = 0
+        self.lease_id = uuid.uuid4().hex
+        self.lease_taken = False
+        self.lease_lost = False
+        self.lease_stop = asyncio.Event()
+        self.heartbeat: asyncio.Task[None] | None = None
+        # Set once the commit is sent: from then on a failure leaves its outcome unknown.
+        self.commit_sent = False
+        self.pack = self._new_pack()
+        self.sealed: list[_PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
+        self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
+        self.spooling: asyncio.Future[None] | None = None
+        # Full packs go to the blob store in the background while the body keeps streaming.
+        self.puts: set[asyncio.Task[None]] = set()
+        self.cutting: asyncio.Future[list[tuple[bytes, bytes, int]]] | None = None
+
+    def _new_pack(self) -> _PackWriter:
+        return _PackWriter(self.blobs.spool_dir(), self.incoming.owner_id, self.lease_id)
+
+    async def _take_lease(self) -> None:
+        """Register the lease before the first file is written, and keep it alive while the upload is."""
+        if self.lease_taken:
+            return
+        async with unit_of_work(self.sessions) as session:
+            now = utcnow()
+            session.add(UploadLease(id=self.lease_id, holder=lease_holder(), heartbeat_at=now, created_at=now))
+        self.lease_taken = True
+        self.heartbeat = asyncio.create_task(self._keep_lease())
+
+    async def _keep_lease(self) -> None:
+        interval = max(self.settings.upload_lease_seconds / HEARTBEATS_PER_LEASE, 0.05)
+        while True:
+            try:
+                await asyncio.wait_for(self.lease_stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                async with unit_of_work(self.sessions) as session:
+                    result = await session.execute(
+                        update(UploadLease).where(UploadLease.id == self.lease_id).values(heartbeat_at=utcnow())
+                    )
+                if result.rowcount == 0:
+                    # gc took the lease (heartbeats failed for too long): this upload cannot commit any more.
+                    self.lease_lost = True
+                    log.warning("upload lease %s was reclaimed by gc", self.lease_id)
+                    return
+            except Exception:
+                log.warning("could not refresh upload lease %s", self.lease_id, exc_info=True)
+
+    async def release_lease(self) -> None:
+        """Stop refreshing the lease (its row is deleted by the commit or by `abandon`, else it lapses)."""
+        self.lease_stop.set()
+        if self.heartbeat is not None:
+            # Not cancelled: a heartbeat torn mid-transaction could leave SQLite's write lock behind.
+            await asyncio.gather(asyncio.shield(self.heartbeat), return_exceptions=True)
+
+    def _cut(self, data: bytes, final: bool) -> list[tuple[bytes, bytes, int]]:
+        if data:
+            self.hasher.update(data)
+        pieces = self.chunker.feed(data) if data else []
+        if final:
+            pieces += self.chunker.finish()
+        return [(hashlib.sha256(piece).digest(), piece, len(piece)) for piece in pieces]
+
+    async def feed(self, data: bytes) -> None:
+        """Take the next block of the body. Cutting and hashing it runs on a worker thread while the
+        previous block's chunks are looked up and spooled (cuts stay in order: one runs at a time)."""
+        self._count(len(data))
+        previous = await self._cut_result()
+        self.cutting = asyncio.ensure_future(asyncio.to_thread(self._cut, data, False))
+        await self._take(previous)
+
+    def _count(self, size: int) -> None:
+        self.received += size
+        if self.received > self.incoming.body_bytes:
+            raise errors.BadRequest("上传的数据比 Content-Length 声明的多")
+
+    async def feed_delta(self, entries: list[tuple[bytes, bytes | None, int]], body_bytes: int) -> None:
+        """Take the next entries of a delta upload, already cut (and verified) by the client's chunker."""
+        self._count(body_bytes)
+        await self._take(entries)
+
+    async def _cut_result(self) -> list[tuple[bytes, bytes, int]]:
+        if self.cutting is None:
+            return []
+        cutting, self.cutting = self.cutting, None
+        return await cutting
+
+    async def _take(self, cut: list[tuple[bytes, bytes | None, int]]) -> None:
+        self.waiting += cut
+        self.waiting_bytes += sum(len(piece) for _, piece, _ in cut if piece is not None)
+        if len(self.waiting) >= LOOKUP_BATCH or self.waiting_bytes >= WAITING_BYTES:
+            await self._place_waiting()
+
+    async def flush(self) -> None:
+        """Store everything received so far as pending packs (the stream may go on afterwards)."""
+        await self._take(await self._cut_result())
+        await self._place_waiting()
+        await self._seal_pack()
+        await self._wait_for_puts(0)
+
+    async def finish(self) -> str:
+        """Store the rest; return the whole year's sha256 (a delta upload's is read back from the store)."""
+        if not self.incoming.delta:
+            await self._take(await self._cut_result())
+            self.waiting += await asyncio.to_thread(self._cut, b"", True)
+        await self.flush()
+        if self.received != self.incoming.body_bytes:
+            raise errors.BadRequest("上传的数据不完整：收到的字节数与 Content-Length 不符")
+        if not self.incoming.delta:
+            return self.hasher.hexdigest()
+        # The client sent only what was new: the year as the store will give it back is what is checked.
+        digest = hashlib.sha256()
+        size = 0
+        async for block in read_entries(self.sessions, self.blobs, self.incoming.owner_id, bytes(self.manifest),
+                                         0, None, self._new_location):
+            size += len(block)
+            await asyncio.to_thread(digest.update, block)
+        if size != self.incoming.size:
+            raise errors.BadRequest("清单中的数据块大小之和与 X-Archive-Size 不符")
+        return digest.hexdigest()
+
+    def _new_location(self, digest: bytes) -> tuple[str, int, int] | None:
+        packed = self.new_chunks.get(digest)
+        if packed is None:
+            return None
+        pack_number, offset, stored, _ = NEW_CHUNK.unpack(packed)
+        return pack_blob_key(self.incoming.owner_id, self.pack_ids[pack_number]), offset, stored
+
+    async def _place_waiting(self) -> None:
+        """Record the waiting chunks in the manifest; compress and spool those the owner doesn't have yet."""
+        batch, self.waiting, self.waiting_bytes = self.waiting, [], 0
+        if not batch:
+            return
+        unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks}
+        if unknown:
+            async with self.sessions() as session:
+                rows = await session.scalars(
+                    select(Chunk.digest).where(Chunk.owner_id == self.incoming.owner_id, Chunk.digest.in_(unknown))
+                )
+                unknown.difference_update(rows)
+        to_store = []
+        missing = []
+        for digest, piece, size in batch:
+            self.manifest += ENTRY.pack(digest, size)
+            if digest in unknown:
+                unknown.discard(digest)
+                if piece is None:
+                    missing.append(digest.hex())
+                else:
+                    to_store.append((digest, piece))
+        if missing:
+            raise errors.MissingChunks(missing=missing[:1000])
+        if not to_store:
+            return
+        self.new_bytes += sum(len(piece) for _, piece in to_store)
+        if self.new_bytes > self.free_bytes:
+            raise errors.QuotaExceeded.for_upload(self.new_bytes, self.free_bytes)
+        await self._take_lease()
+        # Shielded: if this task is cancelled the thread still runs, and `abandon` waits for it.
+        self.spooling = asyncio.ensure_future(asyncio.to_thread(self._spool, to_store))
+        await asyncio.shield(self.spooling)
+        if self.pack.size >= self.settings.pack_target_bytes:
+            await self._seal_pack()
+
+    def _spool(self, chunks: list[tuple[bytes, bytes]]) -> None:
+        for digest, piece in chunks:
+            frame = self.compressor.compress(piece)
+            offset = self.pack.append(frame)
+            self.new_chunks[digest] = NEW_CHUNK.pack(len(self.pack_ids), offset, len(frame), len(piece))
+
+    async def _seal_pack(self) -> None:
+        """Send the current pack to the blob store in the background, registered as pending first so gc
+        can find it; at most `PUTS_IN_FLIGHT` packs travel at once."""
+        pack = self.pack
+        if pack.size == 0:
+            return
+        if self.lease_lost:
+            raise errors.RetryUpload()
+        await asyncio.to_thread(pack.close)
+        # The row comes before the writer is replaced: until then `abandon` still finds the spool file.
+        async with unit_of_work(self.sessions) as session:
+            session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=pack.size,
+                             lease_id=self.lease_id))
+        self.pending_packs.append((pack.pack_id, pack.blob_key))
+        self.pack_ids.append(pack.pack_id)
+        self.sealed.append(pack)
+        self.pack = self._new_pack()
+        self.puts.add(asyncio.create_task(self._put(pack)))
+        await self._wait_for_puts(PUTS_IN_FLIGHT - 1)
+
+    async def _put(self, pack: _PackWriter) -> None:
+        try:
+            await self.blobs.put(pack.blob_key, pack.path)
+        except BlobStoreError as exc:
+            log.warning("pack %s could not be stored: %s", pack.pack_id, exc)
+            raise errors.StorageUnavailable() from exc
+        finally:
+            await asyncio.to_thread(pack.discard)
+
+    async def _wait_for_puts(self, allowed_in_flight: int) -> None:
+        """Wait until at most `allowed_in_flight` puts are still running; a failed put fails the upload."""
+        while len(self.puts) > allowed_in_flight:
+            done, _ = await asyncio.wait(self.puts, return_when=asyncio.FIRST_COMPLETED)
+            self.puts -= done
+            for task in done:
+                task.result()
+
+    def chunk_rows(self) -> Iterator[dict]:
+        """The `chunks` rows of what this upload stored, made as they are inserted."""
+        for digest, packed in self.new_chunks.items():
+            pack_number, offset, stored, raw = NEW_CHUNK.unpack(packed)
+            yield {"owner_id": self.incoming.owner_id, "digest": digest, "pack_id": self.pack_ids[pack_number],
+                   "offset": offset, "stored_length": stored, "raw_size": raw, "refs": 0}
+
+    async def abandon(self) -> None:
+        """Undo what a failed upload stored: spool files, then pending rows, then the blobs of the rows deleted.
+
+        After the commit was sent its outcome is unknown, so nothing stored is touched: the lease lapses and
+        gc keeps what the database says is committed and reclaims the rest.
+        """
+        for task in self.puts:
+            task.cancel()
+        threads = [future for future in (self.cutting, self.spooling) if future is not None]
+        await asyncio.gather(*self.puts, *threads, return_exceptions=True)
+        for pack in (self.pack, *self.sealed):
+            await asyncio.to_thread(pack.discard)
+        await self.release_lease()
+        if self.commit_sent or not self.lease_taken:
+            return
+        try:
+            async with unit_of_work(self.sessions) as session:
+                result = await session.execute(
+                    delete(Pack)
+                    .where(Pack.lease_id == self.lease_id, Pack.committed.is_(False))
+                    .returning(Pack.blob_key)
+                    .execution_options(synchronize_session=False)
+                )
+                removed = list(result.scalars())
+                await session.execute(delete(UploadLease).where(UploadLease.id == self.lease_id))
+        except Exception:
+            log.warning("could not remove the pending packs of upload %s; gc will", self.lease_id, exc_info=True)
+            return
+        for blob_key in removed:  # their rows are gone for good: nothing can refer to these blobs
+            try:
+                await self.blobs.delete(blob_key)
+            except Exception:
+                log.warning("could not delete blob %s; gc will", blob_key, exc_info=True)
+
+
+async def receive_version(
+    sessions: async_sessionmaker[AsyncSession],
+    blobs: BlobStore,
+    settings: Settings,
+    incoming: IncomingVersion,
+    body: AsyncIterator[bytes],
+    rules: CommitRules,
+    *,
+    free_bytes: int,
+) -> Version:
+    """Store an uploaded year as a new version; it becomes visible only when complete and verified.
+
+    At most `free_bytes` new bytes are stored (the service's quota); `rules` run inside the commit."""
+    upload = Upload(sessions, blobs, settings, incoming, free_bytes)
+    try:
+        if incoming.delta:
+            async def base() -> bytes:
+                return await _base_manifest(sessions, incoming)
+
+            async for entries, body_bytes in read_ahead(_checked_delta(body, base), BODY_BLOCKS_AHEAD):
+                await upload.feed_delta(entries, body_bytes)
+        else:
+            async for data in read_ahead(body, BODY_BLOCKS_AHEAD):
+                await upload.feed(data)
+        digest = await upload.finish()
+        if digest != incoming.sha256:
+            raise errors.ChecksumMismatch(received_sha256=digest)
+        version = await commit(sessions, upload, rules)
+    except BaseException:
+        await asyncio.shield(upload.abandon())
+        raise
+    await asyncio.shield(upload.release_lease())
+    return version
+
+
+async def _checked_delta(body: AsyncIterator[bytes], base: Callable[[], Awaitable[bytes]]):
+    """`read_delta` with the chunk format's errors turned into the server's."""
+    try:
+        async for item in read_delta(body, base):
+            yield item
+    except ChunkChecksumError as exc:
+        raise errors.ChecksumMismatch(str(exc)) from exc
+    except ChunkFormatError as exc:
+        raise errors.BadRequest(str(exc)) from exc
+
+
+async def _base_manifest(sessions: async_sessionmaker[AsyncSession], incoming: IncomingVersion) -> bytes:
+    """The chunk list of the version a delta upload builds on (its If-Match)."""
+    if incoming.if_match is None:
+        raise errors.BadRequest("增量上传引用基准版本时需要 If-Match")
+    async with sessions() as session:
+        entries = await session.scalar(
+            select(VersionManifest.entries)
+            .join(Version, Version.id == VersionManifest.version_id)
+            .where(Version.public_id == incoming.if_match, Version.ledger_id == incoming.ledger_id,
+                   Version.year == incoming.year)
+        )
+    if entries is None:
+        raise errors.VersionConflict("增量上传的基准版本已不存在，请先下载最新版本再上传")
+    return entries

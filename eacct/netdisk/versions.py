@@ -1,0 +1,254 @@
+"""Versions of a year: the rules every upload answers to and the way in and out of the store.
+
+The rules (Kingdee manual §3.4–3.5 and the e会计 guide): quota is checked from the headers before any body
+byte and again exactly inside the commit; at most `max_versions_per_member` versions per member; an upload
+naming the version it started from (If-Match) is refused once another landed; retention keeps the newest
+`versions_kept_per_year` of a year and never the owner's own last backup; every commit and deletion of an
+owner queues on that owner's lock. The store (`netdisk.store`) does the mechanics and calls back into
+`UploadRules` inside its commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from eacct import errors
+from eacct.config import Settings
+from eacct.db import unit_of_work
+from eacct.members.models import Member
+from eacct.netdisk import store
+from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
+from eacct.netdisk.models import Chunk, Ledger, Netdisk, Version, VersionInfo
+from eacct.netdisk.store import IncomingVersion
+from eacct.storage import BlobStore
+
+__all__ = [
+    "UploadRules", "backup_missing_chunks", "backup_upload", "backup_version", "check_before_upload",
+    "check_expected_version", "check_version_cap", "clean_ledger_name", "find_version", "latest_version",
+    "lock_owner", "lock_owner_if_opened", "missing_chunks", "prune", "upload",
+]
+
+
+async def lock_owner(session: AsyncSession, owner_id: int) -> Netdisk:
+    """Take the owner's write lock (their netdisk row); commits, deletes and share changes of one owner queue here."""
+    netdisk = await session.scalar(select(Netdisk).where(Netdisk.member_id == owner_id).with_for_update())
+    if netdisk is None:
+        raise errors.NotFound("云盘尚未开通")
+    return netdisk
+
+
+async def lock_owner_if_opened(session: AsyncSession, owner_id: int) -> None:
+    """Take the owner's write lock when they have a netdisk (without one they own no ledger to race on)."""
+    await session.execute(select(Netdisk.member_id).where(Netdisk.member_id == owner_id).with_for_update())
+
+
+async def latest_version(session: AsyncSession, ledger_id: str, year: int) -> Version | None:
+    """The newest version of a (ledger, year)."""
+    return await session.scalar(
+        select(Version).where(Version.ledger_id == ledger_id, Version.year == year).order_by(Version.id.desc()).limit(1)
+    )
+
+
+def clean_ledger_name(name: str) -> str:
+    """A ledger name as people see it: trimmed, 1–100 characters, no control characters and nothing that
+    could act as a path when the desktop program names a folder after it."""
+    name = name.strip()
+    if not 1 <= len(name) <= 100 or any(ord(ch) < 32 for ch in name) or "/" in name or "\\" in name or name in (".", ".."):
+        raise errors.Invalid("账套名称应为 1 到 100 个字符，不能包含 / \\ 或控制字符")
+    return name
+
+
+def check_expected_version(latest: Version | None, if_match: str | None) -> None:
+    """Refuse an upload based on a version that is no longer the newest (rule 16); nothing is lost."""
+    if if_match is None:
+        return
+    current = latest.public_id if latest is not None else None
+    if current != if_match:
+        extra = {"latest_version_id": current}
+        raise errors.VersionConflict(
+            "云端已有更新的版本（在您开始修改之后有人上传过），请先下载最新版本再上传；您的数据未被覆盖", **extra
+        )
+
+
+async def check_before_upload(session: AsyncSession, settings: Settings, incoming: IncomingVersion) -> int:
+    """Refuse what can be refused from the headers alone, before any body byte; return the free bytes.
+
+    The quota check counts the whole upload as new, less what the current version of this (ledger, year)
+    could share with it: a re-upload of a changed ledger is mostly known chunks. The exact count of new
+    bytes is enforced again while the body streams, before any byte past the quota is stored.
+    """
+    netdisk = await session.get(Netdisk, incoming.owner_id)
+    if netdisk is None:
+        raise errors.NotFound("共享人的云盘尚未开通")
+    latest = await latest_version(session, incoming.ledger_id, incoming.year)
+    check_expected_version(latest, incoming.if_match)
+    await check_version_cap(session, settings, incoming)
+    free = netdisk.quota_bytes - await store.used_bytes(session, incoming.owner_id)
+    reusable = latest.size if latest is not None else 0
+    # New bytes are at most the body (a delta body carries only new chunks) and at most what the kept
+    # version cannot share.
+    needed = min(incoming.size - reusable, incoming.body_bytes)
+    if needed > free:
+        raise errors.QuotaExceeded.for_upload(needed, free)
+    return free
+
+
+async def check_version_cap(session: AsyncSession, settings: Settings, incoming: IncomingVersion) -> None:
+    """At most `max_versions_per_member` versions per member (rule 15), counting what retention will prune."""
+    held = await session.scalar(select(func.count()).select_from(Version).where(Version.owner_id == incoming.owner_id))
+    in_year = await session.scalar(
+        select(func.count()).select_from(Version).where(
+            Version.ledger_id == incoming.ledger_id, Version.year == incoming.year
+        )
+    )
+    # Retention will prune this year's oldest version when it is full, so such an upload adds nothing.
+    after = held + 1 - (1 if in_year >= settings.versions_kept_per_year else 0)
+    if after > settings.max_versions_per_member:
+        raise errors.TooManyVersions(
+            f"云盘中最多保存 {settings.max_versions_per_member} 个版本，已达上限；请先删除不需要的账套或年度",
+            limit=settings.max_versions_per_member,
+        )
+
+
+async def prune(session: AsyncSession, settings: Settings, ledger_id: str, year: int, owner_id: int) -> None:
+    """Keep the newest N versions of the year; the one just committed (verified) is always among them."""
+    stale = (
+        await session.scalars(
+            select(Version.id)
+            .where(Version.ledger_id == ledger_id, Version.year == year)
+            .order_by(Version.id.desc())
+            .offset(max(settings.versions_kept_per_year, 1))
+        )
+    ).all()
+    await store.release_versions(session, owner_id, list(stale))
+
+
+@dataclass
+class UploadRules:
+    """The rules the store applies inside an upload's commit transaction (see `store.CommitRules`)."""
+
+    settings: Settings
+    incoming: IncomingVersion
+    # Re-checks that the uploader may still write (a share cancelled meanwhile), creates the ledger on a first
+    # upload, and may add rows of its own (a notification).
+    admit: Callable[[AsyncSession, Version], Awaitable[None]]
+    _netdisk: Netdisk | None = None
+
+    async def before_insert(self, session: AsyncSession, version: Version) -> None:
+        """Lock the owner, then re-check the expected version, the version cap and access."""
+        self._netdisk = await lock_owner(session, self.incoming.owner_id)
+        check_expected_version(await latest_version(session, self.incoming.ledger_id, self.incoming.year),
+                               self.incoming.if_match)
+        await check_version_cap(session, self.settings, self.incoming)
+        await self.admit(session, version)
+
+    async def after_insert(self, session: AsyncSession, version: Version, new_bytes: int) -> None:
+        """Prune the year to its retention, then refuse the version if the owner is now over quota."""
+        await prune(session, self.settings, self.incoming.ledger_id, self.incoming.year, self.incoming.owner_id)
+        used = await store.used_bytes(session, self.incoming.owner_id)
+        if used > self._netdisk.quota_bytes:
+            raise errors.QuotaExceeded.for_upload(new_bytes, self._netdisk.quota_bytes - (used - new_bytes))
+
+
+async def upload(
+    sessions: async_sessionmaker[AsyncSession],
+    blobs: BlobStore,
+    settings: Settings,
+    claim: IncomingVersion,
+    body: AsyncIterator[bytes],
+    *,
+    owner_id: int,
+    uploader_id: int,
+    via: str,
+    authorize: Callable[[AsyncSession], Awaitable[Ledger | None]],
+    after_commit: Callable[[AsyncSession, Ledger, Version], Awaitable[None]] | None = None,
+    on_accepted: Callable[[], Awaitable[None]] | None = None,
+) -> VersionInfo:
+    """Receive a new version of (ledger, year) for `owner_id`; shared by cloud backup and cloud share.
+
+    `authorize` is the path's access rule; it runs before the body is read and again inside the commit,
+    so access withdrawn during the transfer (a cancelled share) refuses the version. `on_accepted` runs
+    when every check that needs no body byte has passed (the HTTP side answers 100 Continue there).
+    """
+    if claim.ledger_name is not None:
+        claim = replace(claim, ledger_name=clean_ledger_name(claim.ledger_name))
+    incoming = replace(claim, owner_id=owner_id, uploader_id=uploader_id, via=via)
+    async with unit_of_work(sessions) as session:
+        ledger = await authorize(session)
+        if ledger is None and not claim.ledger_name:
+            raise errors.Invalid("首次上传新账套时需要提供账套名称（X-Ledger-Name）")
+        free = await check_before_upload(session, settings, incoming)
+    if on_accepted is not None:
+        await on_accepted()
+
+    async def admit(session: AsyncSession, version: Version) -> None:
+        ledger = await authorize(session)
+        if ledger is None and not claim.ledger_name:
+            # The ledger existed when the upload began and was deleted while its bytes arrived.
+            raise errors.NotFound("云备份中没有这个账套（上传期间已被删除）")
+        if ledger is None:
+            ledger = Ledger(id=claim.ledger_id, owner_id=owner_id, name=claim.ledger_name)
+            session.add(ledger)
+            await session.flush()
+        elif claim.ledger_name and via == "backup":
+            ledger.name = claim.ledger_name
+        if after_commit is not None:
+            await after_commit(session, ledger, version)
+
+    rules = UploadRules(settings, incoming, admit)
+    version = await store.receive_version(sessions, blobs, settings, incoming, body, rules, free_bytes=free)
+    async with sessions() as session:
+        uploader = await session.get(Member, uploader_id)
+    return VersionInfo.of(version, uploader)
+
+
+async def missing_chunks(session: AsyncSession, owner_id: int, digests: list[str]) -> list[str]:
+    """Which of these chunk digests (hex) the owner's store lacks, in the order asked."""
+    wanted = [bytes.fromhex(digest) for digest in dict.fromkeys(digests)]
+    have: set[bytes] = set()
+    for start in range(0, len(wanted), 500):
+        batch = wanted[start : start + 500]
+        have.update(await session.scalars(
+            select(Chunk.digest).where(Chunk.owner_id == owner_id, Chunk.refs > 0, Chunk.digest.in_(batch))
+        ))
+    return [digest.hex() for digest in wanted if digest not in have]
+
+
+async def backup_missing_chunks(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
+    """Before a delta 上传云备份: the chunks the owner's store lacks."""
+    await ledger_for_backup(session, hooks, member_id, ledger_id, may_be_new=True)
+    return await missing_chunks(session, member_id, digests)
+
+
+async def find_version(session: AsyncSession, ledger_id: str, year: int, version_ref: str) -> Version:
+    """A version of (ledger, year) by its id, or the newest for `latest`."""
+    if version_ref == "latest":
+        version = await latest_version(session, ledger_id, year)
+    else:
+        version = await session.scalar(
+            select(Version).where(Version.public_id == version_ref, Version.ledger_id == ledger_id, Version.year == year)
+        )
+    if version is None:
+        raise errors.NotFound("没有这个版本")
+    return version
+
+
+async def backup_upload(sessions, blobs: BlobStore, settings: Settings, hooks: NetdiskHooks, member_id: int, claim: IncomingVersion,
+                        body: AsyncIterator[bytes], on_accepted=None) -> VersionInfo:
+    """上传云备份: the owner uploads a year of their own ledger (a new ledger on its first upload)."""
+
+    async def authorize(session: AsyncSession) -> Ledger | None:
+        return await ledger_for_backup(session, hooks, member_id, claim.ledger_id, may_be_new=True)
+
+    return await upload(sessions, blobs, settings, claim, body, owner_id=member_id, uploader_id=member_id,
+                        via="backup", authorize=authorize, on_accepted=on_accepted)
+
+
+async def backup_version(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str, year: int, version_ref: str) -> Version:
+    """The owner's version to download (restore = download of any kept version)."""
+    await ledger_for_backup(session, hooks, member_id, ledger_id)
+    return await find_version(session, ledger_id, year, version_ref)
