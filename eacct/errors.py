@@ -20,7 +20,8 @@
     ├── BadRequest                 400 bad_request (missing headers, malformed body)
     ├── Invalid                    422 invalid (+ invalid_year, cannot_add_self)
     ├── TooManyAttempts            429 too_many_attempts (+ retry_after)
-    └── StorageUnavailable         503 storage_unavailable (the blob store failed; nothing was kept)
+    ├── StorageUnavailable         503 storage_unavailable (the blob store failed; nothing was kept)
+    └── Busy                       503 busy (+ retry_after; load shed)
 
 Services raise these and never know about HTTP; `eacct.web` maps each class to its status once.
 """
@@ -166,3 +167,10 @@ class TooManyAttempts(DomainError):
 class StorageUnavailable(DomainError):
     code = "storage_unavailable"
     message = "云存储暂时不可用，本次操作未保存任何数据，请稍后重试"
+
+
+class Busy(DomainError):
+    """503 busy: the server sheds load (a flood of password checks); `retry_after` says when to try again."""
+
+    code = "busy"
+    message = "服务器繁忙，请稍后重试"

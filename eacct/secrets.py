@@ -4,15 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import secrets
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from eacct import errors
 from eacct.config import Settings
 
-__all__ = ["hash_secret", "hash_token", "new_token", "normalise_answer", "verify_secret"]
+__all__ = ["PasswordHashing", "hash_secret", "hash_token", "new_token", "normalise_answer", "verify_secret"]
+
+T = TypeVar("T")
+
+
+class PasswordHashing:
+    """Bounds argon2 work to the cores: at most `slots` hashes run at once (in the default executor, off the
+    event loop), at most `queue` more wait for a slot, and the rest are shed with 503 busy at once.
+
+    One per application (an app dependency); argon2 is CPU- and memory-bound, so more parallel hashes than
+    cores only make every request slower and let a login flood starve the rest of the service."""
+
+    def __init__(self, slots: int | None = None, queue: int | None = None, retry_after: int = 1) -> None:
+        self.slots = max(1, slots or os.cpu_count() or 1)
+        self.queue = self.slots * 4 if queue is None else queue
+        self.retry_after = retry_after
+        self._semaphore = asyncio.Semaphore(self.slots)
+        self._admitted = 0
+
+    def check_capacity(self) -> None:
+        """Raise Busy now if a new hash could not even wait for a slot (so callers shed before any other work)."""
+        if self._admitted >= self.slots + self.queue:
+            raise errors.Busy(retry_after=self.retry_after)
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """Run `work` (a blocking argon2 call) in the executor once a slot is free; Busy when the queue is full."""
+        self.check_capacity()
+        self._admitted += 1
+        try:
+            async with self._semaphore:
+                return await asyncio.to_thread(work)
+        finally:
+            self._admitted -= 1
 
 
 @lru_cache(maxsize=4)
@@ -24,12 +60,17 @@ def _for(settings: Settings) -> PasswordHasher:
     return _hasher(settings.argon2_time_cost, settings.argon2_memory_kib)
 
 
-async def hash_secret(settings: Settings, secret: str) -> str:
-    """An argon2id hash of `secret`, computed off the event loop."""
-    return await asyncio.to_thread(_for(settings).hash, secret)
+async def _off_loop(hashing: PasswordHashing | None, work: Callable[[], T]) -> T:
+    # Without a PasswordHashing (command-line tools: one hash at a time) there is nothing to bound.
+    return await (hashing.run(work) if hashing is not None else asyncio.to_thread(work))
 
 
-async def verify_secret(settings: Settings, stored_hash: str, secret: str) -> bool:
+async def hash_secret(settings: Settings, secret: str, hashing: PasswordHashing | None = None) -> str:
+    """An argon2id hash of `secret`, computed off the event loop (bounded by `hashing` when given)."""
+    return await _off_loop(hashing, lambda: _for(settings).hash(secret))
+
+
+async def verify_secret(settings: Settings, stored_hash: str, secret: str, hashing: PasswordHashing | None = None) -> bool:
     """Whether `secret` matches `stored_hash`; a malformed hash simply does not match."""
 
     def _verify() -> bool:
@@ -38,7 +79,7 @@ async def verify_secret(settings: Settings, stored_hash: str, secret: str) -> bo
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.to_thread(_verify)
+    return await _off_loop(hashing, _verify)
 
 
 def normalise_answer(answer: str) -> str:

@@ -21,6 +21,7 @@ from eacct.formats import iso
 from eacct.members import service as members
 from eacct.members.service import Caller
 from eacct.netdisk.blobstore import BlobStore
+from eacct.secrets import PasswordHashing
 
 __all__ = [
     "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",
@@ -33,6 +34,7 @@ SETTINGS = web.AppKey("settings", Settings)
 SESSIONS = web.AppKey("sessions", async_sessionmaker)
 BLOBS = web.AppKey("blobs", BlobStore)
 NOTIFIER = web.AppKey("notifier", object)
+HASHING = web.AppKey("hashing", PasswordHashing)
 
 STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.Unauthenticated: 401,
@@ -47,6 +49,7 @@ STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.Invalid: 422,
     errors.TooManyAttempts: 429,
     errors.StorageUnavailable: 503,
+    errors.Busy: 503,
 }
 
 

@@ -6,7 +6,7 @@ from aiohttp import web
 from eacct.members import service
 from eacct.members.schemas import Credentials, Me, MemberOut, NewMember, NicknameChange, SessionOut
 from eacct.openapi import endpoint
-from eacct.web import SESSIONS, SETTINGS, bearer_token, client_ip, iso, json_response, read_body, require_member, transaction
+from eacct.web import HASHING, SESSIONS, SETTINGS, bearer_token, client_ip, iso, json_response, read_body, require_member, transaction
 
 routes = web.RouteTableDef()
 
@@ -15,8 +15,8 @@ routes = web.RouteTableDef()
 @endpoint(body=NewMember, answer=MemberOut, status=201, auth=False, summary="注册会员")
 async def create_member(request: web.Request) -> web.Response:
     body = await read_body(request, NewMember)
-    async with transaction(request) as session:
-        member = await service.create_member(session, request.app[SETTINGS], body.account, body.password, body.nickname)
+    member = await service.register(request.app[SESSIONS], request.app[SETTINGS], request.app[HASHING], body.account,
+                                    body.password, body.nickname, client_ip(request))
     return json_response(service.member_view(member), status=201)
 
 
@@ -25,7 +25,7 @@ async def create_member(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
     token, expires_at, member = await service.log_in(request.app[SESSIONS], request.app[SETTINGS], body.account,
-                                                     body.password, client_ip(request))
+                                                     body.password, client_ip(request), request.app[HASHING])
     return json_response({"token": token, "expires_at": iso(expires_at), "member": service.member_view(member)}, 201)
 
 
