@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import TypeVar
 
@@ -19,6 +21,9 @@ from eacct.config import Settings
 __all__ = ["PasswordHashing", "hash_secret", "hash_token", "new_token", "normalise_answer", "verify_secret"]
 
 T = TypeVar("T")
+
+# The PasswordHashing whose capacity the current task already holds (see `PasswordHashing.reserve`).
+_reserved: ContextVar["PasswordHashing | None"] = ContextVar("eacct_hashing_reserved", default=None)
 
 
 class PasswordHashing:
@@ -35,20 +40,28 @@ class PasswordHashing:
         self._semaphore = asyncio.Semaphore(self.slots)
         self._admitted = 0
 
-    def check_capacity(self) -> None:
-        """Raise Busy now if a new hash could not even wait for a slot (so callers shed before any other work)."""
+    @asynccontextmanager
+    async def reserve(self) -> AsyncIterator[None]:
+        """Hold a place (running or waiting) for this task's hashes, or raise Busy at once. A login reserves
+        before any database work, so a flood is shed before it costs anything; nested use is free."""
+        if _reserved.get() is self:
+            yield
+            return
         if self._admitted >= self.slots + self.queue:
             raise errors.Busy(retry_after=self.retry_after)
+        self._admitted += 1
+        token = _reserved.set(self)
+        try:
+            yield
+        finally:
+            _reserved.reset(token)
+            self._admitted -= 1
 
     async def run(self, work: Callable[[], T]) -> T:
         """Run `work` (a blocking argon2 call) in the executor once a slot is free; Busy when the queue is full."""
-        self.check_capacity()
-        self._admitted += 1
-        try:
+        async with self.reserve():
             async with self._semaphore:
                 return await asyncio.to_thread(work)
-        finally:
-            self._admitted -= 1
 
 
 @lru_cache(maxsize=4)

@@ -157,8 +157,14 @@ async def log_in(sessions: async_sessionmaker[AsyncSession], settings: Settings,
     only stop that address), per account across addresses (short ones) and per address across accounts
     (failures only); a success clears the first two and takes back its count on the third. The argon2 check
     runs with no database connection held."""
-    if hashing is not None:
-        hashing.check_capacity()  # shed a flood before it touches the database
+    if hashing is None:
+        return await _log_in(sessions, settings, account, password, ip, None)
+    async with hashing.reserve():  # shed a flood before it touches the database
+        return await _log_in(sessions, settings, account, password, ip, hashing)
+
+
+async def _log_in(sessions: async_sessionmaker[AsyncSession], settings: Settings, account: str, password: str,
+                  ip: str, hashing: PasswordHashing | None) -> tuple[str, datetime, Member]:
     pair_key = f"login:{account[:32]}:{ip}"
     pair_policy = throttle.Policy(LOGIN_FREE_FAILURES, settings.lockout_base_seconds, settings.lockout_max_seconds)
     async with unit_of_work(sessions) as session:
