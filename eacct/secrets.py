@@ -22,8 +22,9 @@ __all__ = ["PasswordHashing", "hash_secret", "hash_token", "new_token", "normali
 
 T = TypeVar("T")
 
-# The PasswordHashing whose capacity the current task already holds (see `PasswordHashing.reserve`).
+# The PasswordHashing whose place (`reserve`) or slot (`slot`) the current task already holds.
 _reserved: ContextVar["PasswordHashing | None"] = ContextVar("eacct_hashing_reserved", default=None)
+_holding: ContextVar["PasswordHashing | None"] = ContextVar("eacct_hashing_holding", default=None)
 
 
 class PasswordHashing:
@@ -57,11 +58,25 @@ class PasswordHashing:
             _reserved.reset(token)
             self._admitted -= 1
 
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Reserve a place, then hold one of the slots for this task (its hashes run in it). A login holds
+        it for its short database work too, so a flood keeps no more than `slots` transactions busy."""
+        async with self.reserve():
+            if _holding.get() is self:
+                yield
+                return
+            async with self._semaphore:
+                token = _holding.set(self)
+                try:
+                    yield
+                finally:
+                    _holding.reset(token)
+
     async def run(self, work: Callable[[], T]) -> T:
         """Run `work` (a blocking argon2 call) in the executor once a slot is free; Busy when the queue is full."""
-        async with self.reserve():
-            async with self._semaphore:
-                return await asyncio.to_thread(work)
+        async with self.slot():
+            return await asyncio.to_thread(work)
 
 
 @lru_cache(maxsize=4)

@@ -159,7 +159,7 @@ async def log_in(sessions: async_sessionmaker[AsyncSession], settings: Settings,
     runs with no database connection held."""
     if hashing is None:
         return await _log_in(sessions, settings, account, password, ip, None)
-    async with hashing.reserve():  # shed a flood before it touches the database
+    async with hashing.slot():  # shed a flood before it touches the database, and bound its transactions
         return await _log_in(sessions, settings, account, password, ip, hashing)
 
 
