@@ -20,8 +20,7 @@
     ├── BadRequest                 400 bad_request (missing headers, malformed body)
     ├── Invalid                    422 invalid (+ invalid_year, cannot_add_self)
     ├── TooManyAttempts            429 too_many_attempts (+ retry_after)
-    ├── StorageUnavailable         503 storage_unavailable (the blob store failed; nothing was kept)
-    └── Busy                       503 busy (+ retry_after; load shed)
+    └── StorageUnavailable         503 storage_unavailable (the blob store failed; nothing was kept)
 
 Services raise these and never know about HTTP; `eacct.web` maps each class to its status once.
 """

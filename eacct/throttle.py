@@ -29,6 +29,7 @@ from eacct.netdisk.models import AttemptCounter
 __all__ = ["Claim", "Policy", "check_not_locked", "claim", "clear", "record_failure", "refund", "with_lockout"]
 
 BEIJING = timezone(timedelta(hours=8))
+KEY_LENGTH = 100  # AttemptCounter.key; longer keys (a long account plus an address) are cut, not refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,7 @@ async def record_failure(sessions: async_sessionmaker[AsyncSession], key: str, p
 
     With `window_seconds`, failures count within a fixed window that starts again once it has run out,
     instead of in a row until a success clears them."""
+    key = key[:KEY_LENGTH]
     now = utcnow()
     window = timedelta(seconds=window_seconds) if window_seconds is not None else None
     async with unit_of_work(sessions) as session:
@@ -133,6 +135,7 @@ async def claim(session: AsyncSession, key: str, policy: Policy, window_seconds:
     The caller commits `session` before the expensive check, then calls `clear` or `refund` on success.
     The row is updated (and so locked) before the lock is read, so concurrent claims queue on it and each
     sees the count and lockout of the ones before it."""
+    key = key[:KEY_LENGTH]
     now = utcnow()
     window = timedelta(seconds=window_seconds) if window_seconds is not None else None
     failures = await _bump(session, key, now, window)
@@ -168,4 +171,4 @@ async def refund(session: AsyncSession, claimed: Claim) -> None:
 
 async def clear(session: AsyncSession, key: str) -> None:
     """A success: forget the failures."""
-    await session.execute(delete(AttemptCounter).where(AttemptCounter.key == key))
+    await session.execute(delete(AttemptCounter).where(AttemptCounter.key == key[:KEY_LENGTH]))

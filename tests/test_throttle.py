@@ -174,3 +174,9 @@ async def test_item_12_account_taken_answers_are_throttled_per_address(proxied, 
     assert body["error"]["code"] == "too_many_attempts" and int(headers["Retry-After"]) > 0
     # Probing is what is throttled, not signing up: another address still gets its honest answer.
     assert (await register(http, proxied, "taken01", "198.51.100.98"))[0] == 409
+
+
+async def test_item_12_long_account_and_address_are_counted_not_refused(proxied, http):
+    """A key longer than the counter column (32-character account, 64-character address) is cut, not a 500."""
+    status, body, _ = await log_in(http, proxied, "a" * 32, "guess-123", "f" * 64)
+    assert status == 401 and body["error"]["code"] == "bad_credentials"
