@@ -63,18 +63,20 @@ async def netdisk_status(session: AsyncSession, settings: Settings, member_id: i
 async def open_netdisk(session: AsyncSession, settings: Settings, member_id: int, password: str,
                        questions: list[tuple[str, str]], hashing: PasswordHashing | None = None) -> None:
     """First use: set the netdisk password and 1–3 security questions (answers trimmed, case-folded, hashed)."""
-    if await session.get(Netdisk, member_id) is not None:
-        raise errors.Conflict("云盘已经开通，不能重复设置", code="netdisk_already_opened")
     if len({q.strip() for q, _ in questions}) != len(questions):
         raise errors.Invalid("密保问题不能重复")
     if any(not normalise_answer(a) for _, a in questions):
         raise errors.Invalid("密保答案不能为空")
-    session.add(Netdisk(member_id=member_id, password_hash=await hash_secret(settings, password, hashing),
-                        quota_bytes=settings.netdisk_quota_bytes))
+    # Hashed before the first statement: `session` takes its connection lazily, so none is held meanwhile.
+    password_hash = await hash_secret(settings, password, hashing)
+    answer_hashes = [await hash_secret(settings, normalise_answer(answer), hashing) for _, answer in questions]
+    if await session.get(Netdisk, member_id) is not None:
+        raise errors.Conflict("云盘已经开通，不能重复设置", code="netdisk_already_opened")
+    session.add(Netdisk(member_id=member_id, password_hash=password_hash, quota_bytes=settings.netdisk_quota_bytes))
     await session.flush()
-    for position, (question, answer) in enumerate(questions):
+    for position, ((question, _), answer_hash) in enumerate(zip(questions, answer_hashes)):
         session.add(SecurityQuestion(member_id=member_id, position=position, question=question.strip(),
-                                     answer_hash=await hash_secret(settings, normalise_answer(answer), hashing)))
+                                     answer_hash=answer_hash))
     await session.flush()
 
 
