@@ -15,7 +15,8 @@ from eacct.db import engine_for, make_session_factory
 from eacct.storage import BlobStore, open_blob_store
 from eacct.openapi import endpoint, openapi_document
 from eacct.netdisk.hooks import NetdiskHooks
-from eacct.web import BLOBS, NETDISK_HOOKS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, json_response
+from eacct.secrets import PasswordHashing
+from eacct.web import BLOBS, HASHING, NETDISK_HOOKS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, json_response
 
 __all__ = ["create_app"]
 
@@ -32,7 +33,6 @@ async def healthz(request: web.Request) -> web.Response:
         await session.execute(text("SELECT 1"))
     return json_response({"status": "ok"})
 
-
 @endpoint(auth=False, summary="本接口的 OpenAPI 3 文档")
 async def openapi_json(request: web.Request) -> web.Response:
     return json_response(openapi_document(request.app))
@@ -44,8 +44,10 @@ def create_app(
     engine: AsyncEngine | None = None,
     blobs: BlobStore | None = None,
     collect_garbage_on_start: bool = True,
+    hashing: PasswordHashing | None = None,
 ) -> web.Application:
-    """Build the aiohttp application. Given an engine or blob store, the app uses but does not close them."""
+    """Build the aiohttp application. Given an engine or blob store, the app uses but does not close them;
+    `hashing` bounds concurrent argon2 work (default: one slot per core)."""
     from eacct.members.api import routes as member_routes
     from eacct.netdisk.api import routes as netdisk_routes
     from eacct.share.api import routes as share_routes
@@ -57,6 +59,7 @@ def create_app(
     settings.trusted_proxy_networks()  # a malformed EACCT_TRUSTED_PROXIES stops start-up, not a request
     app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
     app[SETTINGS] = settings
+    app[HASHING] = hashing if hashing is not None else PasswordHashing()
     # Personal messages go to the message center, and as WeChat template messages when WeChat is configured.
     wechat_templates = WechatTemplateNotifier(settings) if WechatTemplateNotifier.configured(settings) else None
     app[NOTIFIER] = MessageCenterNotifier(extra_channels=[wechat_templates] if wechat_templates else [])

@@ -29,7 +29,8 @@
     │   └── CannotAddSelf          422 cannot_add_self
     ├── TooManyAttempts            429 too_many_attempts (+ retry_after)
     ├── StorageUnavailable         503 storage_unavailable (the blob store failed; nothing was kept)
-    └── UploadStalled              408 upload_stalled (the body stopped arriving; nothing was kept)
+    ├── UploadStalled              408 upload_stalled (the body stopped arriving; nothing was kept)
+    └── Busy                       503 busy (+ retry_after: the server sheds a flood of password checks)
 
 Services raise these and never know about HTTP; `eacct.web` maps each class to its status once.
 """
@@ -44,6 +45,7 @@ __all__ = [
     "BadCredentials",
     "BadNetdiskPassword",
     "BadRequest",
+    "Busy",
     "CannotAddSelf",
     "ChecksumMismatch",
     "Conflict",
@@ -237,3 +239,8 @@ class StorageUnavailable(DomainError):
 class UploadStalled(DomainError):
     code = "upload_stalled"
     message = "上传中断：长时间没有收到数据，本次上传未保存，请重新上传"
+class Busy(DomainError):
+    """503 busy: the server sheds load (a flood of password checks); `retry_after` says when to try again."""
+
+    code = "busy"
+    message = "服务器繁忙，请稍后重试"

@@ -4,15 +4,79 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from functools import lru_cache
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from eacct import errors
 from eacct.config import Settings
 
-__all__ = ["hash_secret", "hash_token", "new_token", "normalise_answer", "verify_secret"]
+__all__ = ["PasswordHashing", "hash_secret", "hash_token", "new_token", "normalise_answer", "verify_secret"]
+
+T = TypeVar("T")
+
+# The PasswordHashing whose place (`reserve`) or slot (`slot`) the current task already holds.
+_reserved: ContextVar["PasswordHashing | None"] = ContextVar("eacct_hashing_reserved", default=None)
+_holding: ContextVar["PasswordHashing | None"] = ContextVar("eacct_hashing_holding", default=None)
+
+
+class PasswordHashing:
+    """Bounds argon2 work to the cores: at most `slots` hashes run at once (in the default executor, off the
+    event loop), at most `queue` more wait for a slot, and the rest are shed with 503 busy at once.
+
+    One per application (an app dependency); argon2 is CPU- and memory-bound, so more parallel hashes than
+    cores only make every request slower and let a login flood starve the rest of the service."""
+
+    def __init__(self, slots: int | None = None, queue: int | None = None, retry_after: int = 1) -> None:
+        self.slots = max(1, slots or os.cpu_count() or 1)
+        self.queue = self.slots * 4 if queue is None else queue
+        self.retry_after = retry_after
+        self._semaphore = asyncio.Semaphore(self.slots)
+        self._admitted = 0
+
+    @asynccontextmanager
+    async def reserve(self) -> AsyncIterator[None]:
+        """Hold a place (running or waiting) for this task's hashes, or raise Busy at once. A login reserves
+        before any database work, so a flood is shed before it costs anything; nested use is free."""
+        if _reserved.get() is self:
+            yield
+            return
+        if self._admitted >= self.slots + self.queue:
+            raise errors.Busy(retry_after=self.retry_after)
+        self._admitted += 1
+        token = _reserved.set(self)
+        try:
+            yield
+        finally:
+            _reserved.reset(token)
+            self._admitted -= 1
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Reserve a place, then hold one of the slots for this task (its hashes run in it). A login holds
+        it for its short database work too, so a flood keeps no more than `slots` transactions busy."""
+        async with self.reserve():
+            if _holding.get() is self:
+                yield
+                return
+            async with self._semaphore:
+                token = _holding.set(self)
+                try:
+                    yield
+                finally:
+                    _holding.reset(token)
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """Run `work` (a blocking argon2 call) in the executor once a slot is free; Busy when the queue is full."""
+        async with self.slot():
+            return await asyncio.to_thread(work)
 
 
 @lru_cache(maxsize=4)
@@ -24,12 +88,17 @@ def _for(settings: Settings) -> PasswordHasher:
     return _hasher(settings.argon2_time_cost, settings.argon2_memory_kib)
 
 
-async def hash_secret(settings: Settings, secret: str) -> str:
-    """An argon2id hash of `secret`, computed off the event loop."""
-    return await asyncio.to_thread(_for(settings).hash, secret)
+async def _off_loop(hashing: PasswordHashing | None, work: Callable[[], T]) -> T:
+    # Without a PasswordHashing (command-line tools: one hash at a time) there is nothing to bound.
+    return await (hashing.run(work) if hashing is not None else asyncio.to_thread(work))
 
 
-async def verify_secret(settings: Settings, stored_hash: str, secret: str) -> bool:
+async def hash_secret(settings: Settings, secret: str, hashing: PasswordHashing | None = None) -> str:
+    """An argon2id hash of `secret`, computed off the event loop (bounded by `hashing` when given)."""
+    return await _off_loop(hashing, lambda: _for(settings).hash(secret))
+
+
+async def verify_secret(settings: Settings, stored_hash: str, secret: str, hashing: PasswordHashing | None = None) -> bool:
     """Whether `secret` matches `stored_hash`; a malformed hash simply does not match."""
 
     def _verify() -> bool:
@@ -38,7 +107,7 @@ async def verify_secret(settings: Settings, stored_hash: str, secret: str) -> bo
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.to_thread(_verify)
+    return await _off_loop(hashing, _verify)
 
 
 def normalise_answer(answer: str) -> str:

@@ -5,6 +5,10 @@ counted; from the threshold on, each failure locks the key for a period that dou
 failure (up to a cap). Success clears the count; where a success is cheap to come by (adding friends), the
 count runs in a fixed window instead. Counters are written in their own short transaction,
 so that a refused request, whose own transaction rolls back, still leaves its failure counted.
+
+Where a check is expensive (argon2), the attempt is *claimed* before it is evaluated: `claim` counts it as a
+failure (and starts the lockout it would start) in a transaction the caller commits before verifying, and a
+success then clears or refunds it. So parallel guesses cannot all pass the lock check before any is counted.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from eacct.db import unit_of_work, utcnow
 from eacct.formats import iso
 from eacct.netdisk.models import AttemptCounter
 
-__all__ = ["Policy", "check_not_locked", "clear", "record_failure", "with_lockout"]
+__all__ = ["Claim", "Policy", "check_not_locked", "claim", "clear", "record_failure", "refund", "with_lockout"]
 
 BEIJING = timezone(timedelta(hours=8))
+KEY_LENGTH = 100  # AttemptCounter.key; longer keys (a long account plus an address) are cut, not refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,7 @@ async def record_failure(sessions: async_sessionmaker[AsyncSession], key: str, p
 
     With `window_seconds`, failures count within a fixed window that starts again once it has run out,
     instead of in a row until a success clears them."""
+    key = key[:KEY_LENGTH]
     now = utcnow()
     window = timedelta(seconds=window_seconds) if window_seconds is not None else None
     async with unit_of_work(sessions) as session:
@@ -114,6 +120,55 @@ async def record_failure(sessions: async_sessionmaker[AsyncSession], key: str, p
         return until
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An attempt counted in advance: its key, and the lockout it started (to undo on a refund)."""
+
+    key: str
+    until: datetime | None
+    previous_until: datetime | None
+
+
+async def claim(session: AsyncSession, key: str, policy: Policy, window_seconds: int | None = None) -> Claim:
+    """Count one attempt as a failure before it is evaluated; TooManyAttempts while `key` is locked.
+
+    The caller commits `session` before the expensive check, then calls `clear` or `refund` on success.
+    The row is updated (and so locked) before the lock is read, so concurrent claims queue on it and each
+    sees the count and lockout of the ones before it."""
+    key = key[:KEY_LENGTH]
+    now = utcnow()
+    window = timedelta(seconds=window_seconds) if window_seconds is not None else None
+    failures = await _bump(session, key, now, window)
+    previous = await session.scalar(select(AttemptCounter.locked_until).where(AttemptCounter.key == key))
+    if previous is not None and previous > now:
+        # Locked: this attempt is refused, not counted (the caller rolls back or we undo the bump).
+        await session.execute(update(AttemptCounter).where(AttemptCounter.key == key)
+                              .values(failures=AttemptCounter.failures - 1))
+        raise _too_many(previous, now)
+    seconds = policy.lock_seconds(failures)
+    until = None
+    if seconds:
+        until = now + timedelta(seconds=seconds)
+        await session.execute(update(AttemptCounter).where(AttemptCounter.key == key).values(locked_until=until))
+    return Claim(key=key, until=until, previous_until=previous)
+
+
+async def refund(session: AsyncSession, claimed: Claim) -> None:
+    """The claimed attempt did not fail: take it back (and the lockout it started), keeping other failures."""
+    await session.execute(
+        update(AttemptCounter)
+        .where(AttemptCounter.key == claimed.key, AttemptCounter.failures > 0)
+        .values(failures=AttemptCounter.failures - 1)
+    )
+    if claimed.until is not None:
+        # Only if no later claim has replaced it with a lockout of its own.
+        await session.execute(
+            update(AttemptCounter)
+            .where(AttemptCounter.key == claimed.key, AttemptCounter.locked_until == claimed.until)
+            .values(locked_until=claimed.previous_until)
+        )
+
+
 async def clear(session: AsyncSession, key: str) -> None:
     """A success: forget the failures."""
-    await session.execute(delete(AttemptCounter).where(AttemptCounter.key == key))
+    await session.execute(delete(AttemptCounter).where(AttemptCounter.key == key[:KEY_LENGTH]))

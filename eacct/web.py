@@ -22,6 +22,7 @@ from eacct.members import service as members
 from eacct.members.service import Caller
 from eacct.netdisk.hooks import NetdiskHooks
 from eacct.storage import BlobStore
+from eacct.secrets import PasswordHashing
 
 __all__ = [
     "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",
@@ -35,6 +36,7 @@ SESSIONS = web.AppKey("sessions", async_sessionmaker)
 BLOBS = web.AppKey("blobs", BlobStore)
 NETDISK_HOOKS = web.AppKey("netdisk_hooks", NetdiskHooks)
 NOTIFIER = web.AppKey("notifier", object)
+HASHING = web.AppKey("hashing", PasswordHashing)
 
 STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.Unauthenticated: 401,
@@ -50,6 +52,7 @@ STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.TooManyAttempts: 429,
     errors.StorageUnavailable: 503,
     errors.UploadStalled: 408,
+    errors.Busy: 503,
 }
 
 

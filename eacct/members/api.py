@@ -7,7 +7,7 @@ from eacct.members import service
 from eacct.netdisk import service as netdisk_service
 from eacct.members.schemas import Credentials, Me, MemberOut, NewMember, NicknameChange, SessionOut
 from eacct.openapi import endpoint
-from eacct.web import SESSIONS, SETTINGS, answer, bearer_token, client_ip, read_body, require_member, transaction
+from eacct.web import HASHING, SESSIONS, SETTINGS, answer, bearer_token, client_ip, read_body, require_member, transaction
 
 routes = web.RouteTableDef()
 
@@ -16,8 +16,8 @@ routes = web.RouteTableDef()
 @endpoint(body=NewMember, answer=MemberOut, status=201, auth=False, summary="注册会员")
 async def create_member(request: web.Request) -> web.Response:
     body = await read_body(request, NewMember)
-    async with transaction(request) as session:
-        member = await service.create_member(session, request.app[SETTINGS], body.account, body.password, body.nickname)
+    member = await service.register(request.app[SESSIONS], request.app[SETTINGS], request.app[HASHING], body.account,
+                                    body.password, body.nickname, client_ip(request))
     return answer(MemberOut, member, status=201)
 
 
@@ -26,7 +26,7 @@ async def create_member(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
     token, expires_at, member = await service.log_in(request.app[SESSIONS], request.app[SETTINGS], body.account,
-                                                     body.password, client_ip(request))
+                                                     body.password, client_ip(request), request.app[HASHING])
     return answer(SessionOut, {"token": token, "expires_at": expires_at, "member": member}, status=201)
 
 

@@ -36,13 +36,18 @@ class AccessToken(Base):
     """A bearer token, stored as its sha256 only; `expires_at` slides forward on use for netdisk tokens."""
 
     __tablename__ = "access_tokens"
-    __table_args__ = (Index("ix_access_tokens_member_id", "member_id"),)
+    __table_args__ = (
+        Index("ix_access_tokens_member_id", "member_id"),
+        Index("ix_access_tokens_session_token_hash", "session_token_hash"),
+    )
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Netdisk tokens: the session token they were unlocked from (its hash); logout ends them with it.
+    session_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class WechatBinding(Base):

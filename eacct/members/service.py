@@ -14,10 +14,11 @@ from eacct import errors, throttle
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.members.models import AccessToken, Member, Profile, TokenKind, WechatBinding
-from eacct.secrets import hash_secret, hash_token, new_token, verify_secret
+from eacct.secrets import PasswordHashing, hash_secret, hash_token, new_token, verify_secret
 
 __all__ = [
-    "Caller", "authenticate", "check_credentials", "create_member", "get_member", "profile", "issue_token", "log_in", "rename", "revoke_token",
+    "Caller", "authenticate", "check_credentials", "claim_login_attempt", "create_member", "get_member", "issue_token",
+    "log_in", "profile", "register", "rename", "revoke_token", "session_of", "verified_member",
 ]
 
 
@@ -31,24 +32,32 @@ class Caller:
 
 
 LOGIN_FREE_FAILURES = 10
+# Per account across addresses the lockout backs off but stays short, so nobody can lock a member out for long.
+LOGIN_ACCOUNT_MAX_LOCK_SECONDS = 15 * 60
+# Per address across accounts (failures only, so an office behind one address logs in normally), and the
+# same for registrations answered `account_taken` (each reveals that an account exists).
+ADDRESS_FREE_FAILURES = 20
+ADDRESS_WINDOW_SECONDS = 3600
 
 _dummy_hashes: dict[tuple[int, int], str] = {}
 
 
-async def _dummy_hash(settings: Settings) -> str:
+async def _dummy_hash(settings: Settings, hashing: PasswordHashing | None = None) -> str:
     # Verified against when the account does not exist, so a wrong account costs as long as a wrong password.
     key = (settings.argon2_time_cost, settings.argon2_memory_kib)
     if key not in _dummy_hashes:
-        _dummy_hashes[key] = await hash_secret(settings, new_token())
+        _dummy_hashes[key] = await hash_secret(settings, new_token(), hashing)
     return _dummy_hashes[key]
 
 
-async def create_member(session: AsyncSession, settings: Settings, account: str, password: str, nickname: str) -> Member:
-    """Register a member; the account must be free (409 account_taken)."""
+async def create_member(session: AsyncSession, settings: Settings, account: str, password: str, nickname: str,
+                        *, password_hash: str | None = None) -> Member:
+    """Register a member; the account must be free (409 account_taken). `password_hash`: already hashed."""
     existing = await session.scalar(select(Member.id).where(Member.account == account))
     if existing is not None:
         raise errors.AccountTaken()
-    member = Member(account=account, password_hash=await hash_secret(settings, password), nickname=nickname)
+    member = Member(account=account, password_hash=password_hash or await hash_secret(settings, password),
+                    nickname=nickname)
     session.add(member)
     try:
         async with session.begin_nested():
@@ -56,6 +65,32 @@ async def create_member(session: AsyncSession, settings: Settings, account: str,
     except IntegrityError as exc:
         raise errors.AccountTaken() from exc
     return member
+
+
+def _address_policy(settings: Settings) -> throttle.Policy:
+    return throttle.Policy(ADDRESS_FREE_FAILURES, settings.lockout_base_seconds, settings.lockout_max_seconds)
+
+
+async def register(sessions: async_sessionmaker[AsyncSession], settings: Settings, hashing: PasswordHashing,
+                   account: str, password: str, nickname: str, ip: str) -> Member:
+    """Register over the API: `account_taken` answers are throttled per address (they reveal accounts), and
+    the password is hashed with no database connection held."""
+    key = f"register_taken:{ip}"
+    async with unit_of_work(sessions) as session:
+        claimed = await throttle.claim(session, key, _address_policy(settings), ADDRESS_WINDOW_SECONDS)
+        taken = await session.scalar(select(Member.id).where(Member.account == account)) is not None
+        if not taken:
+            await throttle.refund(session, claimed)  # only answers that reveal an account count
+    if taken:
+        raise throttle.with_lockout(errors.AccountTaken(), claimed.until)
+    password_hash = await hash_secret(settings, password, hashing)
+    try:
+        async with unit_of_work(sessions) as session:
+            return await create_member(session, settings, account, password, nickname, password_hash=password_hash)
+    except errors.Conflict:
+        # Registered by someone else meanwhile: this answer reveals the account too.
+        await throttle.record_failure(sessions, key, _address_policy(settings), ADDRESS_WINDOW_SECONDS)
+        raise
 
 
 async def get_member(session: AsyncSession, member_id: int) -> Member:
@@ -66,41 +101,79 @@ async def get_member(session: AsyncSession, member_id: int) -> Member:
     return member
 
 
-async def issue_token(session: AsyncSession, member_id: int, kind: str, ttl_seconds: int) -> tuple[str, datetime]:
-    """A new bearer token of `kind` for the member; only its hash is kept."""
+async def issue_token(session: AsyncSession, member_id: int, kind: str, ttl_seconds: int,
+                      session_token_hash: str | None = None) -> tuple[str, datetime]:
+    """A new bearer token of `kind` for the member; only its hash is kept. A netdisk token names the session
+    it was unlocked from, so logging that session out ends it too."""
     token = new_token()
     expires_at = utcnow() + timedelta(seconds=ttl_seconds)
-    session.add(AccessToken(token_hash=hash_token(token), member_id=member_id, kind=kind, expires_at=expires_at))
+    session.add(AccessToken(token_hash=hash_token(token), member_id=member_id, kind=kind, expires_at=expires_at,
+                            session_token_hash=session_token_hash))
     await session.flush()
     return token, expires_at
 
 
-async def check_credentials(session: AsyncSession, settings: Settings, account: str, password: str) -> Member | None:
+async def check_credentials(session: AsyncSession, settings: Settings, account: str, password: str,
+                            hashing: PasswordHashing | None = None) -> Member | None:
     """The member with this account and password, or None; a wrong account costs as long as a wrong password."""
     member = await session.scalar(select(Member).where(Member.account == account))
-    stored = member.password_hash if member is not None else await _dummy_hash(settings)
-    if not await verify_secret(settings, stored, password) or member is None:
+    return await verified_member(settings, hashing, member, password)
+
+
+async def verified_member(settings: Settings, hashing: PasswordHashing | None, member: Member | None,
+                          password: str) -> Member | None:
+    """`member` if `password` is theirs, else None; an unknown member (None) costs as long as a wrong password."""
+    stored = member.password_hash if member is not None else await _dummy_hash(settings, hashing)
+    if not await verify_secret(settings, stored, password, hashing) or member is None:
         return None
     return member
 
 
+def _account_key(account: str) -> str:
+    return f"login_account:{account[:32]}"
+
+
+async def claim_login_attempt(session: AsyncSession, settings: Settings, account: str) -> throttle.Claim:
+    """Count a password check of `account` (from any address or door) before it runs: backs off, capped short."""
+    policy = throttle.Policy(LOGIN_FREE_FAILURES, settings.lockout_base_seconds,
+                             min(settings.lockout_max_seconds, LOGIN_ACCOUNT_MAX_LOCK_SECONDS))
+    return await throttle.claim(session, _account_key(account), policy)
+
+
 async def log_in(sessions: async_sessionmaker[AsyncSession], settings: Settings, account: str, password: str,
-                 ip: str) -> tuple[str, datetime, Member]:
+                 ip: str, hashing: PasswordHashing | None = None) -> tuple[str, datetime, Member]:
     """Check account and password and open a session (401 bad_credentials, the same for either mistake).
 
-    Guessing is throttled per account and address, so a guesser is slowed down without letting anyone lock
-    a member out from elsewhere."""
-    key = f"login:{account[:32]}:{ip}"
+    Each attempt is counted before the password is checked, per account and address (long lockouts: they
+    only stop that address), per account across addresses (short ones) and per address across accounts
+    (failures only); a success clears the first two and takes back its count on the third. The argon2 check
+    runs with no database connection held."""
+    if hashing is None:
+        return await _log_in(sessions, settings, account, password, ip, None)
+    async with hashing.slot():  # shed a flood before it touches the database, and bound its transactions
+        return await _log_in(sessions, settings, account, password, ip, hashing)
+
+
+async def _log_in(sessions: async_sessionmaker[AsyncSession], settings: Settings, account: str, password: str,
+                  ip: str, hashing: PasswordHashing | None) -> tuple[str, datetime, Member]:
+    pair_key = f"login:{account[:32]}:{ip}"
+    pair_policy = throttle.Policy(LOGIN_FREE_FAILURES, settings.lockout_base_seconds, settings.lockout_max_seconds)
     async with unit_of_work(sessions) as session:
-        await throttle.check_not_locked(session, key)
-        member = await check_credentials(session, settings, account, password)
-        if member is not None:
-            await throttle.clear(session, key)
-            token, expires_at = await issue_token(session, member.id, TokenKind.SESSION, settings.session_ttl_seconds)
-            return token, expires_at, member
-    policy = throttle.Policy(LOGIN_FREE_FAILURES, settings.lockout_base_seconds, settings.lockout_max_seconds)
-    until = await throttle.record_failure(sessions, key, policy)
-    raise throttle.with_lockout(errors.BadCredentials(), until)
+        # The order matters only for which lockout is reported; a refusal rolls every claim back.
+        address = await throttle.claim(session, f"login_address:{ip}", _address_policy(settings), ADDRESS_WINDOW_SECONDS)
+        pair = await throttle.claim(session, pair_key, pair_policy)
+        per_account = await claim_login_attempt(session, settings, account)
+        member = await session.scalar(select(Member).where(Member.account == account))
+    member = await verified_member(settings, hashing, member, password)
+    if member is None:
+        until = max((c.until for c in (address, pair, per_account) if c.until is not None), default=None)
+        raise throttle.with_lockout(errors.BadCredentials(), until)
+    async with unit_of_work(sessions) as session:
+        await throttle.clear(session, pair.key)
+        await throttle.clear(session, per_account.key)
+        await throttle.refund(session, address)
+        token, expires_at = await issue_token(session, member.id, TokenKind.SESSION, settings.session_ttl_seconds)
+        return token, expires_at, member
 
 
 async def authenticate(session: AsyncSession, settings: Settings, token: str) -> Caller:
@@ -115,8 +188,19 @@ async def authenticate(session: AsyncSession, settings: Settings, token: str) ->
 
 
 async def revoke_token(session: AsyncSession, token: str) -> None:
-    """Log out: the token stops working at once."""
-    await session.execute(delete(AccessToken).where(AccessToken.token_hash == hash_token(token)))
+    """Log out: the token, and every netdisk token unlocked from it, stop working at once."""
+    token_hash = hash_token(token)
+    await session.execute(
+        delete(AccessToken).where((AccessToken.token_hash == token_hash) | (AccessToken.session_token_hash == token_hash))
+    )
+
+
+async def session_of(session: AsyncSession, token: str) -> str | None:
+    """The hash of the session token `token` belongs to: itself, or for a netdisk token the session it came from."""
+    row = await session.get(AccessToken, hash_token(token))
+    if row is None:
+        return None
+    return row.session_token_hash if row.kind == TokenKind.NETDISK else row.token_hash
 
 
 async def profile(session: AsyncSession, member_id: int,

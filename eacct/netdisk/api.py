@@ -6,7 +6,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +21,8 @@ from eacct.netdisk.schemas import (
 )
 from eacct.openapi import endpoint
 from eacct.web import (
-    BLOBS, NETDISK_HOOKS, SESSIONS, SETTINGS, answer, client_ip, header_text, read_body, require_member,
+    BLOBS, HASHING, NETDISK_HOOKS, SESSIONS, SETTINGS, answer, bearer_token, client_ip, header_text, read_body,
+    require_member,
     require_netdisk, transaction,
 )
 
@@ -30,6 +31,7 @@ routes = web.RouteTableDef()
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 ETAG = re.compile(r'^\s*(?:W/)?"([^"]{1,64})"\s*$')
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 BODY_BLOCK = 1024 * 1024
 RECHECK_EVERY_BYTES = 8 * 1024 * 1024
 
@@ -218,7 +220,7 @@ async def open_netdisk(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     async with transaction(request) as session:
         await service.open_netdisk(session, settings, caller.member_id, body.password,
-                                   [(q.question, q.answer) for q in body.questions])
+                                   [(q.question, q.answer) for q in body.questions], request.app[HASHING])
         return answer(NetdiskOut, await service.netdisk_status(session, settings, caller.member_id), status=201)
 
 
@@ -235,7 +237,8 @@ async def get_questions(request: web.Request) -> web.Response:
 async def unlock(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, Unlock)
-    token, expires_at = await service.unlock(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, body.password)
+    token, expires_at = await service.unlock(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, body.password,
+                                             request.app[HASHING], via_token=bearer_token(request))
     return answer(UnlockOut, {"netdisk_token": token, "expires_at": expires_at}, status=201)
 
 
@@ -245,7 +248,7 @@ async def reset(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, Reset)
     await service.reset_password(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, body.answers,
-                                 body.new_password)
+                                 body.new_password, request.app[HASHING])
     return web.Response(status=204)
 
 
@@ -255,7 +258,7 @@ async def change_password(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, PasswordChange)
     await service.change_password(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, body.old_password,
-                                  body.new_password)
+                                  body.new_password, request.app[HASHING])
     return web.Response(status=204)
 
 
@@ -298,10 +301,17 @@ async def rename_backup(request: web.Request) -> web.Response:
 
 
 def _password_header(request: web.Request) -> str:
-    password = request.headers.get("X-Netdisk-Password")
-    if not password:
+    """X-Netdisk-Password, percent-encoded UTF-8 like X-Remark (header values are ASCII); 422 if malformed."""
+    raw = request.headers.get("X-Netdisk-Password")
+    if not raw:
         raise errors.BadNetdiskPassword("删除前请再次输入云盘密码（X-Netdisk-Password）")
-    return password
+    try:
+        if BAD_ESCAPE.search(raw):
+            raise ValueError("a % that starts no escape")
+        # Not stripped: spaces may belong to the password.
+        return unquote(raw, encoding="utf-8", errors="strict")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.Invalid("X-Netdisk-Password 应为百分号编码的 UTF-8 文本") from exc
 
 
 @routes.delete("/api/v1/backups/{ledger_id}")
@@ -310,7 +320,7 @@ async def delete_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id = ledger_id_of(request)
     await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NETDISK_HOOKS], caller.member_id,
-                                ledger_id, None, _password_header(request), client_ip(request))
+                                ledger_id, None, _password_header(request), client_ip(request), request.app[HASHING])
     return web.Response(status=204)
 
 
@@ -329,7 +339,7 @@ async def delete_backup_year(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NETDISK_HOOKS], caller.member_id,
-                                ledger_id, year, _password_header(request), client_ip(request))
+                                ledger_id, year, _password_header(request), client_ip(request), request.app[HASHING])
     return web.Response(status=204)
 
 

@@ -15,14 +15,14 @@ from eacct import errors, throttle
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.members.models import AccessToken, Member, TokenKind
-from eacct.members.service import issue_token
+from eacct.members.service import issue_token, session_of
 from eacct.netdisk import store
-from eacct.netdisk.versions import clean_ledger_name, lock_owner
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk.models import (
     Deletion, Ledger, LedgerInfo, Netdisk, NetdiskStatus, SecurityQuestion, Version, VersionInfo, YearSummary, YearVersions,
 )
-from eacct.secrets import hash_secret, normalise_answer, verify_secret
+from eacct.netdisk.versions import clean_ledger_name, lock_owner
+from eacct.secrets import PasswordHashing, hash_secret, normalise_answer, verify_secret
 
 __all__ = [
     "backup_year", "change_password", "delete_backup", "deletions", "get_ledger", "is_opened", "ledger_info",
@@ -64,20 +64,22 @@ async def is_opened(session: AsyncSession, member_id: int) -> bool:
 
 
 async def open_netdisk(session: AsyncSession, settings: Settings, member_id: int, password: str,
-                       questions: list[tuple[str, str]]) -> None:
+                       questions: list[tuple[str, str]], hashing: PasswordHashing | None = None) -> None:
     """First use: set the netdisk password and 1–3 security questions (answers trimmed, case-folded, hashed)."""
-    if await session.get(Netdisk, member_id) is not None:
-        raise errors.NetdiskAlreadyOpened()
     if len({q.strip() for q, _ in questions}) != len(questions):
         raise errors.Invalid("密保问题不能重复")
     if any(not normalise_answer(a) for _, a in questions):
         raise errors.Invalid("密保答案不能为空")
-    session.add(Netdisk(member_id=member_id, password_hash=await hash_secret(settings, password),
-                        quota_bytes=settings.netdisk_quota_bytes))
+    # Hashed before the first statement: `session` takes its connection lazily, so none is held meanwhile.
+    password_hash = await hash_secret(settings, password, hashing)
+    answer_hashes = [await hash_secret(settings, normalise_answer(answer), hashing) for _, answer in questions]
+    if await session.get(Netdisk, member_id) is not None:
+        raise errors.NetdiskAlreadyOpened()
+    session.add(Netdisk(member_id=member_id, password_hash=password_hash, quota_bytes=settings.netdisk_quota_bytes))
     await session.flush()
-    for position, (question, answer) in enumerate(questions):
+    for position, ((question, _), answer_hash) in enumerate(zip(questions, answer_hashes)):
         session.add(SecurityQuestion(member_id=member_id, position=position, question=question.strip(),
-                                     answer_hash=await hash_secret(settings, normalise_answer(answer))))
+                                     answer_hash=answer_hash))
     await session.flush()
 
 
@@ -91,34 +93,39 @@ async def questions(session: AsyncSession, member_id: int) -> list[str]:
 
 
 async def verify_password(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int,
-                          password: str) -> None:
-    """Check the netdisk password, counting failures toward the lockout (shared by unlock, change, delete)."""
+                          password: str, hashing: PasswordHashing | None = None) -> None:
+    """Check the netdisk password, counting the attempt toward the lockout before it is checked (so parallel
+    guesses cannot outrun the count) and clearing the count on success (shared by unlock, change, delete)."""
     key = _password_key(member_id)
     async with unit_of_work(sessions) as session:
         netdisk = await _netdisk(session, member_id)
-        await throttle.check_not_locked(session, key)
+        claimed = await throttle.claim(session, key, _policy(settings))
         stored = netdisk.password_hash
-    if not await verify_secret(settings, stored, password):
-        until = await throttle.record_failure(sessions, key, _policy(settings))
-        raise throttle.with_lockout(errors.BadNetdiskPassword(), until)
+    if not await verify_secret(settings, stored, password, hashing):
+        raise throttle.with_lockout(errors.BadNetdiskPassword(), claimed.until)
     async with unit_of_work(sessions) as session:
         await throttle.clear(session, key)
 
 
-async def unlock(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int, password: str):
-    """Log in to the netdisk: a netdisk token that expires after 30 minutes idle."""
-    await verify_password(sessions, settings, member_id, password)
+async def unlock(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int, password: str,
+                 hashing: PasswordHashing | None = None, via_token: str | None = None):
+    """Log in to the netdisk: a netdisk token that expires after 30 minutes idle, tied to the session
+    `via_token` belongs to (logging that session out ends it)."""
+    await verify_password(sessions, settings, member_id, password, hashing)
     async with unit_of_work(sessions) as session:
-        return await issue_token(session, member_id, TokenKind.NETDISK, settings.netdisk_token_idle_seconds)
+        session_hash = await session_of(session, via_token) if via_token else None
+        return await issue_token(session, member_id, TokenKind.NETDISK, settings.netdisk_token_idle_seconds,
+                                 session_token_hash=session_hash)
 
 
 async def reset_password(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int,
-                         answers: list[str], new_password: str) -> None:
-    """Set a new netdisk password after every security question is answered; ends open netdisk logins."""
+                         answers: list[str], new_password: str, hashing: PasswordHashing | None = None) -> None:
+    """Set a new netdisk password after every security question is answered; ends open netdisk logins.
+    The attempt is counted before the answers are checked and the count cleared on success."""
     key = _answers_key(member_id)
     async with unit_of_work(sessions) as session:
         await _netdisk(session, member_id)
-        await throttle.check_not_locked(session, key)
+        claimed = await throttle.claim(session, key, _policy(settings))
         stored = list(await session.scalars(
             select(SecurityQuestion.answer_hash)
             .where(SecurityQuestion.member_id == member_id)
@@ -126,11 +133,10 @@ async def reset_password(sessions: async_sessionmaker[AsyncSession], settings: S
         ))
     matches = len(answers) == len(stored)
     for stored_hash, answer in zip(stored, answers):
-        matches = await verify_secret(settings, stored_hash, normalise_answer(answer)) and matches
+        matches = await verify_secret(settings, stored_hash, normalise_answer(answer), hashing) and matches
     if not matches:
-        until = await throttle.record_failure(sessions, key, _policy(settings))
-        raise throttle.with_lockout(errors.BadAnswers(), until)
-    new_hash = await hash_secret(settings, new_password)
+        raise throttle.with_lockout(errors.BadAnswers(), claimed.until)
+    new_hash = await hash_secret(settings, new_password, hashing)
     async with unit_of_work(sessions) as session:
         netdisk = await _netdisk(session, member_id)
         netdisk.password_hash = new_hash
@@ -140,10 +146,10 @@ async def reset_password(sessions: async_sessionmaker[AsyncSession], settings: S
 
 
 async def change_password(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int,
-                          old_password: str, new_password: str) -> None:
+                          old_password: str, new_password: str, hashing: PasswordHashing | None = None) -> None:
     """Change the netdisk password knowing the old one; ends open netdisk logins."""
-    await verify_password(sessions, settings, member_id, old_password)
-    new_hash = await hash_secret(settings, new_password)
+    await verify_password(sessions, settings, member_id, old_password, hashing)
+    new_hash = await hash_secret(settings, new_password, hashing)
     async with unit_of_work(sessions) as session:
         netdisk = await _netdisk(session, member_id)
         netdisk.password_hash = new_hash
@@ -205,12 +211,13 @@ async def rename_ledger(session: AsyncSession, hooks: NetdiskHooks, member_id: i
 
 
 async def delete_backup(sessions: async_sessionmaker[AsyncSession], settings: Settings, hooks: NetdiskHooks, member_id: int,
-                        ledger_id: str, year: int | None, password: str, ip: str) -> None:
+                        ledger_id: str, year: int | None, password: str, ip: str,
+                        hashing: PasswordHashing | None = None) -> None:
     """Delete a whole ledger (`year` None: its shares end too) or one year of it, after the netdisk password
     is given again; releases the quota and leaves a deletion record (who, when, what, from which IP)."""
     async with unit_of_work(sessions) as session:
         await ledger_for_backup(session, hooks, member_id, ledger_id)
-    await verify_password(sessions, settings, member_id, password)
+    await verify_password(sessions, settings, member_id, password, hashing)
     async with unit_of_work(sessions) as session:
         await lock_owner(session, member_id)
         ledger = await ledger_for_backup(session, hooks, member_id, ledger_id)

@@ -115,7 +115,14 @@ async def check_version_cap(session: AsyncSession, settings: Settings, incoming:
 
 
 async def prune(session: AsyncSession, settings: Settings, ledger_id: str, year: int, owner_id: int) -> None:
-    """Keep the newest N versions of the year; the one just committed (verified) is always among them."""
+    """Keep the newest N versions of the year; the one just committed (verified) is always among them, and so
+    is the newest the owner uploaded through cloud backup (recipients' uploads cannot push it out)."""
+    owners_latest = await session.scalar(
+        select(func.max(Version.id)).where(
+            Version.ledger_id == ledger_id, Version.year == year, Version.via == "backup",
+            Version.uploaded_by_id == owner_id,
+        )
+    )
     stale = (
         await session.scalars(
             select(Version.id)
@@ -124,7 +131,7 @@ async def prune(session: AsyncSession, settings: Settings, ledger_id: str, year:
             .offset(max(settings.versions_kept_per_year, 1))
         )
     ).all()
-    await store.release_versions(session, owner_id, list(stale))
+    await store.release_versions(session, owner_id, [version_id for version_id in stale if version_id != owners_latest])
 
 
 @dataclass

@@ -18,7 +18,7 @@ from wechatpy.utils import check_signature
 from eacct import errors
 from eacct.config import Settings
 from eacct.schemas import Nickname
-from eacct.web import SESSIONS, SETTINGS, status_for, transaction
+from eacct.web import HASHING, SESSIONS, SETTINGS, status_for, transaction
 from eacct.wechat import service
 
 routes = web.RouteTableDef()
@@ -151,7 +151,8 @@ async def bind_submit(request: web.Request) -> web.Response:
             nickname = NICKNAME.validate_python(nickname)
         except ValidationError as exc:
             raise errors.Invalid("昵称应为 1 到 20 个字符") from exc
-        member = await service.bind(request.app[SESSIONS], settings, openid, account, password, nickname)
+        member = await service.bind(request.app[SESSIONS], settings, openid, account, password, nickname,
+                                    request.app[HASHING])
     except errors.DomainError as exc:
         return _page("会员中心 · 绑定会员账号", _form(token, exc.message, account, nickname), status=status_for(exc))
     return _page("绑定成功", f"<p>已绑定会员账号 {html.escape(member.account)}，昵称：{html.escape(member.nickname)}。"

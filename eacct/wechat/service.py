@@ -24,7 +24,8 @@ from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.formats import chinese_date
 from eacct.members.models import Member, WechatBinding
-from eacct.members.service import check_credentials
+from eacct.members.service import claim_login_attempt, verified_member
+from eacct.secrets import PasswordHashing
 from eacct.netdisk import service as netdisk
 from eacct.share import service as share
 from eacct.wechat.models import WechatDelivery
@@ -70,18 +71,21 @@ def openid_of_bind_token(settings: Settings, token: str) -> str:
 
 
 async def bind(sessions: async_sessionmaker[AsyncSession], settings: Settings, openid: str, account: str,
-               password: str, nickname: str) -> Member:
+               password: str, nickname: str, hashing: PasswordHashing | None = None) -> Member:
     """Rule 1: bind a follower to a member by account, password and a nickname of their own (which becomes
-    the member's nickname). One openid ↔ one member: binding from a second WeChat moves the binding."""
+    the member's nickname). One openid ↔ one member: binding from a second WeChat moves the binding.
+
+    The attempt is counted before the password is checked, per follower and (like a login) per account."""
     key = f"wechat_bind:{openid}"
+    policy = throttle.Policy(settings.lockout_after_failures, settings.lockout_base_seconds,
+                             settings.lockout_max_seconds)
     async with unit_of_work(sessions) as session:
-        await throttle.check_not_locked(session, key)
-    async with unit_of_work(sessions) as session:
-        member = await check_credentials(session, settings, account, password)
+        claimed = await throttle.claim(session, key, policy)
+        per_account = await claim_login_attempt(session, settings, account)
+        candidate = await session.scalar(select(Member).where(Member.account == account))
+    member = await verified_member(settings, hashing, candidate, password)
     if member is None:
-        policy = throttle.Policy(settings.lockout_after_failures, settings.lockout_base_seconds,
-                                 settings.lockout_max_seconds)
-        until = await throttle.record_failure(sessions, key, policy)
+        until = max((c.until for c in (claimed, per_account) if c.until is not None), default=None)
         raise throttle.with_lockout(errors.BadCredentials(), until)
     async with unit_of_work(sessions) as session:
         member = await session.get(Member, member.id)
@@ -92,6 +96,7 @@ async def bind(sessions: async_sessionmaker[AsyncSession], settings: Settings, o
         await session.flush()
         session.add(WechatBinding(openid=openid, member_id=member.id, bound_at=utcnow()))
         await throttle.clear(session, key)
+        await throttle.clear(session, per_account.key)
     return member
 
 

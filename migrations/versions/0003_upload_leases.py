@@ -1,13 +1,13 @@
 """upload leases: pending packs belong to an upload whose process keeps a heartbeat
 
-Revision ID: 0003_upload_leases
+Revision ID: 0003
 Revises: 0002
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0003_upload_leases'
+revision = '0003'
 down_revision = '0002'
 branch_labels = None
 depends_on = None

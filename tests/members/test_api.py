@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from openapi_spec_validator import validate
 
+from tests.conftest import Desktop
+
 
 async def test_register_log_in_and_read_profile(desktop):
     member = await desktop("13564271675", "小王", netdisk=False)
@@ -104,3 +106,27 @@ async def test_password_guessing_is_throttled_per_account_and_address(desktop):
     for attempt in range(10):
         assert (await other.call("POST", "/sessions", json={"account": "nobody-here", "password": "x"}))[0] == 401
     assert (await other.call("POST", "/sessions", json={"account": "nobody-here", "password": "x"}))[0] == 429
+
+
+async def test_item_14_logout_ends_the_netdisk_tokens_unlocked_from_that_session(desktop, http, base_url):
+    member = await desktop("wang05", "小王")
+    # The same member on a second computer: its own session and netdisk token.
+    other = Desktop(http, base_url, "wang05", "小王")
+    other.password, other.netdisk_password = member.password, member.netdisk_password
+    status, body, _ = await other.call("POST", "/sessions", json={"account": "wang05", "password": member.password})
+    other.token = body["token"]
+    status, body, _ = await other.call("POST", "/netdisk/unlock", json={"password": member.netdisk_password})
+    other.netdisk_token = body["netdisk_token"]
+    # A second netdisk token unlocked from the first session, this time presenting its netdisk token.
+    status, body, _ = await member.call("POST", "/netdisk/unlock", netdisk=True, json={"password": member.netdisk_password})
+    assert status == 201
+    second_token = body["netdisk_token"]
+
+    assert (await member.call("DELETE", "/sessions/current"))[0] == 204
+    status, body, _ = await member.call("GET", "/backups", netdisk=True)
+    assert status == 401 and body["error"]["code"] == "unauthenticated"
+    member.netdisk_token = second_token
+    assert (await member.call("GET", "/backups", netdisk=True))[0] == 401
+    # The other computer's session and netdisk login go on.
+    assert (await other.call("GET", "/backups", netdisk=True))[0] == 200
+    assert (await other.call("GET", "/me"))[0] == 200

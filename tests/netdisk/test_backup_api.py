@@ -347,3 +347,23 @@ async def test_rule_15_too_many_versions_is_413_before_the_body(make_server, set
     assert status == 413 and body["error"]["code"] == "too_many_versions"
     _, listing, _ = await owner.call("GET", "/backups", netdisk=True)
     assert len(listing["ledgers"]) == 2
+
+
+async def test_item_15_netdisk_password_header_is_percent_encoded_utf8(desktop):
+    owner = await desktop("del05", "小王", netdisk=False)
+    owner.netdisk_password = "云盘-pass-1"
+    await owner.open_netdisk()
+    ledger = new_ledger_id()
+    await owner.upload("backups", ledger, 2017, os.urandom(20_000), name="账套123")
+    await owner.upload("backups", ledger, 2018, os.urandom(20_000))
+    status, body, _ = await owner.call("DELETE", f"/backups/{ledger}/years/2017", netdisk=True,
+                                       headers={"X-Netdisk-Password": quote("云盘-pass-1", safe="")})
+    assert status == 204, body
+    # Malformed escapes are refused as bad input, not compared as a (wrong) password.
+    for malformed in ("%ZZ", "abc%", "%E4%BA"):
+        status, body, _ = await owner.call("DELETE", f"/backups/{ledger}", netdisk=True,
+                                           headers={"X-Netdisk-Password": malformed})
+        assert status == 422 and body["error"]["code"] == "invalid", malformed
+    status, _, _ = await owner.call("DELETE", f"/backups/{ledger}", netdisk=True,
+                                    headers={"X-Netdisk-Password": quote("云盘-pass-1", safe="")})
+    assert status == 204

@@ -171,3 +171,23 @@ async def test_rule_12_cloud_share_needs_the_netdisk_password(world):
                          ("POST", f"/cloud-shares/{world.ledger}/years/2018/versions")):
         status, body, _ = await li.call(method, path, netdisk=False)
         assert status == 401 and error_code(body) == "netdisk_token_required", path
+
+
+async def test_item_16_recipient_uploads_never_evict_the_owners_own_latest_backup(world):
+    owner, li = world.owner, world.recipient
+    owners_own = world.versions[2018]
+    for n in range(11):
+        status, version, _ = await li.upload("cloud-shares", world.ledger, 2018, os.urandom(5_000), remark=f"第{n}次")
+        assert status == 201, version
+    kept = await versions_of(owner, world.ledger, 2018)
+    kept_ids = [v["version_id"] for v in kept]
+    assert owners_own["version_id"] in kept_ids
+    # Ten newest plus the owner's own last backup; the oldest recipient upload made room.
+    assert len(kept) == 11 and sum(v["via"] == "share" for v in kept) == 10
+    status, content, _ = await owner.download("backups", world.ledger, 2018, owners_own["version_id"])
+    assert status == 200 and content == world.contents[2018]
+    # Once the owner backs up again, the new one is protected and the old one ages out like any other.
+    status, newer, _ = await owner.upload("backups", world.ledger, 2018, os.urandom(5_000))
+    assert status == 201, newer
+    kept_ids = [v["version_id"] for v in await versions_of(owner, world.ledger, 2018)]
+    assert newer["version_id"] in kept_ids and owners_own["version_id"] not in kept_ids and len(kept_ids) == 10
