@@ -24,6 +24,7 @@ from eacct.formats import iso
 from eacct.netdisk.models import Chunk, Deletion, Ledger, Netdisk, SecurityQuestion, Version
 from eacct.secrets import hash_secret, normalise_answer, verify_secret
 from eacct.share.access import ledger_for_backup
+from eacct.text import has_unsafe_characters
 
 __all__ = [
     "UploadClaim", "backup_missing_chunks", "backup_upload", "backup_version", "backup_year", "change_password", "clean_ledger_name",
@@ -160,7 +161,7 @@ def clean_ledger_name(name: str) -> str:
     """A ledger name as people see it: trimmed, 1–100 characters, no control characters and nothing that
     could act as a path when the desktop program names a folder after it."""
     name = name.strip()
-    if not 1 <= len(name) <= 100 or any(ord(ch) < 32 for ch in name) or "/" in name or "\\" in name or name in (".", ".."):
+    if not 1 <= len(name) <= 100 or has_unsafe_characters(name) or "/" in name or "\\" in name or name in (".", ".."):
         raise errors.Invalid("账套名称应为 1 到 100 个字符，不能包含 / \\ 或控制字符")
     return name
 

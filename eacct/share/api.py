@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
 from eacct.netdisk.api import (
-    body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
+    ASCII_DIGITS, body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
 )
 from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
 from eacct.openapi import endpoint
@@ -21,8 +21,11 @@ routes = web.RouteTableDef()
 
 
 def _int_path(request: web.Request, name: str) -> int:
+    """A numeric id of the path: ASCII digits only (422 otherwise); one too long to exist is 404."""
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 10:
+    if not ASCII_DIGITS.fullmatch(raw):
+        raise errors.Invalid(f"{name} 应为数字（0-9）")
+    if len(raw) > 10:
         raise errors.NotFound()
     return int(raw)
 
