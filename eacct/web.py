@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,6 +27,7 @@ from eacct.text import has_unsafe_characters
 __all__ = [
     "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",
     "read_body", "require_member", "require_netdisk", "transaction",
+    "abort_connection", "install_json_protocol_errors", "start_stream",
 ]
 
 log = logging.getLogger("eacct.web")
@@ -153,6 +154,34 @@ def _error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
         return error_response(status_for(error), error.code, error.message)
     log.error("unexpected failure in %s %s", request.method, request.path, exc_info=exc)
     return error_response(500, "internal_error", "服务器内部错误，请稍后重试")
+
+
+def install_json_protocol_errors() -> None:
+    """Make aiohttp's own refusals of malformed HTTP (a header over 8190 bytes, a bad Content-Length, a broken
+    request line) the JSON error of API.md for eacct's apps.
+
+    aiohttp answers these in plain text before any middleware runs and offers no hook, so its error answer is
+    wrapped once per process; other aiohttp servers in the process keep the plain-text answer.
+    """
+    original = web_protocol.RequestHandler.handle_error
+    if getattr(original, "eacct_json", False):
+        return
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        answer = original(self, request, status, exc, message)  # logs; raises if the answer already began
+        app = getattr(getattr(self._manager, "request_handler", None), "__self__", None)
+        if not isinstance(app, web.Application) or SETTINGS not in app:
+            return answer
+        if status == 500:
+            code, text = "internal_error", "服务器内部错误，请稍后重试"
+        else:
+            code, text = HTTP_ERROR_CODES.get(status, ("http_error", "请求无法处理"))
+        json_answer = error_response(status, code, text)
+        json_answer.force_close()  # as aiohttp does: the connection's framing can no longer be trusted
+        return json_answer
+
+    handle_error.eacct_json = True
+    web_protocol.RequestHandler.handle_error = handle_error
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import os
 
@@ -47,3 +48,41 @@ async def test_405_is_json_and_carries_allow(http, base_url, method, path, allow
         body = await response.json()
         assert body["error"]["code"] == "method_not_allowed" and body["error"]["message"]
         assert {m.strip() for m in response.headers["Allow"].split(",")} >= allowed
+
+
+async def raw_exchange(base_url: str, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send bytes as they are; return the status line, headers and body of the answer."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request.replace(b"{host}", host.encode()))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return status_line.encode(), headers, body
+
+
+MALFORMED_REQUESTS = {
+    "header-over-8190-bytes": b"GET /api/v1/me HTTP/1.1\r\nHost: {host}\r\nX-Huge: " + b"a" * 9000 + b"\r\n\r\n",
+    "request-line-over-8190-bytes": b"GET /api/v1/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: {host}\r\n\r\n",
+    "content-length-not-a-number": b"POST /api/v1/sessions HTTP/1.1\r\nHost: {host}\r\nContent-Length: abc\r\n\r\n{}",
+    "content-length-negative": b"POST /api/v1/sessions HTTP/1.1\r\nHost: {host}\r\nContent-Length: -5\r\n\r\n{}",
+    "content-length-twice": b"POST /api/v1/sessions HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n"
+                            b"Content-Length: 3\r\n\r\n{}",
+    "bad-chunked-encoding": b"POST /api/v1/sessions HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"zz\r\n{}\r\n0\r\n\r\n",
+    "broken-request-line": b"GET\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED_REQUESTS.values(), ids=MALFORMED_REQUESTS.keys())
+async def test_framework_refusals_of_malformed_http_are_json_errors(base_url, request_bytes):
+    status_line, headers, body = await raw_exchange(base_url, request_bytes)
+    assert status_line.split()[1].startswith(b"4"), status_line
+    assert headers["content-type"].startswith("application/json"), headers
+    answer = json.loads(body[: int(headers["content-length"])])
+    assert answer["error"]["code"] == "bad_request" and answer["error"]["message"]
