@@ -21,11 +21,12 @@ routes = web.RouteTableDef()
 
 
 def _int_path(request: web.Request, name: str) -> int:
-    """A numeric id of the path: ASCII digits only (422 otherwise); one too long to exist is 404."""
+    """A numeric id of the path. Digits are ASCII only: "①" or "２" is 422, never read as a number; any other
+    segment that is not a plain number (or too long to be an id) names nothing, 404."""
     raw = request.match_info[name]
-    if not ASCII_DIGITS.fullmatch(raw):
+    if not raw.isascii():
         raise errors.Invalid(f"{name} 应为数字（0-9）")
-    if len(raw) > 10:
+    if not ASCII_DIGITS.fullmatch(raw) or len(raw) > 10:
         raise errors.NotFound()
     return int(raw)
 
