@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import pytest
 from sqlalchemy import select
 
+from eacct.netdisk.blobstore import BlobStoreError
 from eacct.netdisk.models import Chunk, Pack, Version, VersionManifest
 from eacct.netdisk.store import iter_manifest
 from tests.conftest import new_ledger_id
@@ -35,8 +35,8 @@ async def last_pack_key(sessions, version_public_id: str) -> str:
         )
 
 
-async def raw_download(base_url: str, path: str, token: str) -> tuple[bytes, int, bytes, float]:
-    """GET over a bare keep-alive connection: (status line, Content-Length, body bytes, longest wait for a read).
+async def raw_download(base_url: str, path: str, token: str) -> tuple[bytes, int, bytes]:
+    """GET over a bare keep-alive connection: (status line, Content-Length, body bytes).
 
     A read that waits more than 1 s fails the test: that is a client left hanging on an open body.
     """
@@ -49,36 +49,43 @@ async def raw_download(base_url: str, path: str, token: str) -> tuple[bytes, int
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines if line)}
         body = bytearray()
-        longest_wait = 0.0
         while True:
-            started = time.monotonic()
             try:
                 data = await asyncio.wait_for(reader.read(1 << 16), 1.0)
             except TimeoutError:
                 pytest.fail(f"no EOF within 1 s after {len(body)} of {headers.get('content-length')} bytes")
-            longest_wait = max(longest_wait, time.monotonic() - started)
             if not data:
                 break
             body += data
-        return status_line.encode(), int(headers["content-length"]), bytes(body), longest_wait
+        return status_line.encode(), int(headers["content-length"]), bytes(body)
     finally:
         writer.close()
 
 
-async def break_pack(blobs, key: str, how: str, tmp_path) -> None:
-    """Make one pack unusable the way storage fails: gone, or its bytes garbled."""
+async def break_pack(blobs, key: str, how: str, tmp_path, monkeypatch) -> None:
+    """Make one pack unusable the way storage fails: gone, its bytes garbled, or the storage down when asked."""
     if how == "deleted":
         await blobs.delete(key)
+        return
+    if how == "storage-down":
+        get_many = blobs.get_many
+
+        async def unavailable_for_that_pack(ranges):
+            if any(range_key == key for range_key, _, _ in ranges):
+                raise BlobStoreError("connection refused (injected)")
+            return await get_many(ranges)
+
+        monkeypatch.setattr(blobs, "get_many", unavailable_for_that_pack)
         return
     garbage = tmp_path / "garbage.pack"
     garbage.write_bytes(os.urandom(64 * 1024))
     await blobs.put(key, garbage)
 
 
-@pytest.mark.parametrize("how", ["deleted", "corrupt"])
+@pytest.mark.parametrize("how", ["deleted", "corrupt", "storage-down"])
 @pytest.mark.parametrize("side", ["backups", "cloud-shares"])
 async def test_download_failing_after_first_byte_cuts_the_connection(desktop, base_url, blobs, sessions, tmp_path,
-                                                                    side, how):
+                                                                    monkeypatch, side, how):
     owner = await desktop("cutown1", "小王")
     ledger = new_ledger_id()
     content = os.urandom(CONTENT_BYTES)
@@ -89,9 +96,9 @@ async def test_download_failing_after_first_byte_cuts_the_connection(desktop, ba
         downloader = await desktop("cutrec1", "小李")
         await befriend(owner, downloader)
         await share(owner, ledger, downloader)
-    await break_pack(blobs, await last_pack_key(sessions, version["version_id"]), how, tmp_path)
+    await break_pack(blobs, await last_pack_key(sessions, version["version_id"]), how, tmp_path, monkeypatch)
 
-    status_line, content_length, body, _ = await raw_download(
+    status_line, content_length, body = await raw_download(
         base_url, f"/api/v1/{side}/{ledger}/years/2018/versions/latest/content", downloader.netdisk_token)
 
     assert b" 200 " in status_line and content_length == CONTENT_BYTES
