@@ -14,7 +14,8 @@ from eacct.config import Settings
 from eacct.db import engine_for, make_session_factory
 from eacct.netdisk.blobstore import BlobStore, open_blob_store
 from eacct.openapi import endpoint, openapi_document
-from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, install_json_protocol_errors, json_response
+from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, json_response
+from eacct.web import install_json_protocol_errors, remember_started_response
 
 __all__ = ["create_app"]
 
@@ -55,6 +56,7 @@ def create_app(
     settings.trusted_proxy_networks()  # a malformed EACCT_TRUSTED_PROXIES stops start-up, not a request
     app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
     install_json_protocol_errors()  # malformed HTTP is refused in API.md's JSON too, not aiohttp's plain text
+    app.on_response_prepare.append(remember_started_response)  # no second answer into a begun one
     app[SETTINGS] = settings
     # Personal messages go to the message center, and as WeChat template messages when WeChat is configured.
     wechat_templates = WechatTemplateNotifier(settings) if WechatTemplateNotifier.configured(settings) else None

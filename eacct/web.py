@@ -27,7 +27,7 @@ from eacct.text import has_unsafe_characters
 __all__ = [
     "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",
     "read_body", "require_member", "require_netdisk", "transaction",
-    "abort_connection", "install_json_protocol_errors", "start_stream",
+    "abort_connection", "install_json_protocol_errors", "remember_started_response",
 ]
 
 log = logging.getLogger("eacct.web")
@@ -84,13 +84,13 @@ HTTP_ERROR_CODES = {
 }
 
 
-# Request key: the streamed answer whose headers are already sent (see `start_stream`).
+# Request key: the answer whose status and headers are already on their way (see `remember_started_response`).
 STARTED_RESPONSE = web.RequestKey("started_response", web.StreamResponse)
 
 
-async def start_stream(request: web.Request, response: web.StreamResponse) -> None:
-    """Send the headers of a streamed answer; from here on a failure can only cut the connection."""
-    await response.prepare(request)
+async def remember_started_response(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare` hook: once a handler has sent headers (a streamed download), a failure can only
+    cut the connection, so error_middleware must know the answer already began."""
     request[STARTED_RESPONSE] = response
 
 

@@ -21,7 +21,7 @@ from eacct.netdisk.schemas import (
 from eacct.openapi import endpoint
 from eacct.web import (
     BLOBS, NOTIFIER, SESSIONS, SETTINGS, abort_connection, client_ip, header_text, iso, json_response, read_body,
-    require_member, require_netdisk, start_stream, transaction,
+    require_member, require_netdisk, transaction,
 )
 
 routes = web.RouteTableDef()
@@ -180,7 +180,7 @@ async def send_version(
     try:
         first = await anext(blocks, None)  # errors before the first byte still get a JSON answer
         # After this a failure (a pack gone or corrupt, storage down) cuts the connection: see error_middleware.
-        await start_stream(request, response)
+        await response.prepare(request)
         since_check = 0
         while first is not None:
             await response.write(first)
