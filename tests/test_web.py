@@ -9,8 +9,10 @@ import logging
 import os
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from eacct.netdisk import store
+from eacct.web import error_middleware
 from tests.conftest import new_ledger_id
 
 
@@ -86,3 +88,39 @@ async def test_framework_refusals_of_malformed_http_are_json_errors(base_url, re
     assert headers["content-type"].startswith("application/json"), headers
     answer = json.loads(body[: int(headers["content-length"])])
     assert answer["error"]["code"] == "bad_request" and answer["error"]["message"]
+
+
+class FakeTransport:
+    """The client's side of the connection as the middleware sees it: open, or already closing."""
+
+    def __init__(self, closing: bool) -> None:
+        self.closing = closing
+        self.aborted = False
+
+    def is_closing(self) -> bool:
+        return self.closing or self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+def request_on(transport: FakeTransport):
+    return make_mocked_request("POST", "/api/v1/backups/x/years/2018/versions", transport=transport)
+
+
+async def test_only_a_closed_connection_counts_as_the_client_going_away(caplog):
+    async def reset(request):
+        raise ConnectionResetError("Connection lost")
+
+    with caplog.at_level(logging.INFO, logger="eacct"), pytest.raises(ConnectionResetError):
+        await error_middleware(request_on(FakeTransport(closing=True)), reset)
+    assert "connection lost" in caplog.text
+    caplog.clear()
+    # The same error from another socket (the database, object storage) while the client waits is a 503.
+    with caplog.at_level(logging.INFO, logger="eacct"):
+        answer = await error_middleware(request_on(FakeTransport(closing=False)), reset)
+    assert answer.status == 503 and json.loads(answer.body)["error"]["code"] == "storage_unavailable"
+    assert "connection lost" not in caplog.text
