@@ -17,6 +17,7 @@ from eacct.openapi import endpoint, openapi_document
 from eacct.netdisk.hooks import NetdiskHooks
 from eacct.secrets import PasswordHashing
 from eacct.web import BLOBS, HASHING, NETDISK_HOOKS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, json_response
+from eacct.web import install_json_protocol_errors, remember_started_response
 
 __all__ = ["create_app"]
 
@@ -58,6 +59,8 @@ def create_app(
 
     settings.trusted_proxy_networks()  # a malformed EACCT_TRUSTED_PROXIES stops start-up, not a request
     app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
+    install_json_protocol_errors()  # malformed HTTP is refused in API.md's JSON too, not aiohttp's plain text
+    app.on_response_prepare.append(remember_started_response)  # no second answer into a begun one
     app[SETTINGS] = settings
     app[HASHING] = hashing if hashing is not None else PasswordHashing()
     # Personal messages go to the message center, and as WeChat template messages when WeChat is configured.

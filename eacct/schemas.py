@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, PlainSerializer, StringConstraints,
+    WithJsonSchema,
+)
+from pydantic_core import core_schema
 
 from eacct.formats import iso
+from eacct.text import PLAIN_TEXT_PATTERN, plain_text
 
-__all__ = ["Account", "Nickname", "Out", "Password", "Strict", "UtcTime"]
+__all__ = ["Account", "Nickname", "Out", "Password", "PlainText", "Strict", "UtcTime"]
 
 
 class Strict(BaseModel):
@@ -21,7 +26,23 @@ class Strict(BaseModel):
 
 Account = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{3,32}$")]
 Password = Annotated[str, StringConstraints(min_length=6, max_length=128)]
-Nickname = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20, pattern=r"^[^\x00-\x1f]*$")]
+
+
+class _PlainText:
+    """`Annotated` marker for text others will read: the rule of eacct.text (no control characters, bidi
+    controls or lone surrogates), validated and documented as a pattern from that one place."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(plain_text, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        json_schema = handler(schema)
+        json_schema["pattern"] = PLAIN_TEXT_PATTERN
+        return json_schema
+
+
+PlainText = _PlainText()
+Nickname = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20), PlainText]
 MemberId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -21,12 +22,14 @@ from eacct.formats import iso
 from eacct.members import service as members
 from eacct.members.service import Caller
 from eacct.netdisk.hooks import NetdiskHooks
-from eacct.storage import BlobStore
 from eacct.secrets import PasswordHashing
+from eacct.storage import BlobStore
+from eacct.text import has_unsafe_characters
 
 __all__ = [
     "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",
     "read_body", "require_member", "require_netdisk", "transaction",
+    "abort_connection", "install_json_protocol_errors", "remember_started_response",
 ]
 
 log = logging.getLogger("eacct.web")
@@ -92,31 +95,104 @@ HTTP_ERROR_CODES = {
 }
 
 
+# Request key: the answer whose status and headers are already on their way (see `remember_started_response`).
+STARTED_RESPONSE = web.RequestKey("started_response", web.StreamResponse)
+
+
+async def remember_started_response(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare` hook: once a handler has sent headers (a streamed download), a failure can only
+    cut the connection, so error_middleware must know the answer already began."""
+    request[STARTED_RESPONSE] = response
+
+
+def abort_connection(request: web.Request) -> None:
+    """Drop the connection at once, unsent bytes and all: the client sees a short body and EOF."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def is_disconnect(request: web.Request, exc: BaseException) -> bool:
+    """Whether `exc` is the client going away, not a local failure such as a full disk."""
+    # A reset from some other socket (the database, object storage) while the client is still there is not one.
+    return isinstance(exc, ConnectionError) and (request.transport is None or request.transport.is_closing())
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    """Every refusal leaves as the JSON error of API.md; an unexpected failure is logged, never shown."""
+    """Every refusal leaves as the JSON error of API.md; an unexpected failure is logged, never shown.
+
+    Once a streamed answer has sent its headers no second answer may follow: the connection is cut instead.
+    """
     try:
         return await handler(request)
-    except errors.DomainError as exc:
+    except Exception as exc:
+        started = request.get(STARTED_RESPONSE)
+        if started is None:
+            return _error_answer(request, exc)
+        if is_disconnect(request, exc):
+            log.info("connection lost: %s %s: %s", request.method, request.path, exc)
+        else:
+            log.warning("%s %s failed after its headers were sent; connection cut", request.method, request.path,
+                        exc_info=exc)
+        abort_connection(request)
+        # aiohttp finishes the already-prepared answer; its write to the aborted transport ends the request.
+        return started
+
+
+def _error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    if isinstance(exc, errors.DomainError):
         return error_response(status_for(exc), exc.code, exc.message, **exc.extra)
-    except ValidationError as exc:
+    if isinstance(exc, ValidationError):
         details = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
         return error_response(422, "invalid", "提交的内容不符合要求", details=details)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code, message = HTTP_ERROR_CODES.get(exc.status, ("http_error", exc.reason))
         response = error_response(exc.status, code, message)
-        if "Content-Range" in exc.headers:
-            response.headers["Content-Range"] = exc.headers["Content-Range"]
+        for name in ("Content-Range", "Allow"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
         return response
-    except (ConnectionResetError, OSError) as exc:
+    if is_disconnect(request, exc):
         # The client went away mid-transfer; there is nobody to answer.
         log.info("connection lost: %s %s: %s", request.method, request.path, exc)
-        raise
-    except Exception:
-        log.exception("unexpected failure in %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "服务器内部错误，请稍后重试")
+        raise exc
+    if isinstance(exc, OSError):
+        # A local I/O failure (a full disk, an unreadable spool): the blob side of storage is unavailable.
+        log.error("storage failure in %s %s: %s", request.method, request.path, exc, exc_info=exc)
+        error = errors.StorageUnavailable()
+        return error_response(status_for(error), error.code, error.message)
+    log.error("unexpected failure in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "服务器内部错误，请稍后重试")
+
+
+def install_json_protocol_errors() -> None:
+    """Make aiohttp's own refusals of malformed HTTP (a header over 8190 bytes, a bad Content-Length, a broken
+    request line) the JSON error of API.md for eacct's apps.
+
+    aiohttp answers these in plain text before any middleware runs and offers no hook, so its error answer is
+    wrapped once per process; other aiohttp servers in the process keep the plain-text answer.
+    """
+    original = web_protocol.RequestHandler.handle_error
+    if getattr(original, "eacct_json", False):
+        return
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        answer = original(self, request, status, exc, message)  # logs; raises if the answer already began
+        app = getattr(getattr(self._manager, "request_handler", None), "__self__", None)
+        if not isinstance(app, web.Application) or SETTINGS not in app:
+            return answer
+        if status == 500:
+            code, text = "internal_error", "服务器内部错误，请稍后重试"
+        else:
+            code, text = HTTP_ERROR_CODES.get(status, ("http_error", "请求无法处理"))
+        json_answer = error_response(status, code, text)
+        json_answer.force_close()  # as aiohttp does: the connection's framing can no longer be trusted
+        return json_answer
+
+    handle_error.eacct_json = True
+    web_protocol.RequestHandler.handle_error = handle_error
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -127,11 +203,33 @@ async def read_body(request: web.Request, model: type[ModelT]) -> ModelT:
     raw = await request.read()
     try:
         data = json.loads(raw or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError as exc:
+        raise errors.BadRequest("请求内容的 JSON 嵌套过深") from exc
+    except ValueError as exc:  # malformed JSON, not UTF-8, or an integer of thousands of digits
         raise errors.BadRequest("请求内容不是有效的 JSON") from exc
     if not isinstance(data, dict):
         raise errors.Invalid("请求内容应为 JSON 对象")
+    if _has_lone_surrogate(data):
+        raise errors.BadRequest("请求内容含有无效的 Unicode 字符（孤立的代理项）")
     return model.model_validate(data)
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether a parsed JSON value holds a string such as "\\ud800" that is no text at all (cannot be encoded)."""
+    stack = [data]
+    while stack:  # not recursive: the value may be nested almost as deep as the parser allows
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 @asynccontextmanager
@@ -183,16 +281,21 @@ def _in(address: str, networks) -> bool:
     return any(ip in network for network in networks)
 
 
+BAD_PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def header_text(request: web.Request, name: str, *, max_length: int) -> str | None:
     """A percent-encoded UTF-8 header (X-Remark, X-Ledger-Name), decoded and length-checked."""
     raw = request.headers.get(name)
     if raw is None:
         return None
+    if BAD_PERCENT_ESCAPE.search(raw):
+        raise errors.Invalid(f"{name} 应为百分号编码的 UTF-8 文本（% 后应为两位十六进制数）")
     try:
         text = unquote(raw, encoding="utf-8", errors="strict").strip()
     except UnicodeDecodeError as exc:
         raise errors.Invalid(f"{name} 应为百分号编码的 UTF-8 文本") from exc
-    if len(text) > max_length or any(ord(ch) < 32 for ch in text):
+    if len(text) > max_length or has_unsafe_characters(text):
         raise errors.Invalid(f"{name} 过长或含有控制字符")
     return text
 

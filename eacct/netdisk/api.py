@@ -21,16 +21,19 @@ from eacct.netdisk.schemas import (
 )
 from eacct.openapi import endpoint
 from eacct.web import (
-    BLOBS, HASHING, NETDISK_HOOKS, SESSIONS, SETTINGS, answer, bearer_token, client_ip, header_text, read_body,
-    require_member,
-    require_netdisk, transaction,
+    BLOBS, HASHING, NETDISK_HOOKS, SESSIONS, SETTINGS, abort_connection, answer, bearer_token, client_ip, header_text,
+    read_body, require_member, require_netdisk, transaction,
 )
 
 routes = web.RouteTableDef()
 
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 ETAG = re.compile(r'^\s*(?:W/)?"([^"]{1,64})"\s*$')
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")  # [0-9], not \d: "bytes=¹-" is no range
+# \d and str.isdigit() also take "２０１８", "٢٠١٨" and "¹"; use fullmatch, as "$" lets "2018\n" through.
+ASCII_DIGITS = re.compile(r"[0-9]+")
+# Past this many digits a byte position exceeds any version (and int() of 4300+ digits raises).
+POSITION_DIGITS = 18
 BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 BODY_BLOCK = 1024 * 1024
 RECHECK_EVERY_BYTES = 8 * 1024 * 1024
@@ -42,6 +45,8 @@ def ledger_id_of(request: web.Request) -> str:
     """The `{ledger_id}` of the path as a canonical UUID string (422 when it is not a UUID)."""
     raw = request.match_info["ledger_id"]
     try:
+        if not raw.isascii():  # uuid.UUID reads "١" as 1: one ledger must not have many spellings
+            raise ValueError(raw)
         return str(uuid.UUID(raw))
     except ValueError as exc:
         raise errors.Invalid("账套ID 格式不正确，应为 UUID") from exc
@@ -50,7 +55,7 @@ def ledger_id_of(request: web.Request) -> str:
 def year_of(request: web.Request) -> int:
     """The `{year}` of the path, 1990–2100 (422 invalid_year)."""
     raw = request.match_info["year"]
-    if not raw.isdigit() or not 1990 <= int(raw) <= 2100:
+    if not ASCII_DIGITS.fullmatch(raw) or len(raw) > 4 or not 1990 <= int(raw) <= 2100:
         raise errors.InvalidYear()
     return int(raw)
 
@@ -66,7 +71,7 @@ def upload_claim(request: web.Request) -> store.IncomingVersion:
     size = request.content_length
     if delta:
         raw = request.headers.get("X-Archive-Size", "")
-        if not raw.isdigit() or len(raw) > 15:
+        if not ASCII_DIGITS.fullmatch(raw) or len(raw) > 15:
             raise errors.Invalid("增量上传需要 X-Archive-Size（整个年度数据的字节数）")
         size = int(raw)
     sha = request.headers.get("X-Content-SHA256", "")
@@ -141,12 +146,18 @@ def byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
         return None  # Multi-range and unknown units: answer the whole content, as RFC 9110 allows.
     first, last = match.groups()
     if first == "":
-        start, end = max(size - int(last), 0), size
+        start, end = max(size - _position(last), 0), size
     else:
-        start, end = int(first), size if last == "" else min(int(last) + 1, size)
+        start, end = _position(first), size if last == "" else min(_position(last) + 1, size)
     if start >= size or start >= end:
         raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
     return start, end
+
+
+def _position(digits: str) -> int:
+    """A byte position of a Range header; an absurdly long one is just "beyond the end"."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= POSITION_DIGITS else 10**POSITION_DIGITS
 
 
 async def send_version(
@@ -180,6 +191,7 @@ async def send_version(
     blocks = store.read_version(sessions, request.app[BLOBS], version, start, end)
     try:
         first = await anext(blocks, None)  # errors before the first byte still get a JSON answer
+        # After this a failure (a pack gone or corrupt, storage down) cuts the connection: see error_middleware.
         await response.prepare(request)
         since_check = 0
         while first is not None:
@@ -192,7 +204,7 @@ async def send_version(
                         await still_allowed(session)
                     except errors.DomainError:
                         # Headers are gone; the only honest signal left is a cut connection.
-                        request.transport and request.transport.close()
+                        abort_connection(request)
                         return response
             first = await anext(blocks, None)
     finally:

@@ -7,9 +7,9 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from eacct.members.schemas import MemberOut
-from eacct.schemas import Out, Password, Strict, UtcTime
+from eacct.schemas import Out, Password, PlainText, Strict, UtcTime
 
-Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]*$")]
+Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText]
 Answer = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 LedgerName = Annotated[str, StringConstraints(max_length=200)]  # the service checks the rest
 

@@ -25,6 +25,7 @@ from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk.models import Chunk, Ledger, Netdisk, Version, VersionInfo
 from eacct.netdisk.store import IncomingVersion
 from eacct.storage import BlobStore
+from eacct.text import has_unsafe_characters
 
 __all__ = [
     "UploadRules", "backup_missing_chunks", "backup_upload", "backup_version", "check_before_upload",
@@ -57,7 +58,7 @@ def clean_ledger_name(name: str) -> str:
     """A ledger name as people see it: trimmed, 1–100 characters, no control characters and nothing that
     could act as a path when the desktop program names a folder after it."""
     name = name.strip()
-    if not 1 <= len(name) <= 100 or any(ord(ch) < 32 for ch in name) or "/" in name or "\\" in name or name in (".", ".."):
+    if not 1 <= len(name) <= 100 or has_unsafe_characters(name) or "/" in name or "\\" in name or name in (".", ".."):
         raise errors.Invalid("账套名称应为 1 到 100 个字符，不能包含 / \\ 或控制字符")
     return name
 

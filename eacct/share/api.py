@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
 from eacct.netdisk.api import (
-    body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
+    ASCII_DIGITS, body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
 )
 from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
 from eacct.openapi import endpoint
@@ -21,8 +21,12 @@ routes = web.RouteTableDef()
 
 
 def _int_path(request: web.Request, name: str) -> int:
+    """A numeric id of the path. Digits are ASCII only: "①" or "２" is 422, never read as a number; any other
+    segment that is not a plain number (or too long to be an id) names nothing, 404."""
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 10:
+    if not raw.isascii():
+        raise errors.Invalid(f"{name} 应为数字（0-9）")
+    if not ASCII_DIGITS.fullmatch(raw) or len(raw) > 10:
         raise errors.NotFound()
     return int(raw)
 

@@ -9,12 +9,12 @@ from pydantic import Field, StringConstraints
 
 from eacct.members.schemas import MemberOut
 from eacct.netdisk.schemas import VersionOut
-from eacct.schemas import MemberId, Out, Strict, UtcTime
+from eacct.schemas import MemberId, Out, PlainText, Strict, UtcTime
 
 
 class FriendIn(Strict):
     account: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    nickname: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    nickname: Annotated[str, StringConstraints(min_length=1, max_length=40), PlainText]
 
 
 class FriendOut(MemberOut):
