@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-__all__ = ["Account", "Nickname", "Password", "Strict"]
+__all__ = ["Account", "DateOut", "LedgerIdOut", "Nickname", "Password", "Sha256Out", "Strict", "TimeOut", "YearOut"]
 
 
 class Strict(BaseModel):
@@ -19,3 +19,10 @@ Account = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{3,32}$")]
 Password = Annotated[str, StringConstraints(min_length=6, max_length=128)]
 Nickname = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20, pattern=r"^[^\x00-\x1f]*$")]
 MemberId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+# Answer fields, exactly as the handlers write them (API.md conventions).
+LedgerIdOut = Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+TimeOut = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")]
+DateOut = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+Sha256Out = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+YearOut = Annotated[int, Field(ge=1990, le=2100)]

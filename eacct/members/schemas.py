@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from eacct.schemas import Account, Nickname, Password, Strict
+from eacct.schemas import Account, Nickname, Password, Strict, TimeOut
 
 
 class NewMember(Strict):
@@ -35,5 +35,5 @@ class Me(MemberOut):
 
 class SessionOut(BaseModel):
     token: str
-    expires_at: str
+    expires_at: TimeOut
     member: MemberOut

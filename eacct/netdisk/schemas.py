@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, StringConstraints
 
 from eacct.members.schemas import MemberOut
-from eacct.schemas import Password, Strict
+from eacct.schemas import DateOut, LedgerIdOut, Password, Sha256Out, Strict, TimeOut
+from eacct.schemas import YearOut as Year
 
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]*$")]
 Answer = Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -55,14 +58,14 @@ class QuestionsOut(BaseModel):
 
 class UnlockOut(BaseModel):
     netdisk_token: str
-    expires_at: str
+    expires_at: TimeOut
 
 
 class DeletionOut(BaseModel):
-    ledger_id: str
+    ledger_id: LedgerIdOut
     ledger_name: str
-    year: int | None
-    deleted_at: str
+    year: Year | None
+    deleted_at: TimeOut
     ip: str
 
 
@@ -72,25 +75,25 @@ class DeletionsOut(BaseModel):
 
 class VersionOut(BaseModel):
     version_id: str
-    ledger_id: str
-    year: int
+    ledger_id: LedgerIdOut
+    year: Year
     remark: str
-    size: int
-    sha256: str
-    uploaded_at: str
+    size: Annotated[int, Field(ge=0)]
+    sha256: Sha256Out
+    uploaded_at: TimeOut
     uploaded_by: MemberOut
-    via: str
+    via: Literal["backup", "share"]
     client_version: str
 
 
 class YearSummary(BaseModel):
-    year: int
+    year: Year
     latest: VersionOut
     versions_count: int
 
 
 class LedgerOut(BaseModel):
-    ledger_id: str
+    ledger_id: LedgerIdOut
     name: str
     owner: MemberOut
     years: list[YearSummary]
@@ -101,7 +104,7 @@ class LedgersOut(BaseModel):
 
 
 class YearOut(BaseModel):
-    year: int
+    year: Year
     versions: list[VersionOut]
 
 
@@ -113,4 +116,4 @@ class ChunkQuery(Strict):
 
 
 class MissingChunks(BaseModel):
-    missing: list[str]
+    missing: list[Sha256Out]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
 from eacct.members.schemas import MemberOut
 from eacct.netdisk.schemas import VersionOut
-from eacct.schemas import MemberId, Strict
+from eacct.schemas import DateOut, LedgerIdOut, MemberId, Strict, TimeOut
+from eacct.schemas import YearOut as Year
 
 
 class FriendIn(Strict):
@@ -17,7 +18,7 @@ class FriendIn(Strict):
 
 
 class FriendOut(MemberOut):
-    added_at: str
+    added_at: TimeOut
 
 
 class FriendsOut(BaseModel):
@@ -31,11 +32,11 @@ class ShareIn(Strict):
 
 class ShareOut(BaseModel):
     share_id: str
-    ledger_id: str
+    ledger_id: LedgerIdOut
     ledger_name: str
     owner: MemberOut
     recipient: MemberOut
-    since: str
+    since: DateOut
     notice: str
 
 
@@ -44,7 +45,7 @@ class SharesCreated(BaseModel):
 
 
 class SharedLedger(BaseModel):
-    ledger_id: str
+    ledger_id: LedgerIdOut
     name: str
     recipients: list[ShareOut]
 
@@ -56,14 +57,14 @@ class ShareList(BaseModel):
 
 
 class SharedYear(BaseModel):
-    year: int
+    year: Year
     versions: list[VersionOut]
 
 
 class CloudShareLedger(BaseModel):
-    ledger_id: str
+    ledger_id: LedgerIdOut
     name: str
-    since: str
+    since: DateOut
     years: list[SharedYear]
 
 
@@ -78,10 +79,10 @@ class CloudShares(BaseModel):
 
 class MessageOut(BaseModel):
     id: int
-    kind: str
+    kind: Literal["system", "personal"]
     title: str
     body: str
-    created_at: str
+    created_at: TimeOut
     read: bool
 
 

@@ -1,0 +1,223 @@
+"""Item 17: the served OpenAPI document is the truth. schemathesis generates requests for every operation of
+`GET /api/v1/openapi.json` and checks each answer: no 500 (not_a_server_error), the body matches the documented
+schema of its status (response_schema_conformance), and the status is one the document lists
+(status_code_conformance). Bounded: a fixed seed and example count, on SQLite, authenticated as members who have
+a netdisk, an uploaded version, a friend and a share, so paths carry real ids as well as generated ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+import requests
+import schemathesis
+from aiohttp import web
+from hypothesis import HealthCheck, Phase, given, seed
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+from eacct.app import create_app
+from eacct.config import Settings
+from eacct.db import create_engine
+from eacct.migrate import upgrade
+
+EXAMPLES_PER_OPERATION = 25
+SEED = 17
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
+CONTENT = b"e-kuaiji ledger archive 2018 " * 40
+
+
+@dataclass
+class Fixture:
+    """What the seeded server holds: tokens and the real ids paths can name."""
+
+    base_url: str = ""
+    owner_token: str = ""  # netdisk token of the owner (works for every member endpoint too)
+    recipient_token: str = ""  # netdisk token of the friend the ledger is shared with
+    logout_token: str = ""  # a spare session of the owner for DELETE /sessions/current
+    ids: dict[str, object] = field(default_factory=dict)
+
+
+class LiveServer:
+    """The real app on 127.0.0.1 in a thread of its own, so schemathesis (synchronous) can call it."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.runner: web.AppRunner | None = None
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
+
+    def start(self) -> Fixture:
+        self.thread.start()
+        return self.run(self._start())
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.run(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+    async def _start(self) -> Fixture:
+        database_url = f"sqlite+aiosqlite:///{self.data / 'eacct.db'}"
+        engine = create_engine(database_url)
+        await upgrade(engine)
+        await engine.dispose()
+        settings = Settings(database_url=database_url, storage_url=f"file://{self.data / 'blobs'}",
+                            argon2_time_cost=1, argon2_memory_kib=1024, pack_target_bytes=1024 * 1024)
+        self.runner = web.AppRunner(create_app(settings, collect_garbage_on_start=False))
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        fixture = Fixture(base_url=f"http://127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as http:
+            await _seed(http, fixture)
+        return fixture
+
+
+async def _seed(http: aiohttp.ClientSession, fixture: Fixture) -> None:
+    """Two members, the owner's netdisk with one uploaded version, a friendship and a share."""
+    api = fixture.base_url + "/api/v1"
+
+    async def call(method: str, path: str, token: str = "", expect: int = 200, **kwargs):
+        headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})} if token else kwargs.pop("headers", {})
+        async with http.request(method, api + path, headers=headers, **kwargs) as response:
+            body = await response.json() if response.content_type == "application/json" else None
+            assert response.status == expect, (method, path, response.status, body)
+            return body
+
+    async def member(account: str, nickname: str) -> tuple[int, str, str]:
+        created = await call("POST", "/members", json={"account": account, "password": "pw-123456",
+                                                        "nickname": nickname}, expect=201)
+        session = await call("POST", "/sessions", json={"account": account, "password": "pw-123456"}, expect=201)
+        await call("POST", "/netdisk", session["token"], json={
+            "password": "disk-123456", "questions": [{"question": "出生地?", "answer": "杭州"}]}, expect=201)
+        unlocked = await call("POST", "/netdisk/unlock", session["token"], json={"password": "disk-123456"}, expect=201)
+        return created["id"], session["token"], unlocked["netdisk_token"]
+
+    owner_id, _, fixture.owner_token = await member("owner01", "小王")
+    recipient_id, _, fixture.recipient_token = await member("friend01", "小李")
+    spare = await call("POST", "/sessions", json={"account": "owner01", "password": "pw-123456"}, expect=201)
+    fixture.logout_token = spare["token"]
+    ledger_id = str(uuid.uuid4())
+    version = await call("POST", f"/backups/{ledger_id}/years/2018/versions", fixture.owner_token, expect=201,
+                         data=CONTENT, headers={"Content-Type": "application/octet-stream",
+                                                "X-Content-SHA256": hashlib.sha256(CONTENT).hexdigest(),
+                                                "X-Ledger-Name": quote("测试账套")})
+    await call("POST", "/friends", fixture.owner_token, json={"account": "friend01", "nickname": "小李"}, expect=201)
+    await call("POST", "/friends", fixture.recipient_token, json={"account": "owner01", "nickname": "小王"}, expect=201)
+    shares = await call("POST", "/shares", fixture.owner_token, json={"ledger_id": ledger_id, "friend_ids": [recipient_id]},
+                        expect=201)
+    messages = await call("GET", "/messages", fixture.recipient_token)
+    fixture.ids = {"ledger_id": ledger_id, "year": 2018, "version_id": version["version_id"], "member_id": recipient_id,
+                   "share_id": shares["shares"][0]["share_id"], "id": messages["messages"][0]["id"], "owner_id": owner_id}
+
+
+@pytest.fixture
+def live(tmp_path) -> Fixture:
+    server = LiveServer(tmp_path)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def _token_for(fixture: Fixture, method: str, path: str) -> str:
+    if path == "/api/v1/sessions/current":
+        return fixture.logout_token
+    if path.startswith(("/api/v1/cloud-shares", "/api/v1/messages")):
+        return fixture.recipient_token
+    return fixture.owner_token
+
+
+def _order(operation) -> tuple[int, str]:
+    # Destructive operations last (they may end the share or the friendship the others use), logout very last.
+    if operation.path == "/api/v1/sessions/current":
+        return 3, operation.label
+    if operation.method.upper() == "DELETE":
+        return (2 if operation.path.startswith("/api/v1/friends") else 1), operation.label
+    return 0, operation.label
+
+
+def _strategy(operation, ids: dict[str, object]):
+    """Generated cases, and as many again whose path names the seeded ids (so answers other than 404 occur)."""
+    names = [p.name for p in operation.path_parameters]
+    if not names:
+        return operation.as_strategy()
+    real = {name: ids[name] for name in names}
+    return st.one_of(operation.as_strategy(), operation.as_strategy(path_parameters=real))
+
+
+def test_successful_answers_match_the_document(live):
+    """The answers random data rarely reaches: an accepted upload (both sides), a partial download, a 304, an
+    unsatisfiable range, an existing friend (200), the message filters."""
+    schema = schemathesis.openapi.from_url(live.base_url + "/api/v1/openapi.json")
+    ids = live.ids
+    year_path = {"ledger_id": ids["ledger_id"], "year": ids["year"]}
+    content_path = {**year_path, "version_id": "latest"}
+    sha = hashlib.sha256(CONTENT).hexdigest()
+    new_content = CONTENT + b"edited"
+    upload_headers = {"Content-Type": "application/octet-stream", "X-Content-SHA256": hashlib.sha256(new_content).hexdigest(),
+                      "X-Remark": quote("月末结账"), "If-Match": f'"{ids["version_id"]}"'}
+    cases = [
+        (live.owner_token, 201, schema["/api/v1/backups/{ledger_id}/years/{year}/versions"]["POST"].Case(
+            path_parameters=year_path, headers=upload_headers, body=new_content, media_type="application/octet-stream")),
+        (live.recipient_token, 201, schema["/api/v1/cloud-shares/{ledger_id}/years/{year}/versions"]["POST"].Case(
+            path_parameters=year_path, body=CONTENT, media_type="application/octet-stream",
+            headers={"Content-Type": "application/octet-stream", "X-Content-SHA256": sha})),
+        (live.owner_token, 206, schema["/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/content"]["GET"].Case(
+            path_parameters={**content_path, "version_id": ids["version_id"]}, headers={"Range": "bytes=0-9"})),
+        (live.owner_token, 304, schema["/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/content"]["GET"].Case(
+            path_parameters={**content_path, "version_id": ids["version_id"]}, headers={"If-None-Match": f'"{sha}"'})),
+        (live.recipient_token, 416, schema["/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/content"]["GET"].Case(
+            path_parameters=content_path, headers={"Range": "bytes=999999-"})),
+        (live.recipient_token, 200, schema["/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/content"]["GET"].Case(
+            path_parameters=content_path)),
+        (live.owner_token, 200, schema["/api/v1/friends"]["POST"].Case(body={"account": "friend01", "nickname": "小李"})),
+        (live.recipient_token, 200, schema["/api/v1/messages"]["GET"].Case(query={"status": ["unread"], "kind": ["personal", "system"]})),
+        (live.recipient_token, 200, schema["/api/v1/cloud-shares"]["GET"].Case()),
+        (live.owner_token, 200, schema["/api/v1/shares"]["GET"].Case()),
+        (live.owner_token, 200, schema["/api/v1/backups/{ledger_id}/years/{year}"]["GET"].Case(path_parameters=year_path)),
+    ]
+    http = requests.Session()
+    for token, expected, case in cases:
+        response = case.call_and_validate(base_url=live.base_url, session=http, checks=CHECKS,
+                                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert response.status_code == expected, (case.operation.label, response.status_code, response.text)
+
+
+def test_every_answer_of_every_operation_is_documented(live):
+    schema = schemathesis.openapi.from_url(live.base_url + "/api/v1/openapi.json")
+    operations = sorted((result.ok() for result in schema.get_all_operations()), key=_order)
+    assert len(operations) >= 27
+    http = requests.Session()
+    failures: list[str] = []
+    for operation in operations:
+        headers = {"Authorization": f"Bearer {_token_for(live, operation.method, operation.path)}"}
+
+        @hypothesis_settings(max_examples=EXAMPLES_PER_OPERATION, database=None, deadline=None,
+                             phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @seed(SEED)
+        @given(case=_strategy(operation, live.ids))
+        def exercise(case) -> None:
+            case.call_and_validate(base_url=live.base_url, session=http, headers=headers, checks=CHECKS, timeout=30)
+
+        try:
+            exercise()
+        except (Exception, BaseExceptionGroup) as exc:  # one operation's failure must not hide the others'
+            failures.append(f"{operation.label}: {exc}")
+    assert not failures, "\n\n".join(failures)
