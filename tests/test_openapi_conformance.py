@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 import requests
 import schemathesis
+from schemathesis import GenerationMode
 from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, seed
 from hypothesis import settings as hypothesis_settings
@@ -29,7 +30,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from eacct.app import create_app
 from eacct.config import Settings
 from eacct.db import create_engine
-from eacct.migrate import upgrade
+from tests.conftest import empty_tables
 
 EXAMPLES_PER_OPERATION = 25
 SEED = 17
@@ -51,8 +52,10 @@ class Fixture:
 class LiveServer:
     """The real app on 127.0.0.1 in a thread of its own, so schemathesis (synchronous) can call it."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, database_url: str, schema: str | None) -> None:
         self.data = data
+        self.database_url = database_url
+        self.schema = schema
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.runner: web.AppRunner | None = None
@@ -67,17 +70,21 @@ class LiveServer:
     def stop(self) -> None:
         if self.runner is not None:
             self.run(self.runner.cleanup())
+        if self.schema:
+            self.run(self._empty_tables())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
 
-    async def _start(self) -> Fixture:
-        database_url = f"sqlite+aiosqlite:///{self.data / 'eacct.db'}"
-        engine = create_engine(database_url)
-        await upgrade(engine)
+    async def _empty_tables(self) -> None:
+        engine = create_engine(self.database_url, schema=self.schema)
+        await empty_tables(engine)
         await engine.dispose()
-        settings = Settings(database_url=database_url, storage_url=f"file://{self.data / 'blobs'}",
-                            argon2_time_cost=1, argon2_memory_kib=1024, pack_target_bytes=1024 * 1024)
+
+    async def _start(self) -> Fixture:
+        settings = Settings(database_url=self.database_url, database_schema=self.schema or "",
+                            storage_url=f"file://{self.data / 'blobs'}", argon2_time_cost=1, argon2_memory_kib=1024,
+                            pack_target_bytes=1024 * 1024)
         self.runner = web.AppRunner(create_app(settings, collect_garbage_on_start=False))
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -128,8 +135,9 @@ async def _seed(http: aiohttp.ClientSession, fixture: Fixture) -> None:
 
 
 @pytest.fixture
-def live(tmp_path) -> Fixture:
-    server = LiveServer(tmp_path)
+def live(tmp_path, database_url, db_schema) -> Fixture:
+    """The seeded server, on this run's database (a migrated SQLite copy, or the PostgreSQL schema)."""
+    server = LiveServer(tmp_path, database_url, db_schema)
     try:
         yield server.start()
     finally:
@@ -154,12 +162,16 @@ def _order(operation) -> tuple[int, str]:
 
 
 def _strategy(operation, ids: dict[str, object]):
-    """Generated cases, and as many again whose path names the seeded ids (so answers other than 404 occur)."""
+    """Valid and invalid generated cases, and as many again whose path names the seeded ids (so answers other
+    than 404 occur)."""
     names = [p.name for p in operation.path_parameters]
-    if not names:
-        return operation.as_strategy()
     real = {name: ids[name] for name in names}
-    return st.one_of(operation.as_strategy(), operation.as_strategy(path_parameters=real))
+    strategies = []
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        strategies.append(operation.as_strategy(generation_mode=mode))
+        if names:
+            strategies.append(operation.as_strategy(generation_mode=mode, path_parameters=real))
+    return st.one_of(strategies)
 
 
 def test_successful_answers_match_the_document(live):
