@@ -20,9 +20,12 @@ from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, json_response, read_b
 routes = web.RouteTableDef()
 
 
+MAX_ID = 2**31 - 1  # ids are 32-bit integers; PostgreSQL refuses a larger query argument outright
+
+
 def _int_path(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 10:
+    if not raw.isdigit() or len(raw) > 10 or int(raw) > MAX_ID:
         raise errors.NotFound()
     return int(raw)
 
