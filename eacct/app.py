@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
@@ -27,6 +28,11 @@ JSON_BODY_LIMIT = 1024 * 1024
 SHUTDOWN_WAIT_SECONDS = 5.0
 
 
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+@endpoint(auth=False, answer=HealthOut, summary="健康检查：数据库可用时答 ok")
 async def healthz(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
         await session.execute(text("SELECT 1"))

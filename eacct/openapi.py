@@ -208,13 +208,13 @@ def _download_headers() -> dict[str, Any]:
 
 
 def openapi_document(app: web.Application) -> dict[str, Any]:
-    """Describe every route of `app` under /api/v1."""
+    """Describe every route of `app` under /api/v1, and /healthz (the WeChat callback and pages speak XML/HTML)."""
     paths: dict[str, dict[str, Any]] = {}
     components: dict[str, Any] = {}
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter")
-        if not path or not path.startswith("/api/v1") or route.method in ("HEAD", "*"):
+        if not path or not (path.startswith("/api/v1") or path == "/healthz") or route.method in ("HEAD", "*"):
             continue
         spec: EndpointSpec = getattr(route.handler, _ATTRIBUTE, EndpointSpec())
         paths.setdefault(path, {})[route.method.lower()] = _operation(spec, path, route.handler.__name__, components)

@@ -25,7 +25,7 @@ API_MD_OPERATIONS = {
     "delete /api/v1/friends/{member_id}", "post /api/v1/shares", "get /api/v1/shares", "delete /api/v1/shares/{share_id}",
     "get /api/v1/cloud-shares", "get " + DOWNLOADS[1], "post " + UPLOADS[1], "get /api/v1/messages",
     "post /api/v1/messages/{id}/read", "post /api/v1/backups/{ledger_id}/years/{year}/chunks/missing",
-    "post /api/v1/cloud-shares/{ledger_id}/years/{year}/chunks/missing",
+    "post /api/v1/cloud-shares/{ledger_id}/years/{year}/chunks/missing", "get /healthz",
 }
 
 
