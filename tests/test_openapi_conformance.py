@@ -233,3 +233,87 @@ def test_every_answer_of_every_operation_is_documented(live):
         except (Exception, BaseExceptionGroup) as exc:  # one operation's failure must not hide the others'
             failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+
+# Items 7–9 of issue 7 (bad input that is a 500 or accepted today) are being fixed on branch rel-http, outside
+# this area. They are excluded here until that branch is merged; then delete this set so they run too.
+AWAITING_REL_HTTP = {
+    "unicode digits in a year",  # item 7
+    "fullwidth digits in a year",  # item 7
+    "unicode digits in a message id",  # item 7
+    "unicode digits in a member id",  # item 7
+    "JSON nested 1000 deep",  # item 8
+    "integer of 5000 digits in JSON",  # item 8
+    "integer of 5000 digits in Range",  # item 8
+    "lone surrogate in a login",  # item 8
+    "bidi control in a nickname",  # item 9
+    "invalid percent escape in X-Remark",  # item 9
+}
+
+
+def _bad_input_cases(schema, ids: dict[str, object]) -> list[tuple[str, object, bytes | None, int]]:
+    """(name, case, raw body replacing the case's, expected status): bad input of every kind, each a 4xx."""
+    year_path = {"ledger_id": ids["ledger_id"], "year": ids["year"]}
+    content_path = {**year_path, "version_id": "latest"}
+    year = schema["/api/v1/backups/{ledger_id}/years/{year}"]["GET"]
+    upload = schema["/api/v1/backups/{ledger_id}/years/{year}/versions"]["POST"]
+    download = schema["/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/content"]["GET"]
+    me = schema["/api/v1/me"]["PATCH"]
+    shares = schema["/api/v1/shares"]["POST"]
+
+    def upload_case(**headers: str):
+        return upload.Case(path_parameters=year_path, body=CONTENT, media_type="application/octet-stream",
+                           headers={"Content-Type": "application/octet-stream",
+                                    "X-Content-SHA256": hashlib.sha256(CONTENT).hexdigest(), **headers})
+
+    return [
+        ("ledger id that is not a UUID", year.Case(path_parameters={**year_path, "ledger_id": "not-a-uuid"}), None, 422),
+        ("year out of range", year.Case(path_parameters={**year_path, "year": "99999"}), None, 422),
+        ("malformed JSON", me.Case(body={"nickname": "x"}), b'{"nickname": ', 400),
+        ("JSON of the wrong shape", me.Case(body={"nickname": "x"}), b'{"nickname": ["x"]}', 422),
+        ("unknown message filter", schema["/api/v1/messages"]["GET"].Case(query={"status": ["bogus"]}), None, 422),
+        ("malformed If-Match", upload_case(**{"If-Match": "no-quotes"}), None, 422),
+        ("missing X-Content-SHA256", upload.Case(path_parameters=year_path, body=CONTENT,
+                                                 media_type="application/octet-stream",
+                                                 headers={"Content-Type": "application/octet-stream"}), None, 422),
+        ("unsatisfiable Range", download.Case(path_parameters=content_path, headers={"Range": "bytes=999999-"}), None, 416),
+        ("unicode digits in a year", year.Case(path_parameters={**year_path, "year": "¹"}), None, 422),
+        ("fullwidth digits in a year", year.Case(path_parameters={**year_path, "year": "２０１８"}), None, 422),
+        ("unicode digits in a message id", schema["/api/v1/messages/{id}/read"]["POST"].Case(path_parameters={"id": "①"}),
+         None, 422),
+        ("unicode digits in a member id", schema["/api/v1/friends/{member_id}"]["DELETE"].Case(
+            path_parameters={"member_id": "¹"}), None, 422),
+        ("JSON nested 1000 deep", me.Case(body={"nickname": "x"}),
+         b'{"nickname": ' + b"[" * 1000 + b"]" * 1000 + b"}", 422),
+        ("integer of 5000 digits in JSON", shares.Case(body={"ledger_id": ids["ledger_id"], "friend_ids": [1]}),
+         b'{"ledger_id": "%s", "friend_ids": [%s]}' % (str(ids["ledger_id"]).encode(), b"9" * 5000), 422),
+        ("integer of 5000 digits in Range", download.Case(path_parameters=content_path,
+                                                           headers={"Range": "bytes=" + "9" * 5000 + "-"}), None, 416),
+        ("lone surrogate in a login", schema["/api/v1/sessions"]["POST"].Case(body={"account": "a", "password": "b"}),
+         b'{"account": "\\ud800", "password": "x"}', 422),
+        ("bidi control in a nickname", me.Case(body={"nickname": "小\u202e王"}), None, 422),
+        ("invalid percent escape in X-Remark", upload_case(**{"X-Remark": "%ZZ"}), None, 422),
+    ]
+
+
+def test_bad_input_answers_are_documented_4xx(live):
+    schema = schemathesis.openapi.from_url(live.base_url + "/api/v1/openapi.json")
+    http = requests.Session()
+    failures = []
+    for name, case, raw_body, expected in _bad_input_cases(schema, live.ids):
+        if name in AWAITING_REL_HTTP:
+            continue
+        headers = {"Authorization": f"Bearer {live.owner_token}"}
+        extra = {}
+        if raw_body is not None:
+            headers["Content-Type"] = "application/json"
+            extra["data"] = raw_body
+        try:
+            response = case.call_and_validate(base_url=live.base_url, session=http, checks=CHECKS, timeout=30,
+                                              headers=headers, **extra)
+            if response.status_code != expected:
+                failures.append(f"{name}: {response.status_code} {response.text[:200]}")
+        except (Exception, BaseExceptionGroup) as exc:  # every case is reported, not just the first
+            failures.append(f"{name}: {exc}")
+    assert not failures, "\n".join(failures)
