@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,12 +31,28 @@ JSON_BODY_LIMIT = 1024 * 1024
 SHUTDOWN_WAIT_SECONDS = 5.0
 
 
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+@endpoint(auth=False, answer=HealthOut, summary="健康检查：数据库可用时答 ok")
 async def healthz(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as session:
         await session.execute(text("SELECT 1"))
     return json_response({"status": "ok"})
 
-@endpoint(auth=False, summary="本接口的 OpenAPI 3 文档")
+
+class OpenApiOut(BaseModel):
+    """The OpenAPI document itself (its shape is OpenAPI 3.1's)."""
+
+    model_config = ConfigDict(extra="allow")
+    openapi: str
+    info: dict
+    paths: dict
+    components: dict
+
+
+@endpoint(auth=False, answer=OpenApiOut, summary="本接口的 OpenAPI 3 文档")
 async def openapi_json(request: web.Request) -> web.Response:
     return json_response(openapi_document(request.app))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from datetime import datetime
+from datetime import date, datetime
 
 from pydantic import (
     BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, PlainSerializer, StringConstraints,
@@ -15,7 +15,10 @@ from pydantic_core import core_schema
 from eacct.formats import iso
 from eacct.text import PLAIN_TEXT_PATTERN, plain_text
 
-__all__ = ["Account", "Nickname", "Out", "Password", "PlainText", "Strict", "UtcTime"]
+__all__ = [
+    "Account", "DateOut", "LedgerIdOut", "Nickname", "Out", "Password", "PlainText", "Sha256Out", "Strict", "TimeOut",
+    "YearOut",
+]
 
 
 class Strict(BaseModel):
@@ -46,11 +49,17 @@ Nickname = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 MemberId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
+
 class Out(BaseModel):
     """Answers: read from the domain objects the services return (dataclasses and ORM rows)."""
 
     model_config = ConfigDict(from_attributes=True)
 
 
-# A time in an answer: ISO 8601 UTC with `Z` (API.md).
-UtcTime = Annotated[datetime, PlainSerializer(iso, return_type=str), WithJsonSchema({"type": "string", "format": "date-time"})]
+# Answer fields, exactly as the handlers write them (API.md conventions).
+LedgerIdOut = Annotated[str, Field(json_schema_extra={"format": "uuid"})]
+TimeOut = Annotated[datetime, PlainSerializer(iso, return_type=str), WithJsonSchema(
+    {"type": "string", "format": "date-time", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"})]
+DateOut = Annotated[date, WithJsonSchema({"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"})]
+Sha256Out = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+YearOut = Annotated[int, Field(ge=1990, le=2100)]

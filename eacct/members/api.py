@@ -13,7 +13,7 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/api/v1/members")
-@endpoint(body=NewMember, answer=MemberOut, status=201, auth=False, summary="注册会员")
+@endpoint(body=NewMember, answer=MemberOut, status=201, auth=False, errors=(409, 429, 503), summary="注册会员")
 async def create_member(request: web.Request) -> web.Response:
     body = await read_body(request, NewMember)
     member = await service.register(request.app[SESSIONS], request.app[SETTINGS], request.app[HASHING], body.account,
@@ -22,7 +22,8 @@ async def create_member(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/sessions")
-@endpoint(body=Credentials, answer=SessionOut, status=201, auth=False, summary="登录，取得会话令牌")
+@endpoint(body=Credentials, answer=SessionOut, status=201, auth=False, errors=(401, 429, 503),
+          summary="登录，取得会话令牌")
 async def create_session(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
     token, expires_at, member = await service.log_in(request.app[SESSIONS], request.app[SETTINGS], body.account,

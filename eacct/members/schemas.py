@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eacct.schemas import Account, Nickname, Out, Password, Strict, UtcTime
+from eacct.schemas import Account, Nickname, Out, Password, Strict, TimeOut
 
 
 class NewMember(Strict):
@@ -33,5 +33,5 @@ class Me(MemberOut):
 
 class SessionOut(Out):
     token: str
-    expires_at: UtcTime
+    expires_at: TimeOut
     member: MemberOut

@@ -19,7 +19,7 @@ from eacct.netdisk.schemas import (
     ChunkQuery, MissingChunks, DeletionsOut, LedgerOut, LedgerRename, LedgersOut, NetdiskOut, OpenNetdisk, PasswordChange, QuestionsOut, Reset,
     Unlock, UnlockOut, VersionOut, YearOut,
 )
-from eacct.openapi import endpoint
+from eacct.openapi import DOWNLOAD_HEADERS, PASSWORD_HEADER, UPLOAD_HEADERS, endpoint
 from eacct.web import (
     BLOBS, HASHING, NETDISK_HOOKS, SESSIONS, SETTINGS, abort_connection, answer, bearer_token, client_ip, header_text,
     read_body, require_member, require_netdisk, transaction,
@@ -225,7 +225,7 @@ async def get_netdisk(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/netdisk")
-@endpoint(body=OpenNetdisk, status=201, summary="首次使用：设置云盘密码和密保问题")
+@endpoint(body=OpenNetdisk, answer=NetdiskOut, status=201, errors=(409,), summary="首次使用：设置云盘密码和密保问题")
 async def open_netdisk(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, OpenNetdisk)
@@ -237,7 +237,7 @@ async def open_netdisk(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/netdisk/questions")
-@endpoint(answer=QuestionsOut, summary="密保问题")
+@endpoint(answer=QuestionsOut, errors=(404,), summary="密保问题")
 async def get_questions(request: web.Request) -> web.Response:
     caller = await require_member(request)
     async with transaction(request) as session:
@@ -245,7 +245,7 @@ async def get_questions(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/netdisk/unlock")
-@endpoint(body=Unlock, answer=UnlockOut, status=201, summary="输入云盘密码登录云盘")
+@endpoint(body=Unlock, answer=UnlockOut, status=201, errors=(404, 429, 503), summary="输入云盘密码登录云盘")
 async def unlock(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, Unlock)
@@ -255,7 +255,7 @@ async def unlock(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/netdisk/reset")
-@endpoint(body=Reset, status=204, summary="回答密保问题，重设云盘密码")
+@endpoint(body=Reset, status=204, errors=(404, 429, 503), summary="回答密保问题，重设云盘密码")
 async def reset(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, Reset)
@@ -265,7 +265,7 @@ async def reset(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/v1/netdisk/password")
-@endpoint(body=PasswordChange, status=204, summary="修改云盘密码")
+@endpoint(body=PasswordChange, status=204, errors=(404, 429), summary="修改云盘密码")
 async def change_password(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, PasswordChange)
@@ -294,7 +294,7 @@ async def list_backups(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/backups/{ledger_id}")
-@endpoint(answer=LedgerOut, auth="netdisk", summary="云备份中的一个账套")
+@endpoint(answer=LedgerOut, auth="netdisk", errors=(403,), summary="云备份中的一个账套")
 async def get_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id = ledger_id_of(request)
@@ -303,7 +303,7 @@ async def get_backup(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/v1/backups/{ledger_id}")
-@endpoint(body=LedgerRename, answer=LedgerOut, auth="netdisk", summary="修改账套名称")
+@endpoint(body=LedgerRename, answer=LedgerOut, auth="netdisk", errors=(403,), summary="修改账套名称")
 async def rename_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id = ledger_id_of(request)
@@ -327,7 +327,7 @@ def _password_header(request: web.Request) -> str:
 
 
 @routes.delete("/api/v1/backups/{ledger_id}")
-@endpoint(status=204, auth="netdisk", summary="删除账套（需再次输入云盘密码）")
+@endpoint(status=204, auth="netdisk", headers=(PASSWORD_HEADER,), errors=(403, 429), summary="删除账套（需再次输入云盘密码）")
 async def delete_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id = ledger_id_of(request)
@@ -337,7 +337,7 @@ async def delete_backup(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/backups/{ledger_id}/years/{year}")
-@endpoint(answer=YearOut, auth="netdisk", summary="一个年度的所有版本（新的在前）")
+@endpoint(answer=YearOut, auth="netdisk", errors=(403,), summary="一个年度的所有版本（新的在前）")
 async def get_backup_year(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
@@ -346,7 +346,7 @@ async def get_backup_year(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/backups/{ledger_id}/years/{year}")
-@endpoint(status=204, auth="netdisk", summary="删除一个年度（需再次输入云盘密码）")
+@endpoint(status=204, auth="netdisk", headers=(PASSWORD_HEADER,), errors=(403, 429), summary="删除一个年度（需再次输入云盘密码）")
 async def delete_backup_year(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
@@ -356,7 +356,8 @@ async def delete_backup_year(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/backups/{ledger_id}/years/{year}/versions", expect_handler=no_automatic_continue)
-@endpoint(answer=VersionOut, status=201, auth="netdisk", binary_body=True, summary="上传云备份（一个年度）")
+@endpoint(answer=VersionOut, status=201, auth="netdisk", binary_body=True, headers=UPLOAD_HEADERS, errors=(403,),
+          summary="上传云备份（一个年度）")
 async def upload_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     claim = upload_claim(request)
@@ -367,7 +368,7 @@ async def upload_backup(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/content")
-@endpoint(auth="netdisk", binary_answer=True, summary="下载云备份的一个版本（latest 为最新）")
+@endpoint(auth="netdisk", binary_answer=True, headers=DOWNLOAD_HEADERS, errors=(403,), summary="下载云备份的一个版本（latest 为最新）")
 async def download_backup(request: web.Request) -> web.StreamResponse:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
@@ -382,7 +383,7 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/api/v1/backups/{ledger_id}/years/{year}/chunks/missing")
-@endpoint(body=ChunkQuery, answer=MissingChunks, auth="netdisk", summary="增量上传前：云端缺少哪些数据块")
+@endpoint(body=ChunkQuery, answer=MissingChunks, auth="netdisk", errors=(403,), summary="增量上传前：云端缺少哪些数据块")
 async def backup_missing_chunks(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, _ = ledger_id_of(request), year_of(request)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from typing import Literal
+
 from pydantic import Field, StringConstraints
 
 from eacct.members.schemas import MemberOut
-from eacct.schemas import Out, Password, PlainText, Strict, UtcTime
+from eacct.schemas import LedgerIdOut, Out, Password, PlainText, Sha256Out, Strict, TimeOut
+from eacct.schemas import YearOut as Year
 
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText]
 Answer = Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -55,14 +58,14 @@ class QuestionsOut(Out):
 
 class UnlockOut(Out):
     netdisk_token: str
-    expires_at: UtcTime
+    expires_at: TimeOut
 
 
 class DeletionOut(Out):
-    ledger_id: str
+    ledger_id: LedgerIdOut
     ledger_name: str
-    year: int | None
-    deleted_at: UtcTime
+    year: Year | None
+    deleted_at: TimeOut
     ip: str
 
 
@@ -72,25 +75,25 @@ class DeletionsOut(Out):
 
 class VersionOut(Out):
     version_id: str
-    ledger_id: str
-    year: int
+    ledger_id: LedgerIdOut
+    year: Year
     remark: str
-    size: int
-    sha256: str
-    uploaded_at: UtcTime
+    size: Annotated[int, Field(ge=0)]
+    sha256: Sha256Out
+    uploaded_at: TimeOut
     uploaded_by: MemberOut
-    via: str
+    via: Literal["backup", "share"]
     client_version: str
 
 
 class YearSummary(Out):
-    year: int
+    year: Year
     latest: VersionOut
     versions_count: int
 
 
 class LedgerOut(Out):
-    ledger_id: str
+    ledger_id: LedgerIdOut
     name: str
     owner: MemberOut
     years: list[YearSummary]
@@ -101,7 +104,7 @@ class LedgersOut(Out):
 
 
 class YearOut(Out):
-    year: int
+    year: Year
     versions: list[VersionOut]
 
 
@@ -113,4 +116,4 @@ class ChunkQuery(Strict):
 
 
 class MissingChunks(Out):
-    missing: list[str]
+    missing: list[Sha256Out]

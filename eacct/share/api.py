@@ -12,12 +12,15 @@ from eacct.netdisk.api import (
     ASCII_DIGITS, body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
 )
 from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
-from eacct.openapi import endpoint
+from eacct.openapi import DOWNLOAD_HEADERS, UPLOAD_HEADERS, Query, endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
 from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, read_body, require_member, require_netdisk, transaction
 
 routes = web.RouteTableDef()
+
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integers; PostgreSQL refuses a larger query argument outright
 
 
 def _int_path(request: web.Request, name: str) -> int:
@@ -26,7 +29,7 @@ def _int_path(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
     if not raw.isascii():
         raise errors.Invalid(f"{name} 应为数字（0-9）")
-    if not ASCII_DIGITS.fullmatch(raw) or len(raw) > 10:
+    if not ASCII_DIGITS.fullmatch(raw) or len(raw) > 10 or int(raw) > MAX_ID:
         raise errors.NotFound()
     return int(raw)
 
@@ -43,7 +46,8 @@ async def list_friends(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/friends")
-@endpoint(body=FriendIn, answer=FriendOut, status=201, summary="添加好友（会员账号和昵称都要对）")
+@endpoint(body=FriendIn, answer=FriendOut, status=201, also={200: "已经是好友：原来的好友"}, errors=(404, 429),
+          summary="添加好友（会员账号和昵称都要对）")
 async def add_friend(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, FriendIn)
@@ -66,7 +70,7 @@ async def remove_friend(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/shares")
-@endpoint(body=ShareIn, answer=SharesCreated, status=201, summary="共享给好友")
+@endpoint(body=ShareIn, answer=SharesCreated, status=201, errors=(403, 404), summary="共享给好友")
 async def create_shares(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, ShareIn)
@@ -111,7 +115,7 @@ async def cloud_shares(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/content")
-@endpoint(auth="netdisk", binary_answer=True, summary="下载共享账套的一个年度（latest 为最新）")
+@endpoint(auth="netdisk", binary_answer=True, headers=DOWNLOAD_HEADERS, errors=(403,), summary="下载共享账套的一个年度（latest 为最新）")
 async def download_shared(request: web.Request) -> web.StreamResponse:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
@@ -126,7 +130,8 @@ async def download_shared(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions", expect_handler=no_automatic_continue)
-@endpoint(answer=VersionOut, status=201, auth="netdisk", binary_body=True, summary="上传云共享（存入共享人的云备份）")
+@endpoint(answer=VersionOut, status=201, auth="netdisk", binary_body=True, headers=UPLOAD_HEADERS, errors=(403,),
+          summary="上传云共享（存入共享人的云备份）")
 async def upload_shared(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     claim = upload_claim(request)
@@ -137,7 +142,7 @@ async def upload_shared(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/chunks/missing")
-@endpoint(body=ChunkQuery, answer=MissingChunks, auth="netdisk", summary="增量上传云共享前：云端缺少哪些数据块")
+@endpoint(body=ChunkQuery, answer=MissingChunks, auth="netdisk", errors=(403,), summary="增量上传云共享前：云端缺少哪些数据块")
 async def shared_missing_chunks(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, _ = ledger_id_of(request), year_of(request)
@@ -158,7 +163,10 @@ def _filter(request: web.Request, name: str, allowed: set[str]) -> set[str]:
 
 
 @routes.get("/api/v1/messages")
-@endpoint(answer=MessagesOut, summary="消息中心", query={"status": "unread 或 read，可重复", "kind": "system 或 personal，可重复"})
+@endpoint(answer=MessagesOut, summary="消息中心", query={
+    "status": Query("unread 或 read，可重复", ("unread", "read")),
+    "kind": Query("system 或 personal，可重复", ("system", "personal")),
+})
 async def list_messages(request: web.Request) -> web.Response:
     caller = await require_member(request)
     statuses = _filter(request, "status", {"unread", "read"})

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
 from eacct.members.schemas import MemberOut
 from eacct.netdisk.schemas import VersionOut
-from eacct.schemas import MemberId, Out, PlainText, Strict, UtcTime
+from eacct.schemas import DateOut, LedgerIdOut, MemberId, Out, PlainText, Strict, TimeOut
+from eacct.schemas import YearOut as Year
 
 
 class FriendIn(Strict):
@@ -18,7 +18,7 @@ class FriendIn(Strict):
 
 
 class FriendOut(MemberOut):
-    added_at: UtcTime
+    added_at: TimeOut
 
 
 class FriendsOut(Out):
@@ -32,11 +32,11 @@ class ShareIn(Strict):
 
 class ShareOut(Out):
     share_id: str
-    ledger_id: str
+    ledger_id: LedgerIdOut
     ledger_name: str
     owner: MemberOut
     recipient: MemberOut
-    since: date
+    since: DateOut
     notice: str
 
 
@@ -45,7 +45,7 @@ class SharesCreated(Out):
 
 
 class SharedLedger(Out):
-    ledger_id: str
+    ledger_id: LedgerIdOut
     name: str
     recipients: list[ShareOut]
 
@@ -57,14 +57,14 @@ class ShareList(Out):
 
 
 class SharedYear(Out):
-    year: int
+    year: Year
     versions: list[VersionOut]
 
 
 class CloudShareLedger(Out):
-    ledger_id: str
+    ledger_id: LedgerIdOut
     name: str
-    since: date
+    since: DateOut
     years: list[SharedYear]
 
 
@@ -79,10 +79,10 @@ class CloudShares(Out):
 
 class MessageOut(Out):
     id: int
-    kind: str
+    kind: Literal["system", "personal"]
     title: str
     body: str
-    created_at: UtcTime
+    created_at: TimeOut
     read: bool
 
 
