@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -84,7 +86,15 @@ def bind_listeners(settings: Settings) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+                # Like asyncio: an address family this machine has not enabled (e.g. ::1 without IPv6).
+                sockets.pop().close()
+        if not sockets:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
     except OSError as exc:
         for sock in sockets:
             sock.close()
@@ -145,6 +155,20 @@ async def _check_database(settings: Settings, engine: AsyncEngine) -> None:
                                    f"数据库中没有 schema {settings.database_schema!r}（请先 CREATE SCHEMA）")
 
 
+def _check_sqlite_file(settings: Settings, path: str) -> None:
+    """Open the SQLite file once on this thread: a failure inside aiosqlite's worker thread would also print
+    that thread's traceback after the loop has closed."""
+    try:
+        connection = sqlite3.connect(path, timeout=60)
+        try:
+            # WAL needs to write the file and create `-wal` beside it: a read-only folder fails here.
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise _database_setting_error(settings, exc) from None
+
+
 async def open_database(settings: Settings, revision: str = "head") -> AsyncEngine:
     """An engine for EACCT_DATABASE_URL, reachable and migrated to `revision`; the caller disposes it."""
     try:
@@ -160,6 +184,8 @@ async def open_database(settings: Settings, revision: str = "head") -> AsyncEngi
         folder = exc.filename or Path(url.database or "").parent
         raise SettingError("EACCT_DATABASE_URL", f"无法创建数据文件夹 {folder}（{_one_line(exc)}）") from None
     try:
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            _check_sqlite_file(settings, url.database)
         try:
             await asyncio.wait_for(_check_database(settings, engine), DATABASE_CONNECT_SECONDS)
         except (SQLAlchemyError, OSError, ImportError, asyncio.TimeoutError) as exc:
