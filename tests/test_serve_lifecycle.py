@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -16,6 +17,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
+
+from eacct.db import create_engine
+from eacct.netdisk.models import Pack
 
 SHUTDOWN_LIMIT_SECONDS = 10.0
 DECLARED_BODY = 16 * 1024 * 1024
@@ -111,6 +116,32 @@ def pack_files(blob_root: Path) -> list[Path]:
     return [path for path in (blob_root / "packs").rglob("*") if path.is_file()] if (blob_root / "packs").exists() else []
 
 
+def pack_rows(env: dict[str, str]) -> int:
+    """Pack rows in the server's database, pending or committed."""
+
+    async def count() -> int:
+        engine = create_engine(env["EACCT_DATABASE_URL"], schema=env["EACCT_DATABASE_SCHEMA"] or None)
+        try:
+            async with engine.connect() as connection:
+                return await connection.scalar(select(func.count()).select_from(Pack))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(count())
+
+
+def refuses_connections_soon(port: int, seconds: float) -> bool:
+    """Whether new connections to `port` are refused within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def answer_or_close_within(client: socket.socket, seconds: float) -> bytes:
     """What the client receives until the server answers and closes, or closes; fails if it must wait longer."""
     client.settimeout(seconds)
@@ -144,7 +175,8 @@ def test_signal_during_upload_shuts_down_within_10s_and_leaves_nothing(serve_env
 
         signalled = time.monotonic()
         server.process.send_signal(stop_signal)
-        answer_or_close_within(client, SHUTDOWN_LIMIT_SECONDS)
+        assert refuses_connections_soon(server.port, 1.5), "still accepting connections after the signal"
+        answer_or_close_within(client, SHUTDOWN_LIMIT_SECONDS - (time.monotonic() - signalled))
         try:
             code = server.process.wait(timeout=max(SHUTDOWN_LIMIT_SECONDS - (time.monotonic() - signalled), 0.1))
         except subprocess.TimeoutExpired:
@@ -153,6 +185,7 @@ def test_signal_during_upload_shuts_down_within_10s_and_leaves_nothing(serve_env
         assert "Traceback" not in server.output(), server.output()
         # The abandoned upload's pending packs were reclaimed before the process ended.
         assert pack_files(blob_root) == []
+        assert pack_rows(serve_env) == 0
 
         restarted = Server(serve_env, tmp_path)
         status, ledgers = restarted.call("GET", "/backups", token=netdisk_token)
