@@ -28,7 +28,41 @@ log = logging.getLogger("eacct")
 ENGINE = web.AppKey("engine", AsyncEngine)
 JSON_BODY_LIMIT = 1024 * 1024
 # How long shutdown waits for WeChat template messages still on their way.
-SHUTDOWN_WAIT_SECONDS = 5.0
+SHUTDOWN_WAIT_SECONDS = 3.0
+# At shutdown, requests under way get this long to finish; the rest (an upload whose body is still coming)
+# are cancelled and get this long to undo what they stored. With the WeChat wait, shutdown stays under 10 s.
+IN_FLIGHT_GRACE_SECONDS = 2.0
+CANCELLED_WAIT_SECONDS = 3.0
+IN_FLIGHT = web.AppKey("in_flight", set)
+
+
+@web.middleware
+async def track_in_flight(request: web.Request, handler):
+    """Remember the task of each request under way, so shutdown can cancel those that would not end."""
+    tasks = request.app[IN_FLIGHT]
+    task = asyncio.current_task()
+    tasks.add(task)
+    try:
+        return await handler(request)
+    finally:
+        tasks.discard(task)
+
+
+async def finish_in_flight(app: web.Application) -> None:
+    """On shutdown (no new connections any more): let requests under way finish for a moment, then cancel
+    the rest. A cancelled upload abandons its pending packs, so nothing of it becomes visible or stays."""
+    tasks = app[IN_FLIGHT]
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=IN_FLIGHT_GRACE_SECONDS)
+    remaining = set(tasks)
+    if not remaining:
+        return
+    log.info("shutdown: cancelling %d request(s) still under way", len(remaining))
+    for task in remaining:
+        task.cancel()
+    _, stuck = await asyncio.wait(remaining, timeout=CANCELLED_WAIT_SECONDS)
+    if stuck:
+        log.warning("shutdown: %d request(s) did not end in time; gc reclaims what they stored", len(stuck))
 
 
 class HealthOut(BaseModel):
@@ -76,11 +110,13 @@ def create_app(
     from eacct.wechat.notify import WechatTemplateNotifier
 
     settings.trusted_proxy_networks()  # a malformed EACCT_TRUSTED_PROXIES stops start-up, not a request
-    app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
+    app = web.Application(middlewares=[track_in_flight, error_middleware], client_max_size=JSON_BODY_LIMIT)
     install_json_protocol_errors()  # malformed HTTP is refused in API.md's JSON too, not aiohttp's plain text
     app.on_response_prepare.append(remember_started_response)  # no second answer into a begun one
     app[SETTINGS] = settings
     app[HASHING] = hashing if hashing is not None else PasswordHashing()
+    app[IN_FLIGHT] = set()
+    app.on_shutdown.append(finish_in_flight)
     # Personal messages go to the message center, and as WeChat template messages when WeChat is configured.
     wechat_templates = WechatTemplateNotifier(settings) if WechatTemplateNotifier.configured(settings) else None
     app[NOTIFIER] = MessageCenterNotifier(extra_channels=[wechat_templates] if wechat_templates else [])

@@ -8,6 +8,7 @@ import ctypes
 import getpass
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,61 +19,84 @@ from pydantic import ValidationError
 from eacct import errors
 from eacct.app import create_app
 from eacct.config import Settings
-from eacct.db import engine_for, make_session_factory, unit_of_work
-from eacct.migrate import upgrade
-from eacct.storage import open_blob_store
+from eacct.db import make_session_factory, unit_of_work
+from eacct.startup import SettingError, bind_listeners, open_database, open_storage
 
 __all__ = ["main"]
 
 WORKER_THREADS = 4
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
+# After the app's own shutdown (which finishes or cancels requests under way), how long aiohttp may still
+# wait for a connection's handler; nothing should be left by then.
+RUNNER_SHUTDOWN_SECONDS = 1.0
 
 
 def _blobs(settings: Settings):
-    return open_blob_store(settings.storage_url, oss_access_key_id=settings.oss_access_key_id,
-                           oss_access_key_secret=settings.oss_access_key_secret)
+    return open_storage(settings, probe_writes=False)
 
 
 async def _with_database(settings: Settings, work: Callable) -> object:
-    engine = engine_for(settings)
+    engine = await open_database(settings)
     try:
-        await upgrade(engine)
         return await work(make_session_factory(engine))
     finally:
         await engine.dispose()
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    async def migrate_first() -> None:
-        engine = engine_for(settings)
-        try:
-            await upgrade(engine)
-        finally:
-            await engine.dispose()
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> int:
+    """Check and open everything, listen, serve until SIGINT/SIGTERM, then shut down within seconds."""
+    log = logging.getLogger("eacct")
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
 
     async def few_worker_threads(app: web.Application) -> None:
         # Hashing, compression and password checks run on worker threads; a small pool keeps glibc from
         # growing a memory arena per thread, which is most of what a large transfer leaves behind in RSS.
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="eacct-worker"))
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="eacct-worker"))
 
-    asyncio.run(migrate_first())
-    logging.getLogger("eacct").info("eacct serving on http://%s:%s", settings.host, settings.port)
-    app = create_app(settings)
-    app.on_startup.append(few_worker_threads)
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None,
-                print=lambda text: print(text, flush=True))
+    # The port first: nothing is opened or migrated for a service that could not listen anyway.
+    listeners = bind_listeners(settings)
+    try:
+        blobs = open_storage(settings)
+        try:
+            engine = await open_database(settings)
+            try:
+                app = create_app(settings, engine=engine, blobs=blobs)
+                app.on_startup.append(few_worker_threads)
+                runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_SECONDS)
+                await runner.setup()
+                try:
+                    addresses = []
+                    for sock in listeners:
+                        await web.SockSite(runner, sock).start()
+                        host, port = sock.getsockname()[:2]
+                        addresses.append(f"http://{f'[{host}]' if ':' in host else host}:{port}")
+                    log.info("eacct serving on %s", ", ".join(addresses))
+                    await stopping.wait()
+                    log.info("eacct stopping: no new connections; requests under way get a moment to finish")
+                finally:
+                    await runner.cleanup()  # stop listening, finish/cancel requests, close app resources
+            finally:
+                await engine.dispose()
+        finally:
+            await blobs.close()
+    finally:
+        for sock in listeners:
+            sock.close()
+    log.info("eacct stopped")
     return 0
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> None:
-        engine = engine_for(settings)
-        try:
-            await upgrade(engine, args.revision)
-        finally:
-            await engine.dispose()
+        await (await open_database(settings, args.revision)).dispose()
 
     asyncio.run(run())
     print(f"database at {args.revision}")
@@ -83,7 +107,14 @@ def cmd_member_create(settings: Settings, args: argparse.Namespace) -> int:
     from eacct.members import service
     from eacct.members.schemas import MemberOut, NewMember
 
-    password = args.password or getpass.getpass("password: ")
+    password = args.password
+    if not password:
+        if not sys.stdin.isatty():
+            raise SettingError("--password", "没有终端可以输入密码；请用 --password 给出密码")
+        try:
+            password = getpass.getpass("password: ")
+        except (EOFError, KeyboardInterrupt):
+            raise SettingError("--password", "没有输入密码") from None
     try:
         body = NewMember(account=args.account, password=password, nickname=args.nickname)
     except ValidationError as exc:
@@ -219,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     except errors.DomainError as exc:
         print(f"{exc.code}: {exc.message}", file=sys.stderr)
         return 1
+    except SettingError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
