@@ -50,6 +50,7 @@ def create_app(
     from eacct.share.api import routes as share_routes
     from eacct.share.notify import MessageCenterNotifier
     from eacct.wechat.api import routes as wechat_routes
+    from eacct.wechat.pages import setup_pages
     from eacct.wechat.notify import WechatTemplateNotifier
 
     settings.trusted_proxy_networks()  # a malformed EACCT_TRUSTED_PROXIES stops start-up, not a request
@@ -90,6 +91,7 @@ def create_app(
     app.add_routes(netdisk_routes)
     app.add_routes(share_routes)
     app.add_routes(wechat_routes)
+    setup_pages(app)
     return app
 
 
