@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_storage_check)
     wechat = commands.add_parser("wechat", help="WeChat official account").add_subparsers(dest="wechat_command",
                                                                                           required=True)
-    wechat.add_parser("menu", help="publish the menu (会员中心, 我的网盘, 帮助)").set_defaults(run=cmd_wechat_menu)
+    wechat.add_parser("menu", help="publish the menu (帮助, 网盘共享, 会员中心 → the member pages)").set_defaults(run=cmd_wechat_menu)
     return parser
 
 

@@ -26,9 +26,8 @@ def authorize_url(settings: Settings, redirect_uri: str, state: str) -> str:
 
 
 async def openid_for_code(settings: Settings, code: str, timeout: float = 10.0) -> str:
-    """Exchange an OAuth `code` for the visitor's openid (sns/oauth2/access_token); Forbidden when WeChat
-    refuses the code, StorageUnavailable-like `busy` is not used: an unreachable WeChat is Forbidden too, with
-    a message asking to try again."""
+    """Exchange an OAuth `code` for the visitor's openid (sns/oauth2/access_token). Forbidden when WeChat
+    refuses the code or cannot be reached: either way the visitor has no session and is asked to retry."""
     params = {"appid": settings.wechat_appid, "secret": settings.wechat_secret, "code": code,
               "grant_type": "authorization_code"}
     url = settings.wechat_api_base.rstrip("/") + "/sns/oauth2/access_token"

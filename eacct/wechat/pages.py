@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from datetime import datetime, timedelta, timezone
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,6 @@ def setup_pages(app: web.Application) -> None:
 
 
 def _beijing(value: str) -> str:
-    from datetime import datetime, timedelta, timezone
-
     when = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone(timedelta(hours=8)))
     return when.strftime("%Y-%m-%d %H:%M")
 
@@ -202,8 +201,11 @@ def member_page(handler: Handler, *, bound: bool = True) -> Callable[[web.Reques
         if bound and ctx.member is None:
             return redirect(ctx, "/wx/member", 303 if request.method == "POST" else 302)
         if request.method == "POST":
-            ctx.form = {key: value for key, value in (await request.post()).items() if isinstance(value, str)}
-            ctx.form["friend_ids"] = [v for v in (await request.post()).getall("friend_ids", []) if isinstance(v, str)]
+            posted = await request.post()
+            ctx.form = {key: value for key, value in posted.items() if isinstance(value, str)}
+            # Repeatable fields keep every value (checkboxes, filters).
+            for name in ("friend_ids", "status", "kind"):
+                ctx.form[name] = [v for v in posted.getall(name, []) if isinstance(v, str)]
             if not _csrf_ok(ctx):
                 return notice_page(ctx, "页面已过期", "页面已过期或来源不明，请返回刷新页面后重试", 403,
                                    links=[(request.path, "返回")])
@@ -495,8 +497,7 @@ async def _messages_get(ctx: Ctx) -> web.StreamResponse:
 
 async def _messages_post(ctx: Ctx) -> web.StreamResponse:
     request = ctx.request
-    form = await request.post()
-    chosen = _filters({name: [v for v in form.getall(name, []) if isinstance(v, str)] for name in FILTERS})
+    chosen = _filters({name: ctx.form[name] for name in FILTERS})
     raw = _text(ctx, "message_id", 12)
     try:
         if not raw.isascii() or not raw.isdigit():
