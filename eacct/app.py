@@ -64,6 +64,8 @@ def create_app(
         own_engine = engine is None
         app[ENGINE] = engine if engine is not None else engine_for(settings)
         app[SESSIONS] = make_session_factory(app[ENGINE])
+        if wechat_templates is not None:
+            wechat_templates.share_token_through(app[SESSIONS])
         own_blobs = blobs is None
         app[BLOBS] = blobs if blobs is not None else open_blob_store(
             settings.storage_url,

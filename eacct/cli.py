@@ -144,13 +144,14 @@ def cmd_storage_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_wechat_menu(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
     from wechatpy.exceptions import WeChatClientException
 
     from eacct.wechat.menu import create_menu
 
     try:
         answer = create_menu(settings)
-    except (ValueError, WeChatClientException, OSError) as exc:
+    except (ValueError, WeChatClientException, OSError, SQLAlchemyError) as exc:
         print(f"menu not published: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(answer, ensure_ascii=False))

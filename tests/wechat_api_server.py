@@ -72,6 +72,7 @@ class FakeWechatApi:
         self.oauth_codes: dict[str, str] = {}  # code WeChat handed a browser → the follower's openid
         self.oauth_requests: list[dict] = []
         self.token_expires_in = 7200
+        self.token_delay = 0.0  # seconds each token fetch takes (a slow WeChat makes refresh races real)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on `host:port` (a free port when 0); return the base URL (what EACCT_WECHAT_API_BASE holds)."""
@@ -142,6 +143,8 @@ class FakeWechatApi:
     async def _token(self, request: web.Request) -> web.Response:
         self.token_requests += 1
         self._touch()
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay)
         query = request.query
         if query.get("grant_type") != "client_credential":
             return self._error(40002, "invalid grant_type")

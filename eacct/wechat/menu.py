@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from eacct.config import Settings
 
 __all__ = ["MEMBER_PAGES", "build_menu", "create_menu", "menu_keys", "view_urls"]
@@ -53,11 +55,23 @@ def view_urls(menu: dict) -> list[str]:
 
 
 def create_menu(settings: Settings, timeout: float = 10.0) -> dict:
-    """Publish the menu to the official account (WeChat's menu/create); returns WeChat's answer."""
-    from eacct.wechat.notify import WechatApiClient
-
+    """Publish the menu to the official account (WeChat's menu/create); returns WeChat's answer. The access
+    token is the one the servers share in the database, so publishing does not retire theirs."""
     if not (settings.wechat_appid and settings.wechat_secret):
         raise ValueError("EACCT_WECHAT_APPID and EACCT_WECHAT_SECRET are needed to publish the menu")
-    menu = build_menu(settings)
-    client = WechatApiClient(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base, timeout)
-    return client.menu.create(menu)
+    return asyncio.run(_publish(settings, build_menu(settings), timeout))
+
+
+async def _publish(settings: Settings, menu: dict, timeout: float) -> dict:
+    from eacct.db import engine_for, make_session_factory
+    from eacct.wechat.notify import WechatApiClient
+    from eacct.wechat.tokens import DatabaseTokenStorage
+
+    engine = engine_for(settings)
+    try:
+        storage = DatabaseTokenStorage(make_session_factory(engine), asyncio.get_running_loop())
+        client = WechatApiClient(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base, timeout,
+                                 storage)
+        return await asyncio.to_thread(client.with_token_retry, lambda: client.menu.create(menu))
+    finally:
+        await engine.dispose()

@@ -34,7 +34,7 @@ def test_menu_rightmost_is_member_center_opening_the_pages():
         assert COMMANDS[button["name"]].page == button["url"][len(PUBLIC):]
 
 
-async def test_eacct_wechat_menu_publishes_the_menu(monkeypatch, capsys):
+async def test_eacct_wechat_menu_publishes_the_menu(monkeypatch, capsys, cli_env):
     api = await start_wechat_api("wxmenu000000000001", "menu-secret")
     try:
         monkeypatch.setenv("EACCT_WECHAT_APPID", "wxmenu000000000001")
@@ -45,6 +45,11 @@ async def test_eacct_wechat_menu_publishes_the_menu(monkeypatch, capsys):
         assert json.loads(capsys.readouterr().out.splitlines()[-1])["errcode"] == 0
         assert api.menu == build_menu(Settings(public_url=PUBLIC))
 
+        # Publishing again uses the token kept in the database: no second fetch.
+        assert await asyncio.to_thread(main, ["wechat", "menu"]) == 0 and api.token_requests == 1
+        capsys.readouterr()
+
+        api.expire_tokens()  # so a new token is needed, which the wrong secret cannot get
         monkeypatch.setenv("EACCT_WECHAT_SECRET", "wrong-secret")
         assert await asyncio.to_thread(main, ["wechat", "menu"]) == 1
         error = capsys.readouterr().err
