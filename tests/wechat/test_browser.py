@@ -88,9 +88,13 @@ async def guard(context, outside: Outside, wechat_api=None, openid: str = "") ->
     await context.route("**/*", handle)
 
 
-async def shot(page: Page, name: str) -> None:
+async def shot(page: Page, name: str, focus=None) -> None:
+    """A screenshot: the whole page on a desktop; on the phone what its screen shows (a full-page capture would
+    paint the fixed tab bar mid-page), scrolled to `focus` if given."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if focus is not None:
+        await focus.scroll_into_view_if_needed()
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=page.viewport_size["width"] > 500)
 
 
 async def setup_members(desktop, sessions, tag: str):
@@ -115,9 +119,9 @@ async def walk(page: Page, name: str, owner, li) -> None:
 
     await page.get_by_role("link", name="我的网盘").first.click()
     await expect(page.locator(".space")).to_contain_text("网盘空间")
-    await page.get_by_text("分享操作").click()
-    await page.get_by_text("小李").first.click()  # the checkbox's label
-    await shot(page, f"{name}-3-share-form")
+    await page.get_by_text("分享操作").click()  # the guide's words; the form is there already
+    await page.get_by_role("checkbox", name=re.compile("小李")).check()
+    await shot(page, f"{name}-3-share-form", page.get_by_role("button", name="确定"))
     await page.get_by_role("button", name="确定").click()
     await expect(page.get_by_role("status")).to_contain_text(re.compile(r"该账套于\d{4}年\d{1,2}月\d{1,2}日开始共享给小李"))
     await shot(page, f"{name}-4-shared")
