@@ -37,6 +37,10 @@ __all__ = ["PAGES", "page_url", "routes", "setup_pages"]
 routes = web.RouteTableDef()
 
 PAGE_COOKIE = "eacct_page"
+STATIC_ROUTE = "wx_static"
+# The pages load nothing from anywhere else (no CDN, no outside font or script).
+CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+                           "base-uri 'none'; frame-ancestors 'none'")
 PRE_COOKIE = "eacct_pre"
 PACKAGE_DIR = Path(__file__).parent
 NICKNAME = TypeAdapter(Nickname)
@@ -64,7 +68,7 @@ def setup_pages(app: web.Application) -> None:
     env.filters["mb"] = lambda size: f"{(size or 0) / MIB:.2f}MB"
     env.filters["beijing"] = _beijing
     app[PAGES] = PageState(env)
-    app.router.add_static("/wx/static", PACKAGE_DIR / "static", append_version=True)
+    app.router.add_static("/wx/static", PACKAGE_DIR / "static", name=STATIC_ROUTE, append_version=True)
     app.add_routes(routes)
 
 
@@ -151,7 +155,8 @@ def _finish(ctx: Ctx, response: web.StreamResponse) -> web.StreamResponse:
     if ctx.stale_cookie and PAGE_COOKIE not in response.cookies:
         response.del_cookie(PAGE_COOKIE, path="/wx")
     response.headers["Cache-Control"] = "no-store"
-    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Frame-Options"] = "DENY"
     return response
 
 
@@ -160,6 +165,7 @@ def render(ctx: Ctx, template: str, status: int = 200, **values) -> web.StreamRe
     env = ctx.request.app[PAGES].templates
     text = env.get_template(template).render(
         visitor=ctx.visitor, member=ctx.member, csrf=ctx.csrf, nav=NAV, path=ctx.request.path,
+        static_url=str(ctx.request.app.router[STATIC_ROUTE].url_for(filename="weui.css")),
         in_wechat=ctx.visitor.kind == WECHAT if ctx.visitor else _in_wechat(ctx.request), **values)
     return _finish(ctx, web.Response(status=status, text=text, content_type="text/html", charset="utf-8"))
 
@@ -181,6 +187,10 @@ async def _no_session(ctx: Ctx) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     next_path = _safe_next(request.path_qs if request.method == "GET" else request.path)
     if _in_wechat(request) and _wechat_oauth_on(settings):
+        if request.method == "POST":
+            # A form cannot survive the OAuth round trip (and form-action keeps it from leaving the site).
+            return notice_page(ctx, "登录已失效", "登录已失效，请重新打开页面后再操作", 401,
+                               links=[(_safe_next(request.path), "重新打开")])
         redirect_uri = f"{_base_url(request)}/wx/oauth?{urlencode({'next': next_path})}"
         return redirect(ctx, oauth.authorize_url(settings, redirect_uri, ctx.keys.oauth_state(ctx.anchor)))
     message = "登录已失效，请重新登录" if ctx.stale_cookie or request.method == "POST" else ""
@@ -214,8 +224,13 @@ def member_page(handler: Handler, *, bound: bool = True) -> Callable[[web.Reques
     return wrapped
 
 
+def _same(given: object, expected: str) -> bool:
+    # Bytes: compare_digest refuses non-ASCII text, and a form may carry anything.
+    return hmac.compare_digest(str(given).encode("utf-8", "surrogatepass"), expected.encode())
+
+
 def _csrf_ok(ctx: Ctx) -> bool:
-    return hmac.compare_digest(str(ctx.form.get("csrf_token", "")), ctx.csrf)
+    return _same(ctx.form.get("csrf_token", ""), ctx.csrf)
 
 
 def _text(ctx: Ctx, name: str, max_length: int = 64) -> str:
@@ -238,7 +253,7 @@ async def oauth_callback(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     next_path = _safe_next(request.query.get("next"))
     state, code = request.query.get("state", ""), request.query.get("code", "")
-    if ctx.new_pre or not hmac.compare_digest(state, ctx.keys.oauth_state(request.cookies.get(PRE_COOKIE, ""))):
+    if ctx.new_pre or not _same(state, ctx.keys.oauth_state(request.cookies.get(PRE_COOKIE, ""))):
         return notice_page(ctx, "授权校验失败", "授权校验失败，请关闭页面后从公众号菜单重新进入", 403)
     if not code or not _wechat_oauth_on(settings):
         return notice_page(ctx, "未能授权", "没有得到微信授权，请从公众号菜单重新进入", 403)

@@ -1,0 +1,180 @@
+"""Database wiring: the declarative base, engine creation for SQLite and PostgreSQL, the unit of work, and
+`after_commit` for work that must happen only once a transaction's changes are durable."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "Base", "UtcDateTime", "after_commit", "create_engine", "engine_for", "make_session_factory", "unit_of_work",
+    "utcnow",
+]
+
+log = logging.getLogger("eacct.db")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Base of every mapped class; constraint names are fixed so migrations stay comparable."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stores aware UTC datetimes; SQLite gives naive ones back, which are read as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime")
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def create_engine(database_url: str, *, schema: str | None = None) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, a busy timeout and write-locking transactions.
+
+    With SQLite every transaction starts with BEGIN IMMEDIATE, so two writers queue instead of failing
+    halfway with "database is locked"; transactions here are short (no transaction spans a transfer).
+    `schema` (PostgreSQL only) puts every table in that schema, which lets test runs not see each other.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection, _record) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    connect_args = {}
+    if schema:
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args)
+
+
+def engine_for(settings) -> AsyncEngine:
+    """The engine `settings` (an `eacct.config.Settings`) describe."""
+    return create_engine(settings.database_url, schema=settings.database_schema or None)
+
+
+def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """One transaction: commit when the block ends normally, roll back on any exception. Work registered
+    with `after_commit` runs once the commit has succeeded, and is dropped on rollback."""
+    async with factory() as session:
+        async with session.begin():
+            yield session
+
+
+# ------------------------------------------------------------------------------------------ after commit
+
+_AFTER_COMMIT = "eacct.after_commit"
+
+
+def after_commit(session: AsyncSession | Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the transaction `session` is in has committed; never if it rolls back.
+
+    For side effects outside the database (a WeChat message, …) that must follow the event they tell about
+    exactly: a rolled-back event sends nothing, and nothing slow happens while the transaction holds locks.
+
+    How: callbacks wait in `session.info`, each tagged with the (possibly nested) transaction that was
+    current when it was registered. SQLAlchemy's session events do the rest, whatever commits the session
+    (`unit_of_work`, an explicit `commit()`):
+    - `after_commit` of the outermost transaction runs them, in registration order (a savepoint's release
+      also fires that event; it is ignored while the outer transaction is still open);
+    - rolling back a savepoint drops the callbacks registered inside it (or inside savepoints within it);
+    - the end of the outermost transaction drops whatever is left (a rollback, or a session closed without
+      committing).
+
+    Callbacks run synchronously inside `commit()`, on the thread that commits (for an `AsyncSession`, the
+    event loop's): they must be quick and must not block; start background work from them rather than
+    doing it. An exception from a callback is logged and does not undo or fail the commit (it has happened).
+    """
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    transaction = sync.get_nested_transaction() or sync.get_transaction()
+    if transaction is None:
+        raise RuntimeError("after_commit needs a session inside a transaction")
+    sync.info.setdefault(_AFTER_COMMIT, []).append((transaction, callback))
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    root = session.get_transaction()
+    if root is not None and root.is_active:
+        return  # a savepoint was released; the outer transaction may still roll back
+    for _, callback in session.info.pop(_AFTER_COMMIT, ()):
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback %r failed", callback)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    pending = session.info.get(_AFTER_COMMIT)
+    if pending:
+        pending[:] = [entry for entry in pending if not _within(entry[0], previous_transaction)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_at_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_AFTER_COMMIT, None)

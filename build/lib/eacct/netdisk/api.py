@@ -1,0 +1,359 @@
+"""REST handlers for the netdisk and the owner's cloud backup, and the HTTP side of every transfer."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import quote
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from eacct import errors
+from eacct.netdisk import delta as delta_format
+from eacct.netdisk import service, store
+from eacct.netdisk.models import Version
+from eacct.netdisk.schemas import (
+    ChunkQuery, MissingChunks, DeletionsOut, LedgerOut, LedgerRename, LedgersOut, NetdiskOut, OpenNetdisk, PasswordChange, QuestionsOut, Reset,
+    Unlock, UnlockOut, VersionOut, YearOut,
+)
+from eacct.openapi import endpoint
+from eacct.web import (
+    BLOBS, NOTIFIER, SESSIONS, SETTINGS, client_ip, header_text, iso, json_response, read_body, require_member,
+    require_netdisk, transaction,
+)
+
+routes = web.RouteTableDef()
+
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+ETAG = re.compile(r'^\s*(?:W/)?"([^"]{1,64})"\s*$')
+RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+BODY_BLOCK = 1024 * 1024
+RECHECK_EVERY_BYTES = 8 * 1024 * 1024
+
+# -------------------------------------------------------------------------------------- path values
+
+
+def ledger_id_of(request: web.Request) -> str:
+    """The `{ledger_id}` of the path as a canonical UUID string (422 when it is not a UUID)."""
+    raw = request.match_info["ledger_id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError as exc:
+        raise errors.Invalid("账套ID 格式不正确，应为 UUID") from exc
+
+
+def year_of(request: web.Request) -> int:
+    """The `{year}` of the path, 1990–2100 (422 invalid_year)."""
+    raw = request.match_info["year"]
+    if not raw.isdigit() or not 1990 <= int(raw) <= 2100:
+        raise errors.Invalid("会计年度应为 1990 到 2100 之间的年份", code="invalid_year")
+    return int(raw)
+
+
+# ----------------------------------------------------------------------------------------- transfers
+
+
+def upload_claim(request: web.Request) -> service.UploadClaim:
+    """Read and check an upload's headers (API.md "Uploading a version"; a delta upload adds X-Archive-Size)."""
+    if request.content_length is None:
+        raise errors.BadRequest("上传需要 Content-Length", code="length_required")
+    delta = request.content_type == delta_format.MEDIA_TYPE
+    size = request.content_length
+    if delta:
+        raw = request.headers.get("X-Archive-Size", "")
+        if not raw.isdigit() or len(raw) > 15:
+            raise errors.Invalid("增量上传需要 X-Archive-Size（整个年度数据的字节数）")
+        size = int(raw)
+    sha = request.headers.get("X-Content-SHA256", "")
+    if not SHA256_HEX.match(sha):
+        raise errors.Invalid("需要 X-Content-SHA256（64 位十六进制 SHA-256）")
+    if_match = None
+    if "If-Match" in request.headers:
+        match = ETAG.match(request.headers["If-Match"])
+        if not match:
+            raise errors.Invalid('If-Match 的格式应为 "<version_id>"')
+        if_match = match.group(1)
+    return service.UploadClaim(
+        ledger_id=ledger_id_of(request),
+        year=year_of(request),
+        size=size,
+        delta=delta,
+        body_size=request.content_length,
+        sha256=sha.lower(),
+        remark=header_text(request, "X-Remark", max_length=200) or "",
+        ledger_name=header_text(request, "X-Ledger-Name", max_length=100) or None,
+        client_version=header_text(request, "X-Client-Version", max_length=64) or "",
+        if_match=if_match,
+    )
+
+
+async def body_blocks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body in blocks of about 1 MiB, so per-block work is amortised."""
+    pending: list[bytes] = []
+    pending_size = 0
+    async for data in request.content.iter_any():
+        pending.append(data)
+        pending_size += len(data)
+        if pending_size >= BODY_BLOCK:
+            yield b"".join(pending)
+            pending, pending_size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+async def no_automatic_continue(request: web.Request) -> None:
+    """Route expect-handler: 100 Continue is sent only once the upload passed its checks (see `send_continue`)."""
+    return None
+
+
+def continue_sender(request: web.Request) -> Callable[[], Awaitable[None]]:
+    """A callback that answers `Expect: 100-continue` when the service accepts the upload's headers."""
+
+    async def send_continue() -> None:
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    return send_continue
+
+
+def byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """The single `Range: bytes=` of the request as [start, end), None for the whole; 416 if unsatisfiable."""
+    header = request.headers.get("Range")
+    if not header:
+        return None
+    match = RANGE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        return None  # Multi-range and unknown units: answer the whole content, as RFC 9110 allows.
+    first, last = match.groups()
+    if first == "":
+        start, end = max(size - int(last), 0), size
+    else:
+        start, end = int(first), size if last == "" else min(int(last) + 1, size)
+    if start >= size or start >= end:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+async def send_version(
+    request: web.Request, version: Version, still_allowed: Callable[[AsyncSession], Awaitable[object]]
+) -> web.StreamResponse:
+    """Stream a version's bytes (whole or a range) with ETag, checksum and remark headers.
+
+    Access is checked again every few MiB, so a share cancelled during a download ends it.
+    """
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match and if_none_match.strip() in (f'"{version.sha256}"', "*"):
+        return web.Response(status=304, headers={"ETag": f'"{version.sha256}"'})
+    selected = byte_range(request, version.size)
+    start, end = selected or (0, version.size)
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "ETag": f'"{version.sha256}"',
+        "X-Content-SHA256": version.sha256,
+        "X-Remark": quote(version.remark, safe=""),
+        "X-Version-Id": version.public_id,
+        "X-Client-Version": quote(version.client_version, safe=""),
+        "Last-Modified": version.uploaded_at.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f"attachment; filename=\"{version.ledger_id}-{version.year}.tar\"",
+    }
+    response = web.StreamResponse(status=206 if selected else 200, headers=headers)
+    response.content_length = end - start
+    if selected:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{version.size}"
+    sessions = request.app[SESSIONS]
+    blocks = store.read_version(sessions, request.app[BLOBS], version, start, end)
+    try:
+        first = await anext(blocks, None)  # errors before the first byte still get a JSON answer
+        await response.prepare(request)
+        since_check = 0
+        while first is not None:
+            await response.write(first)
+            since_check += len(first)
+            if since_check >= RECHECK_EVERY_BYTES:
+                since_check = 0
+                async with sessions() as session:
+                    try:
+                        await still_allowed(session)
+                    except errors.DomainError:
+                        # Headers are gone; the only honest signal left is a cut connection.
+                        request.transport and request.transport.close()
+                        return response
+            first = await anext(blocks, None)
+    finally:
+        await blocks.aclose()  # now, not whenever the generator is collected
+    await response.write_eof()
+    return response
+
+
+# ------------------------------------------------------------------------------------------- netdisk
+
+
+@routes.get("/api/v1/netdisk")
+@endpoint(answer=NetdiskOut, summary="云盘状态与空间")
+async def get_netdisk(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    async with transaction(request) as session:
+        return json_response(await service.netdisk_status(session, request.app[SETTINGS], caller.member_id))
+
+
+@routes.post("/api/v1/netdisk")
+@endpoint(body=OpenNetdisk, status=201, summary="首次使用：设置云盘密码和密保问题")
+async def open_netdisk(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    body = await read_body(request, OpenNetdisk)
+    settings = request.app[SETTINGS]
+    async with transaction(request) as session:
+        await service.open_netdisk(session, settings, caller.member_id, body.password,
+                                   [(q.question, q.answer) for q in body.questions])
+        return json_response(await service.netdisk_status(session, settings, caller.member_id), status=201)
+
+
+@routes.get("/api/v1/netdisk/questions")
+@endpoint(answer=QuestionsOut, summary="密保问题")
+async def get_questions(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    async with transaction(request) as session:
+        return json_response({"questions": await service.questions(session, caller.member_id)})
+
+
+@routes.post("/api/v1/netdisk/unlock")
+@endpoint(body=Unlock, answer=UnlockOut, status=201, summary="输入云盘密码登录云盘")
+async def unlock(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    body = await read_body(request, Unlock)
+    token, expires_at = await service.unlock(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, body.password)
+    return json_response({"netdisk_token": token, "expires_at": iso(expires_at)}, status=201)
+
+
+@routes.post("/api/v1/netdisk/reset")
+@endpoint(body=Reset, status=204, summary="回答密保问题，重设云盘密码")
+async def reset(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    body = await read_body(request, Reset)
+    await service.reset_password(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, body.answers,
+                                 body.new_password)
+    return web.Response(status=204)
+
+
+@routes.put("/api/v1/netdisk/password")
+@endpoint(body=PasswordChange, status=204, summary="修改云盘密码")
+async def change_password(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    body = await read_body(request, PasswordChange)
+    await service.change_password(request.app[SESSIONS], request.app[SETTINGS], caller.member_id, body.old_password,
+                                  body.new_password)
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/netdisk/deletions")
+@endpoint(answer=DeletionsOut, summary="删除记录")
+async def list_deletions(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    async with transaction(request) as session:
+        return json_response({"deletions": await service.deletions(session, caller.member_id)})
+
+
+# ------------------------------------------------------------------------------------------ backups
+
+
+@routes.get("/api/v1/backups")
+@endpoint(answer=LedgersOut, auth="netdisk", summary="网盘列表（云备份的账套）")
+async def list_backups(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    async with transaction(request) as session:
+        return json_response({"ledgers": await service.list_ledgers(session, caller.member_id)})
+
+
+@routes.get("/api/v1/backups/{ledger_id}")
+@endpoint(answer=LedgerOut, auth="netdisk", summary="云备份中的一个账套")
+async def get_backup(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    ledger_id = ledger_id_of(request)
+    async with transaction(request) as session:
+        return json_response(await service.get_ledger_view(session, caller.member_id, ledger_id))
+
+
+@routes.patch("/api/v1/backups/{ledger_id}")
+@endpoint(body=LedgerRename, answer=LedgerOut, auth="netdisk", summary="修改账套名称")
+async def rename_backup(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    ledger_id = ledger_id_of(request)
+    body = await read_body(request, LedgerRename)
+    async with transaction(request) as session:
+        return json_response(await service.rename_ledger(session, caller.member_id, ledger_id, body.name))
+
+
+def _password_header(request: web.Request) -> str:
+    password = request.headers.get("X-Netdisk-Password")
+    if not password:
+        raise errors.BadNetdiskPassword("删除前请再次输入云盘密码（X-Netdisk-Password）")
+    return password
+
+
+@routes.delete("/api/v1/backups/{ledger_id}")
+@endpoint(status=204, auth="netdisk", summary="删除账套（需再次输入云盘密码）")
+async def delete_backup(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    ledger_id = ledger_id_of(request)
+    await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NOTIFIER], caller.member_id,
+                                ledger_id, None, _password_header(request), client_ip(request))
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/backups/{ledger_id}/years/{year}")
+@endpoint(answer=YearOut, auth="netdisk", summary="一个年度的所有版本（新的在前）")
+async def get_backup_year(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    ledger_id, year = ledger_id_of(request), year_of(request)
+    async with transaction(request) as session:
+        return json_response(await service.backup_year(session, caller.member_id, ledger_id, year))
+
+
+@routes.delete("/api/v1/backups/{ledger_id}/years/{year}")
+@endpoint(status=204, auth="netdisk", summary="删除一个年度（需再次输入云盘密码）")
+async def delete_backup_year(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    ledger_id, year = ledger_id_of(request), year_of(request)
+    await service.delete_backup(request.app[SESSIONS], request.app[SETTINGS], request.app[NOTIFIER], caller.member_id,
+                                ledger_id, year, _password_header(request), client_ip(request))
+    return web.Response(status=204)
+
+
+@routes.post("/api/v1/backups/{ledger_id}/years/{year}/versions", expect_handler=no_automatic_continue)
+@endpoint(answer=VersionOut, status=201, auth="netdisk", binary_body=True, summary="上传云备份（一个年度）")
+async def upload_backup(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    claim = upload_claim(request)
+    app = request.app
+    version = await service.backup_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], caller.member_id, claim,
+                                          body_blocks(request), on_accepted=continue_sender(request))
+    return json_response(version, status=201)
+
+
+@routes.get("/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/content")
+@endpoint(auth="netdisk", binary_answer=True, summary="下载云备份的一个版本（latest 为最新）")
+async def download_backup(request: web.Request) -> web.StreamResponse:
+    caller = await require_netdisk(request)
+    ledger_id, year = ledger_id_of(request), year_of(request)
+    version_ref = request.match_info["version_id"]
+    async with transaction(request) as session:
+        version = await service.backup_version(session, caller.member_id, ledger_id, year, version_ref)
+
+    async def still_allowed(session: AsyncSession) -> object:
+        return await service.backup_version(session, caller.member_id, ledger_id, year, version.public_id)
+
+    return await send_version(request, version, still_allowed)
+
+
+@routes.post("/api/v1/backups/{ledger_id}/years/{year}/chunks/missing")
+@endpoint(body=ChunkQuery, answer=MissingChunks, auth="netdisk", summary="增量上传前：云端缺少哪些数据块")
+async def backup_missing_chunks(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    ledger_id, _ = ledger_id_of(request), year_of(request)
+    body = await read_body(request, ChunkQuery)
+    async with transaction(request) as session:
+        missing = await service.backup_missing_chunks(session, caller.member_id, ledger_id, body.chunks)
+    return json_response({"missing": missing})

@@ -1,0 +1,145 @@
+"""Netdisk security, ledgers, versions and the content-addressed chunk store's index."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from eacct.db import Base, UtcDateTime, utcnow
+
+__all__ = [
+    "AttemptCounter",
+    "Chunk",
+    "Deletion",
+    "Ledger",
+    "Netdisk",
+    "Pack",
+    "SecurityQuestion",
+    "Version",
+    "VersionManifest",
+]
+
+
+class Netdisk(Base):
+    """A member's opened netdisk: its password hash and quota. The row is also the owner's write lock."""
+
+    __tablename__ = "netdisks"
+
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    quota_bytes: Mapped[int] = mapped_column(BigInteger)
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class SecurityQuestion(Base):
+    """One 密保问题 with the argon2 hash of its trimmed, case-folded answer."""
+
+    __tablename__ = "security_questions"
+
+    member_id: Mapped[int] = mapped_column(ForeignKey("netdisks.member_id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    question: Mapped[str] = mapped_column(String(100))
+    answer_hash: Mapped[str] = mapped_column(String(200))
+
+
+class AttemptCounter(Base):
+    """Failures in a row for one guarded action (e.g. `netdisk_unlock:42`), shared by every server process."""
+
+    __tablename__ = "attempt_counters"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class Ledger(Base):
+    """A ledger (账套) in its owner's cloud backup; the id is the desktop program's UUID."""
+
+    __tablename__ = "ledgers"
+    __table_args__ = (Index("ix_ledgers_owner_id", "owner_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Version(Base):
+    """One uploaded copy of a (ledger, year); visible only once every chunk is durable and the sha256 matched."""
+
+    __tablename__ = "versions"
+    __table_args__ = (Index("ix_versions_ledger_year", "ledger_id", "year"),)
+
+    # The integer orders versions (newest = highest); `public_id` is what the API calls version_id.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    ledger_id: Mapped[str] = mapped_column(ForeignKey("ledgers.id", ondelete="CASCADE"))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    year: Mapped[int] = mapped_column(Integer)
+    remark: Mapped[str] = mapped_column(String(200), default="")
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    uploaded_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    uploaded_by_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    via: Mapped[str] = mapped_column(String(8))
+    client_version: Mapped[str] = mapped_column(String(64), default="")
+
+
+class VersionManifest(Base):
+    """A version's chunk list: 36 bytes per chunk (sha256 digest + big-endian u32 raw size), in file order."""
+
+    __tablename__ = "version_manifests"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True)
+    entries: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Pack(Base):
+    """A blob holding many compressed chunks. Committed packs are referenced; pending ones may be an upload's."""
+
+    __tablename__ = "packs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    blob_key: Mapped[str] = mapped_column(String(200), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    committed: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Chunk(Base):
+    """Where one distinct chunk of an owner lives. `refs` counts the versions using it; quota = sum of
+    `raw_size` over chunks with refs > 0. Unreferenced rows stay until gc, so a concurrent upload that
+    found the chunk can still count on it."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "digest", name="uq_chunks_owner_digest"),
+        Index("ix_chunks_pack_id", "pack_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    pack_id: Mapped[str] = mapped_column(ForeignKey("packs.id", ondelete="CASCADE"))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    stored_length: Mapped[int] = mapped_column(Integer)
+    raw_size: Mapped[int] = mapped_column(Integer)
+    refs: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Deletion(Base):
+    """A record of a deleted ledger or year: who, when, what, from which IP."""
+
+    __tablename__ = "deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    ledger_id: Mapped[str] = mapped_column(String(36))
+    ledger_name: Mapped[str] = mapped_column(String(100))
+    year: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    deleted_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    ip: Mapped[str] = mapped_column(String(64), default="")

@@ -1,0 +1,173 @@
+"""REST handlers for friends, shares, the recipient's cloud share and the message center."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from eacct import errors
+from eacct.netdisk.api import (
+    body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
+)
+from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
+from eacct.openapi import endpoint
+from eacct.share import service
+from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
+from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, json_response, read_body, require_member, require_netdisk, transaction
+
+routes = web.RouteTableDef()
+
+
+def _int_path(request: web.Request, name: str) -> int:
+    raw = request.match_info[name]
+    if not raw.isdigit() or len(raw) > 10:
+        raise errors.NotFound()
+    return int(raw)
+
+
+# -------------------------------------------------------------------------------------------- friends
+
+
+@routes.get("/api/v1/friends")
+@endpoint(answer=FriendsOut, summary="我的好友")
+async def list_friends(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    async with transaction(request) as session:
+        return json_response({"friends": await service.list_friends(session, caller.member_id)})
+
+
+@routes.post("/api/v1/friends")
+@endpoint(body=FriendIn, answer=FriendOut, status=201, summary="添加好友（会员账号和昵称都要对）")
+async def add_friend(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    body = await read_body(request, FriendIn)
+    friend, created = await service.add_friend(request.app[SESSIONS], request.app[SETTINGS], caller.member_id,
+                                               body.account, body.nickname)
+    return json_response(friend, status=201 if created else 200)
+
+
+@routes.delete("/api/v1/friends/{member_id}")
+@endpoint(status=204, summary="删除好友（同时取消我给他的共享）")
+async def remove_friend(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    friend_id = _int_path(request, "member_id")
+    async with transaction(request) as session:
+        await service.remove_friend(session, request.app[NOTIFIER], caller.member_id, friend_id)
+    return web.Response(status=204)
+
+
+# --------------------------------------------------------------------------------------------- shares
+
+
+@routes.post("/api/v1/shares")
+@endpoint(body=ShareIn, answer=SharesCreated, status=201, summary="共享给好友")
+async def create_shares(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    body = await read_body(request, ShareIn)
+    try:
+        ledger_id = str(uuid.UUID(body.ledger_id))
+    except ValueError as exc:
+        raise errors.Invalid("账套ID 格式不正确，应为 UUID") from exc
+    async with transaction(request) as session:
+        shares = await service.create_shares(session, request.app[NOTIFIER], caller.member_id, ledger_id, body.friend_ids)
+    return json_response({"shares": shares}, status=201)
+
+
+@routes.get("/api/v1/shares")
+@endpoint(answer=ShareList, summary="共享列表")
+async def list_shares(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    async with transaction(request) as session:
+        return json_response(await service.list_shares(session, caller.member_id))
+
+
+@routes.delete("/api/v1/shares/{share_id}")
+@endpoint(status=204, summary="取消共享")
+async def cancel_share(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    share_id = request.match_info["share_id"]
+    if len(share_id) > 32:
+        raise errors.NotFound("没有这个共享")
+    async with transaction(request) as session:
+        await service.cancel_share(session, request.app[NOTIFIER], caller.member_id, share_id)
+    return web.Response(status=204)
+
+
+# -------------------------------------------------------------------------------------- cloud share
+
+
+@routes.get("/api/v1/cloud-shares")
+@endpoint(answer=CloudShares, auth="netdisk", summary="我的云共享")
+async def cloud_shares(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    async with transaction(request) as session:
+        return json_response(await service.cloud_shares(session, caller.member_id))
+
+
+@routes.get("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/content")
+@endpoint(auth="netdisk", binary_answer=True, summary="下载共享账套的一个年度（latest 为最新）")
+async def download_shared(request: web.Request) -> web.StreamResponse:
+    caller = await require_netdisk(request)
+    ledger_id, year = ledger_id_of(request), year_of(request)
+    version_ref = request.match_info["version_id"]
+    async with transaction(request) as session:
+        version = await service.share_version(session, caller.member_id, ledger_id, year, version_ref)
+
+    async def still_allowed(session: AsyncSession) -> object:
+        return await service.share_version(session, caller.member_id, ledger_id, year, version.public_id)
+
+    return await send_version(request, version, still_allowed)
+
+
+@routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions", expect_handler=no_automatic_continue)
+@endpoint(answer=VersionOut, status=201, auth="netdisk", binary_body=True, summary="上传云共享（存入共享人的云备份）")
+async def upload_shared(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    claim = upload_claim(request)
+    app = request.app
+    version = await service.share_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], app[NOTIFIER], caller.member_id,
+                                         claim, body_blocks(request), on_accepted=continue_sender(request))
+    return json_response(version, status=201)
+
+
+@routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/chunks/missing")
+@endpoint(body=ChunkQuery, answer=MissingChunks, auth="netdisk", summary="增量上传云共享前：云端缺少哪些数据块")
+async def shared_missing_chunks(request: web.Request) -> web.Response:
+    caller = await require_netdisk(request)
+    ledger_id, _ = ledger_id_of(request), year_of(request)
+    body = await read_body(request, ChunkQuery)
+    async with transaction(request) as session:
+        missing = await service.share_missing_chunks(session, caller.member_id, ledger_id, body.chunks)
+    return json_response({"missing": missing})
+
+
+# ------------------------------------------------------------------------------------------ messages
+
+
+def _filter(request: web.Request, name: str, allowed: set[str]) -> set[str]:
+    values = set(request.query.getall(name, []))
+    if values - allowed:
+        raise errors.Invalid(f"{name} 只能是 {' 或 '.join(sorted(allowed))}")
+    return values
+
+
+@routes.get("/api/v1/messages")
+@endpoint(answer=MessagesOut, summary="消息中心", query={"status": "unread 或 read，可重复", "kind": "system 或 personal，可重复"})
+async def list_messages(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    statuses = _filter(request, "status", {"unread", "read"})
+    kinds = _filter(request, "kind", {"system", "personal"})
+    async with transaction(request) as session:
+        return json_response(await service.list_messages(session, caller.member_id, statuses, kinds))
+
+
+@routes.post("/api/v1/messages/{id}/read")
+@endpoint(status=204, summary="标为已读")
+async def mark_read(request: web.Request) -> web.Response:
+    caller = await require_member(request)
+    message_id = _int_path(request, "id")
+    async with transaction(request) as session:
+        await service.mark_read(session, caller.member_id, message_id)
+    return web.Response(status=204)

@@ -1,0 +1,339 @@
+"""Friends, shares, the recipient's cloud share (我的云共享) and the message center.
+
+Every share change of one owner runs under that owner's lock (their netdisk row), the same lock an upload's
+commit and a ledger deletion take; so a share racing a delete, or a cancel racing a recipient's upload,
+always ends in one of the two orders, never in between.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date, datetime, timedelta, timezone
+
+from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from eacct import errors, throttle
+from eacct.config import Settings
+from eacct.db import unit_of_work, utcnow
+from eacct.formats import iso
+from eacct.members.models import Member
+from eacct.members.service import member_view
+from eacct.netdisk import service as netdisk
+from eacct.netdisk import store
+from eacct.netdisk.blobstore import BlobStore
+from eacct.netdisk.models import Ledger, Version
+from eacct.share.access import ledger_for_share
+from eacct.share.models import Friendship, Message, MessageRead, Share
+from eacct.share.notify import SYSTEM, Notifier
+
+__all__ = [
+    "add_friend", "broadcast", "cancel_share", "cloud_shares", "create_shares", "end_shares_of_ledger",
+    "list_friends", "list_messages", "list_shares", "mark_read", "remove_friend", "share_missing_chunks", "share_notice", "share_upload",
+    "share_version",
+]
+
+BEIJING = timezone(timedelta(hours=8))
+
+
+def today_in_china() -> date:
+    """The calendar date our users live in, for "开始共享" dates."""
+    return utcnow().astimezone(BEIJING).date()
+
+
+def share_notice(since: date, nickname: str) -> str:
+    """该账套于YYYY年M月D日开始共享给<昵称>."""
+    return f"该账套于{since.year}年{since.month}月{since.day}日开始共享给{nickname}"
+
+
+# -------------------------------------------------------------------------------------------- friends
+
+
+async def _insert_once(session: AsyncSession, row: object) -> bool:
+    """Insert a row keyed by its primary key; False (and nothing changed) if a concurrent request inserted the
+    same key first. The savepoint keeps the surrounding transaction usable after the duplicate-key error."""
+    try:
+        async with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return False
+    return True
+
+
+def friend_view(member: Member, added_at: datetime) -> dict:
+    """`Member` plus `added_at`."""
+    return {**member_view(member), "added_at": iso(added_at)}
+
+
+async def add_friend(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int, account: str,
+                     nickname: str) -> tuple[dict, bool]:
+    """Add a friend by account **and** nickname; any mismatch is the same `member_not_found`, and failed
+    attempts are throttled per member, so accounts cannot be probed. Returns (friend, newly added).
+
+    Failures count within a fixed window and a success does not clear them: otherwise a prober could reset
+    the count between probes by adding (and removing) an account of their own."""
+    key = f"add_friend:{member_id}"
+    async with unit_of_work(sessions) as session:
+        await throttle.check_not_locked(session, key)
+        me = await session.get(Member, member_id)
+        if account == me.account:
+            raise errors.Invalid("不能添加自己为好友", code="cannot_add_self")
+        friend = await session.scalar(select(Member).where(Member.account == account))
+        if friend is not None and friend.nickname == nickname.strip():
+            existing = await session.get(Friendship, (member_id, friend.id))
+            if existing is not None:
+                return friend_view(friend, existing.added_at), False
+            friendship = Friendship(member_id=member_id, friend_id=friend.id, added_at=utcnow())
+            if not await _insert_once(session, friendship):
+                # The same friend added by a concurrent request (a double click): adding twice is harmless.
+                existing = await session.scalar(select(Friendship).where(
+                    Friendship.member_id == member_id, Friendship.friend_id == friend.id))
+                return friend_view(friend, existing.added_at), False
+            return friend_view(friend, friendship.added_at), True
+    policy = throttle.Policy(settings.friend_attempts_per_window, settings.friend_attempt_window_seconds,
+                             settings.friend_attempt_window_seconds)
+    until = await throttle.record_failure(sessions, key, policy, window_seconds=settings.friend_attempt_window_seconds)
+    raise throttle.with_lockout(errors.MemberNotFound(), until)
+
+
+async def list_friends(session: AsyncSession, member_id: int) -> list[dict]:
+    """我的好友, in the order they were added."""
+    rows = await session.execute(
+        select(Member, Friendship.added_at)
+        .join(Friendship, Friendship.friend_id == Member.id)
+        .where(Friendship.member_id == member_id)
+        .order_by(Friendship.added_at, Member.id)
+    )
+    return [friend_view(member, added_at) for member, added_at in rows.all()]
+
+
+async def remove_friend(session: AsyncSession, notifier: Notifier, member_id: int, friend_id: int) -> None:
+    """Remove a friend; the shares I gave them end with it."""
+    await store.lock_owner_if_opened(session, member_id)  # first: two removals at once then find it in turn
+    friendship = await session.get(Friendship, (member_id, friend_id))
+    if friendship is None:
+        raise errors.NotFound("该会员不在您的好友列表中")
+    shares = await session.scalars(
+        select(Share).where(Share.owner_id == member_id, Share.recipient_id == friend_id, Share.cancelled_at.is_(None))
+    )
+    for share in shares:
+        await _end_share(session, notifier, share)
+    removed = await session.execute(
+        delete(Friendship).where(Friendship.member_id == member_id, Friendship.friend_id == friend_id)
+    )
+    if removed.rowcount != 1:  # removed meanwhile by a request that held no lock (a member without a netdisk)
+        raise errors.NotFound("该会员不在您的好友列表中")
+
+
+# --------------------------------------------------------------------------------------------- shares
+
+
+async def _share_view(session: AsyncSession, share: Share, ledger_name: str | None = None) -> dict:
+    owner = await session.get(Member, share.owner_id)
+    recipient = await session.get(Member, share.recipient_id)
+    if ledger_name is None:
+        ledger = await session.get(Ledger, share.ledger_id)
+        ledger_name = ledger.name if ledger else ""
+    return {
+        "share_id": share.id,
+        "ledger_id": share.ledger_id,
+        "ledger_name": ledger_name,
+        "owner": member_view(owner),
+        "recipient": member_view(recipient),
+        "since": iso(share.since),
+        "notice": share_notice(share.since, recipient.nickname),
+    }
+
+
+async def create_shares(session: AsyncSession, notifier: Notifier, owner_id: int, ledger_id: str,
+                        friend_ids: list[int]) -> list[dict]:
+    """共享给好友: share a ledger (all its years) with friends; only friends may be chosen. A friend who
+    already has it keeps their share (and its date)."""
+    await store.lock_owner(session, owner_id)
+    ledger = await session.get(Ledger, ledger_id)
+    if ledger is None or ledger.owner_id != owner_id:
+        raise errors.NotFound("云备份中没有这个账套，请先在 e会计 软件中上传云备份")
+    wanted = list(dict.fromkeys(friend_ids))
+    friends = set(await session.scalars(
+        select(Friendship.friend_id).where(Friendship.member_id == owner_id, Friendship.friend_id.in_(wanted))
+    ))
+    strangers = [friend_id for friend_id in wanted if friend_id not in friends]
+    if strangers:
+        raise errors.NotAFriend(not_friends=strangers)
+    owner = await session.get(Member, owner_id)
+    views = []
+    for friend_id in wanted:
+        share = await session.scalar(
+            select(Share).where(Share.ledger_id == ledger_id, Share.recipient_id == friend_id,
+                                Share.cancelled_at.is_(None))
+        )
+        if share is None:
+            share = Share(id=uuid.uuid4().hex, ledger_id=ledger_id, owner_id=owner_id, recipient_id=friend_id,
+                          since=today_in_china(), created_at=utcnow())
+            session.add(share)
+            await session.flush()
+            await notifier.personal(
+                session, friend_id, "新的共享账套",
+                f"{owner.nickname}（{owner.account}）将账套 {ledger.name} 共享给您，请在 e会计【云共享】-【我的云共享】中下载",
+            )
+        views.append(await _share_view(session, share, ledger.name))
+    return views
+
+
+async def list_shares(session: AsyncSession, owner_id: int) -> dict:
+    """共享列表: how many ledgers are shared with how many friends, and per ledger its recipients."""
+    rows = (await session.execute(
+        select(Share, Ledger.name)
+        .join(Ledger, Ledger.id == Share.ledger_id)
+        .where(Share.owner_id == owner_id, Share.cancelled_at.is_(None))
+        .order_by(Ledger.name, Ledger.id, Share.created_at)
+    )).all()
+    ledgers: dict[str, dict] = {}
+    for share, name in rows:
+        entry = ledgers.setdefault(share.ledger_id, {"ledger_id": share.ledger_id, "name": name, "recipients": []})
+        entry["recipients"].append(await _share_view(session, share, name))
+    friends = {share.recipient_id for share, _ in rows}
+    return {"ledger_count": len(ledgers), "friend_count": len(friends), "ledgers": list(ledgers.values())}
+
+
+async def _end_share(session: AsyncSession, notifier: Notifier, share: Share, reason: str = "") -> None:
+    share.cancelled_at = utcnow()
+    owner = await session.get(Member, share.owner_id)
+    ledger = await session.get(Ledger, share.ledger_id)
+    name = ledger.name if ledger else share.ledger_id
+    await notifier.personal(session, share.recipient_id, "共享已取消",
+                            f"{owner.nickname}（{owner.account}）已取消共享账套 {name}{reason}")
+
+
+async def cancel_share(session: AsyncSession, notifier: Notifier, owner_id: int, share_id: str) -> None:
+    """取消共享: the recipient loses access at once (listing, download and upload)."""
+    await store.lock_owner_if_opened(session, owner_id)
+    share = await session.get(Share, share_id)
+    if share is None or share.owner_id != owner_id or share.cancelled_at is not None:
+        raise errors.NotFound("没有这个共享")
+    await _end_share(session, notifier, share)
+
+
+async def end_shares_of_ledger(session: AsyncSession, notifier: Notifier, ledger: Ledger) -> None:
+    """A deleted ledger's shares end (the caller holds the owner's lock)."""
+    shares = await session.scalars(select(Share).where(Share.ledger_id == ledger.id, Share.cancelled_at.is_(None)))
+    for share in shares:
+        await _end_share(session, notifier, share, "（共享人已删除该账套）")
+
+
+# ----------------------------------------------------------------------------------- the recipient
+
+
+async def cloud_shares(session: AsyncSession, member_id: int) -> dict:
+    """我的云共享: sharers → their ledgers shared with me → years → versions (newest first)."""
+    rows = (await session.execute(
+        select(Share, Ledger, Member)
+        .join(Ledger, Ledger.id == Share.ledger_id)
+        .join(Member, Member.id == Share.owner_id)
+        .where(Share.recipient_id == member_id, Share.cancelled_at.is_(None))
+        .order_by(Member.account, Ledger.name, Ledger.id)
+    )).all()
+    sharers: dict[int, dict] = {}
+    for share, ledger, owner in rows:
+        entry = sharers.setdefault(owner.id, {"member": member_view(owner), "ledgers": []})
+        years = await netdisk.year_versions(session, ledger.id)
+        entry["ledgers"].append({
+            "ledger_id": ledger.id,
+            "name": ledger.name,
+            "since": iso(share.since),
+            "years": [{"year": year, "versions": versions} for year, versions in sorted(years.items())],
+        })
+    return {"sharers": list(sharers.values())}
+
+
+async def share_version(session: AsyncSession, member_id: int, ledger_id: str, year: int, version_ref: str) -> Version:
+    """A version of a ledger shared with me, to download one year at a time."""
+    await ledger_for_share(session, member_id, ledger_id)
+    return await netdisk.find_version(session, ledger_id, year, version_ref)
+
+
+async def share_missing_chunks(session: AsyncSession, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
+    """Before a delta 上传云共享: the chunks the owner's store lacks."""
+    ledger, _ = await ledger_for_share(session, member_id, ledger_id)
+    return await netdisk.missing_chunks(session, ledger.owner_id, digests)
+
+
+async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
+                       notifier: Notifier, member_id: int, claim: netdisk.UploadClaim, body: AsyncIterator[bytes],
+                       on_accepted=None) -> dict:
+    """上传云共享: the recipient's upload becomes a new version in the **owner's** cloud backup (and quota)."""
+    async with sessions() as session:
+        ledger, _ = await ledger_for_share(session, member_id, claim.ledger_id)
+        owner_id = ledger.owner_id
+
+    async def authorize(session: AsyncSession) -> Ledger:
+        ledger, _ = await ledger_for_share(session, member_id, claim.ledger_id)
+        return ledger
+
+    async def tell_owner(session: AsyncSession, ledger: Ledger, version: Version) -> None:
+        uploader = await session.get(Member, member_id)
+        remark = f"（备注：{version.remark}）" if version.remark else ""
+        await notifier.personal(
+            session, ledger.owner_id, "好友上传了新版本",
+            f"{uploader.nickname}（{uploader.account}）上传了账套 {ledger.name} {version.year} 年度的新版本{remark}，"
+            "请在【云备份】中查看和下载",
+        )
+
+    return await netdisk.upload(sessions, blobs, settings, claim, body, owner_id=owner_id, uploader_id=member_id,
+                                via="share", authorize=authorize, after_commit=tell_owner, on_accepted=on_accepted)
+
+
+# ----------------------------------------------------------------------------------- message center
+
+
+def _visible_to(member_id: int):
+    return or_(Message.member_id == member_id, and_(Message.member_id.is_(None), Message.kind == SYSTEM))
+
+
+def _read_by(member_id: int):
+    return exists().where(MessageRead.message_id == Message.id, MessageRead.member_id == member_id)
+
+
+async def list_messages(session: AsyncSession, member_id: int, statuses: set[str], kinds: set[str]) -> dict:
+    """消息中心: newest first, filtered by read/unread and system/personal; with the unread count."""
+    query = select(Message, _read_by(member_id).label("read")).where(_visible_to(member_id))
+    if kinds:
+        query = query.where(Message.kind.in_(kinds))
+    if statuses == {"read"}:
+        query = query.where(_read_by(member_id))
+    elif statuses == {"unread"}:
+        query = query.where(~_read_by(member_id))
+    rows = (await session.execute(query.order_by(Message.created_at.desc(), Message.id.desc()))).all()
+    unread = await session.scalar(
+        select(func.count()).select_from(Message).where(_visible_to(member_id), ~_read_by(member_id))
+    )
+    return {
+        "unread_count": unread,
+        "messages": [
+            {"id": m.id, "kind": m.kind, "title": m.title, "body": m.body, "created_at": iso(m.created_at),
+             "read": bool(read)}
+            for m, read in rows
+        ],
+    }
+
+
+async def mark_read(session: AsyncSession, member_id: int, message_id: int) -> None:
+    """Mark a message read (again is harmless); messages are never deleted."""
+    message = await session.scalar(select(Message).where(Message.id == message_id, _visible_to(member_id)))
+    if message is None:
+        raise errors.NotFound("没有这条消息")
+    if await session.get(MessageRead, (message_id, member_id)) is None:
+        await _insert_once(session, MessageRead(message_id=message_id, member_id=member_id, read_at=utcnow()))
+
+
+async def broadcast(session: AsyncSession, title: str, body: str) -> dict:
+    """A system message from the operator to every member."""
+    title, body = title.strip(), body.strip()
+    if not title or not body or len(title) > 200:
+        raise errors.Invalid("系统消息需要标题（200 字以内）和正文")
+    message = Message(member_id=None, kind=SYSTEM, title=title, body=body, created_at=utcnow())
+    session.add(message)
+    await session.flush()
+    return {"id": message.id, "kind": SYSTEM, "title": title, "body": body, "created_at": iso(message.created_at)}

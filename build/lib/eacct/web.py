@@ -1,0 +1,189 @@
+"""The HTTP edge shared by every api module: app keys, the error middleware, body parsing, auth, JSON."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from eacct import errors
+from eacct.config import Settings
+from eacct.db import unit_of_work
+from eacct.formats import iso
+from eacct.members import service as members
+from eacct.members.service import Caller
+from eacct.netdisk.blobstore import BlobStore
+
+__all__ = [
+    "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",
+    "read_body", "require_member", "require_netdisk", "transaction",
+]
+
+log = logging.getLogger("eacct.web")
+
+SETTINGS = web.AppKey("settings", Settings)
+SESSIONS = web.AppKey("sessions", async_sessionmaker)
+BLOBS = web.AppKey("blobs", BlobStore)
+NOTIFIER = web.AppKey("notifier", object)
+
+STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.VersionConflict: 412,
+    errors.QuotaExceeded: 413,
+    errors.TooManyVersions: 413,
+    errors.ChecksumMismatch: 400,
+    errors.BadRequest: 400,
+    errors.Invalid: 422,
+    errors.TooManyAttempts: 429,
+    errors.StorageUnavailable: 503,
+}
+
+
+def status_for(error: errors.DomainError) -> int:
+    """The HTTP status of a domain error: that of its nearest mapped class."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 400
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A UTF-8 JSON answer that keeps Chinese readable."""
+    return web.json_response(data, status=status, headers=headers, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    """The error body of API.md; `retry_after` also becomes the Retry-After header."""
+    headers = {}
+    if "retry_after" in extra:
+        headers["Retry-After"] = str(extra["retry_after"])
+    return json_response({"error": {"code": code, "message": message, **extra}}, status=status, headers=headers)
+
+
+HTTP_ERROR_CODES = {
+    400: ("bad_request", "请求格式不正确"),
+    404: ("not_found", "找不到请求的内容"),
+    405: ("method_not_allowed", "不支持该请求方法"),
+    411: ("length_required", "上传需要 Content-Length"),
+    413: ("payload_too_large", "请求内容过大"),
+    416: ("range_not_satisfiable", "请求的字节范围超出了文件大小"),
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Every refusal leaves as the JSON error of API.md; an unexpected failure is logged, never shown."""
+    try:
+        return await handler(request)
+    except errors.DomainError as exc:
+        return error_response(status_for(exc), exc.code, exc.message, **exc.extra)
+    except ValidationError as exc:
+        details = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
+        return error_response(422, "invalid", "提交的内容不符合要求", details=details)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = HTTP_ERROR_CODES.get(exc.status, ("http_error", exc.reason))
+        response = error_response(exc.status, code, message)
+        if "Content-Range" in exc.headers:
+            response.headers["Content-Range"] = exc.headers["Content-Range"]
+        return response
+    except (ConnectionResetError, OSError) as exc:
+        # The client went away mid-transfer; there is nobody to answer.
+        log.info("connection lost: %s %s: %s", request.method, request.path, exc)
+        raise
+    except Exception:
+        log.exception("unexpected failure in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "服务器内部错误，请稍后重试")
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def read_body(request: web.Request, model: type[ModelT]) -> ModelT:
+    """Parse and validate a JSON body; malformed JSON is 400, a wrong shape 422 with details."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.BadRequest("请求内容不是有效的 JSON") from exc
+    if not isinstance(data, dict):
+        raise errors.Invalid("请求内容应为 JSON 对象")
+    return model.model_validate(data)
+
+
+@asynccontextmanager
+async def transaction(request: web.Request):
+    """One unit of work for this request's database work."""
+    async with unit_of_work(request.app[SESSIONS]) as session:
+        yield session
+
+
+def bearer_token(request: web.Request) -> str:
+    """The bearer token of the request, or Unauthenticated."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise errors.Unauthenticated()
+    return token.strip()
+
+
+async def require_member(request: web.Request) -> Caller:
+    """Authenticate a session or netdisk token."""
+    async with transaction(request) as session:
+        return await members.authenticate(session, request.app[SETTINGS], bearer_token(request))
+
+
+async def require_netdisk(request: web.Request) -> Caller:
+    """Authenticate a netdisk token; a session token gets `netdisk_token_required`."""
+    caller = await require_member(request)
+    if not caller.netdisk:
+        raise errors.NetdiskTokenRequired()
+    return caller
+
+
+def client_ip(request: web.Request) -> str:
+    """The caller's address: the peer, or behind trusted proxies (EACCT_TRUSTED_PROXIES) the last address in
+    X-Forwarded-For that none of them added; a forwarded header from anyone else is ignored."""
+    trusted = request.app[SETTINGS].trusted_proxy_networks()
+    address = request.remote or ""
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    while _in(address, trusted) and hops:
+        address = hops.pop()
+    return address[:64]
+
+
+def _in(address: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def header_text(request: web.Request, name: str, *, max_length: int) -> str | None:
+    """A percent-encoded UTF-8 header (X-Remark, X-Ledger-Name), decoded and length-checked."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        text = unquote(raw, encoding="utf-8", errors="strict").strip()
+    except UnicodeDecodeError as exc:
+        raise errors.Invalid(f"{name} 应为百分号编码的 UTF-8 文本") from exc
+    if len(text) > max_length or any(ord(ch) < 32 for ch in text):
+        raise errors.Invalid(f"{name} 过长或含有控制字符")
+    return text
+
+
+SessionFactory = async_sessionmaker[AsyncSession]
