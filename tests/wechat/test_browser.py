@@ -9,6 +9,7 @@ tests fail: they never skip. No request may leave 127.0.0.1 (no CDN, no outside 
 from __future__ import annotations
 
 import re
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -45,11 +46,14 @@ async def site(make_server, settings, blobs, wechat_api):
     return await make_server(settings, blobs)
 
 
-@pytest.fixture
+@asynccontextmanager
 async def chromium():
-    """The system Chromium; a failure to start fails the test (no skip)."""
+    """The system Chromium, started inside the test: a failure to start fails the test (no skip)."""
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except Exception as exc:
+            pytest.fail(f"headless Chromium ({CHROMIUM}) did not start — install chromium (see .ci/run): {exc}")
         try:
             yield browser
         finally:
@@ -144,8 +148,13 @@ async def walk(page: Page, name: str, owner, li) -> None:
 
 
 async def test_phone_in_wechat_binds_adds_a_friend_shares_cancels_and_reads_messages(
-        chromium, site, wechat_api, desktop, sessions):
+        site, wechat_api, desktop, sessions):
     owner, li, _ = await setup_members(desktop, sessions, "p")
+    async with chromium() as browser:
+        await phone_walk(browser, site, wechat_api, owner, li)
+
+
+async def phone_walk(chromium, site, wechat_api, owner, li) -> None:
     context = await chromium.new_context(viewport={"width": 375, "height": 667}, user_agent=WECHAT_UA,
                                          device_scale_factor=2, is_mobile=True, has_touch=True, locale="zh-CN")
     outside = Outside()
@@ -166,8 +175,13 @@ async def test_phone_in_wechat_binds_adds_a_friend_shares_cancels_and_reads_mess
 
 
 async def test_desktop_web_console_logs_in_adds_a_friend_shares_cancels_and_reads_messages(
-        chromium, site, desktop, sessions):
+        site, desktop, sessions):
     owner, li, _ = await setup_members(desktop, sessions, "d")
+    async with chromium() as browser:
+        await desktop_walk(browser, site, owner, li)
+
+
+async def desktop_walk(chromium, site, owner, li) -> None:
     context = await chromium.new_context(viewport={"width": 1280, "height": 800}, user_agent=DESKTOP_UA,
                                          locale="zh-CN")
     outside = Outside()

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from eacct.db import utcnow
+from eacct.members.models import AccessToken
 from eacct.wechat.models import WechatPageSession
 from tests.conftest import new_ledger_id
 from tests.share.conftest import befriend, messages, share
@@ -165,6 +166,17 @@ async def test_web_console_login_form_then_pages_without_bind_step(browsers, des
     assert status == 200 and "网盘列表" in page and "网盘空间" in page
     status, page, _ = await browser.get("/wx/member")
     assert status == 200 and "wang02" in page and 'name="password"' not in page
+
+
+async def test_web_console_expired_login_shows_the_login_form_again(browsers, desktop, engine):
+    member = await desktop("wang21", "小王")
+    browser = await console(browsers, member)
+    async with engine.begin() as connection:
+        await connection.execute(update(AccessToken).values(expires_at=utcnow()))
+    status, page, _ = await browser.get("/wx/friends")
+    assert status == 200 and 'action="/wx/login"' in page and "登录已失效" in page
+    status, page, _ = await browser.post("/wx/friends", {"account": "x", "nickname": "y"}, csrf="whatever")
+    assert status == 401 and 'action="/wx/login"' in page
 
 
 async def test_web_console_login_is_throttled_like_post_sessions(browsers, desktop, settings):
