@@ -107,6 +107,7 @@ def create_app(
     from eacct.share import service as share_service
     from eacct.share.notify import MessageCenterNotifier
     from eacct.wechat.api import routes as wechat_routes
+    from eacct.wechat.pages import setup_pages
     from eacct.wechat.notify import WechatTemplateNotifier
 
     settings.trusted_proxy_networks()  # a malformed EACCT_TRUSTED_PROXIES stops start-up, not a request
@@ -128,6 +129,8 @@ def create_app(
         own_engine = engine is None
         app[ENGINE] = engine if engine is not None else engine_for(settings)
         app[SESSIONS] = make_session_factory(app[ENGINE])
+        if wechat_templates is not None:
+            wechat_templates.share_token_through(app[SESSIONS])
         own_blobs = blobs is None
         app[BLOBS] = blobs if blobs is not None else open_blob_store(
             settings.storage_url,
@@ -155,6 +158,7 @@ def create_app(
     app.add_routes(netdisk_routes)
     app.add_routes(share_routes)
     app.add_routes(wechat_routes)
+    setup_pages(app)
     return app
 
 

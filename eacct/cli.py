@@ -177,13 +177,14 @@ def cmd_storage_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_wechat_menu(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
     from wechatpy.exceptions import WeChatClientException
 
     from eacct.wechat.menu import create_menu
 
     try:
         answer = create_menu(settings)
-    except (ValueError, WeChatClientException, OSError) as exc:
+    except (ValueError, WeChatClientException, OSError, SQLAlchemyError) as exc:
         print(f"menu not published: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(answer, ensure_ascii=False))
@@ -216,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_storage_check)
     wechat = commands.add_parser("wechat", help="WeChat official account").add_subparsers(dest="wechat_command",
                                                                                           required=True)
-    wechat.add_parser("menu", help="publish the menu (会员中心, 我的网盘, 帮助)").set_defaults(run=cmd_wechat_menu)
+    wechat.add_parser("menu", help="publish the menu (帮助, 网盘共享, 会员中心 → the member pages)").set_defaults(run=cmd_wechat_menu)
     return parser
 
 

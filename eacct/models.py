@@ -6,9 +6,10 @@ from eacct.netdisk.models import (
     AttemptCounter, Chunk, Deletion, Ledger, Netdisk, Pack, SecurityQuestion, Version, VersionManifest,
 )
 from eacct.share.models import Friendship, Message, MessageRead, Share
-from eacct.wechat.models import WechatDelivery
+from eacct.wechat.models import ServerSecret, WechatDelivery, WechatPageSession, WechatToken
 
 __all__ = [
     "AccessToken", "AttemptCounter", "Base", "Chunk", "Deletion", "Friendship", "Ledger", "Member", "Message",
     "MessageRead", "Netdisk", "Pack", "SecurityQuestion", "Share", "Version", "VersionManifest", "WechatBinding", "WechatDelivery",
+    "ServerSecret", "WechatPageSession", "WechatToken",
 ]

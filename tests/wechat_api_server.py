@@ -11,6 +11,10 @@ It speaks what wechatpy's `WeChatClient` sends and expects:
   `touser` (40003, when the test names the followers); records the payload and answers
   `{"errcode": 0, "errmsg": "ok", "msgid": …}`.
 
+* `GET /sns/oauth2/access_token?appid=…&secret=…&code=…&grant_type=authorization_code` (web OAuth): a code
+  from `issue_code(openid)` is good once and answers that openid (40029 for any other or a reused code,
+  40013 / 40001 / 40002 as above); recorded in `oauth_requests`.
+
 Tests steer it: `fail_sends` (an errcode, for the next n sends or until `clear_faults`), `hold_sends` /
 `release_sends` (a slow WeChat: sends arrive and wait for an asyncio.Event), `expire_tokens`. They observe
 it through `sent`, `send_attempts`, `token_requests`, `held`, and wait with `wait_until`.
@@ -63,7 +67,12 @@ class FakeWechatApi:
         self.app.router.add_get("/cgi-bin/token", self._token)
         self.app.router.add_post("/cgi-bin/message/template/send", self._send_template)
         self.app.router.add_post("/cgi-bin/menu/create", self._create_menu)
+        self.app.router.add_get("/sns/oauth2/access_token", self._oauth_access_token)
         self.menu: dict | None = None  # the menu as last published
+        self.oauth_codes: dict[str, str] = {}  # code WeChat handed a browser → the follower's openid
+        self.oauth_requests: list[dict] = []
+        self.token_expires_in = 7200
+        self.token_delay = 0.0  # seconds each token fetch takes (a slow WeChat makes refresh races real)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on `host:port` (a free port when 0); return the base URL (what EACCT_WECHAT_API_BASE holds)."""
@@ -134,6 +143,8 @@ class FakeWechatApi:
     async def _token(self, request: web.Request) -> web.Response:
         self.token_requests += 1
         self._touch()
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay)
         query = request.query
         if query.get("grant_type") != "client_credential":
             return self._error(40002, "invalid grant_type")
@@ -143,7 +154,29 @@ class FakeWechatApi:
             return self._error(40001, "invalid credential, access_token is invalid or not latest")
         token = secrets.token_urlsafe(48)
         self.tokens[token] = True
-        return self._answer({"access_token": token, "expires_in": 7200})
+        return self._answer({"access_token": token, "expires_in": self.token_expires_in})
+
+    def issue_code(self, openid: str) -> str:
+        """What WeChat's authorize page gives the browser of follower `openid`: a one-time code."""
+        code = secrets.token_urlsafe(16)
+        self.oauth_codes[code] = openid
+        return code
+
+    async def _oauth_access_token(self, request: web.Request) -> web.Response:
+        query = request.query
+        self.oauth_requests.append(dict(query))
+        self._touch()
+        if query.get("grant_type") != "authorization_code":
+            return self._error(40002, "invalid grant_type")
+        if query.get("appid") != self.appid:
+            return self._error(40013, "invalid appid")
+        if query.get("secret") != self.secret:
+            return self._error(40001, "invalid credential")
+        openid = self.oauth_codes.pop(query.get("code", ""), None)
+        if openid is None:
+            return self._error(40029, "invalid code")
+        return self._answer({"access_token": secrets.token_urlsafe(32), "expires_in": 7200,
+                             "refresh_token": secrets.token_urlsafe(32), "openid": openid, "scope": "snsapi_base"})
 
     async def _create_menu(self, request: web.Request) -> web.Response:
         if not self.tokens.get(request.query.get("access_token", "")):

@@ -191,13 +191,15 @@ async def _end_share(session: AsyncSession, notifier: Notifier, share: Share, re
                             f"{owner.nickname}（{owner.account}）已取消共享账套 {name}{reason}")
 
 
-async def cancel_share(session: AsyncSession, notifier: Notifier, owner_id: int, share_id: str) -> None:
-    """取消共享: the recipient loses access at once (listing, download and upload)."""
+async def cancel_share(session: AsyncSession, notifier: Notifier, owner_id: int, share_id: str) -> ShareInfo:
+    """取消共享: the recipient loses access at once (listing, download and upload); returns the share that ended."""
     await versions.lock_owner_if_opened(session, owner_id)
     share = await session.get(Share, share_id)
     if share is None or share.owner_id != owner_id or share.cancelled_at is not None:
         raise errors.NotFound("没有这个共享")
+    ended = await _share_info(session, share)
     await _end_share(session, notifier, share)
+    return ended
 
 
 def register(hooks: NetdiskHooks, notifier: Notifier) -> None:

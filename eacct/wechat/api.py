@@ -51,6 +51,12 @@ async def verify_url(request: web.Request) -> web.Response:
     return web.Response(text=request.query.get("echostr", ""))
 
 
+def cdata_safe(text: str) -> str:
+    """Text that stays inside the reply's CDATA section: wechatpy puts it there as is, so a nickname or ledger
+    name containing `]]>` would end the section early and break (or inject into) the reply XML."""
+    return text.replace("]]>", "]]]]><![CDATA[>")
+
+
 def _incoming(message) -> service.Incoming | None:
     if message.type == "text":
         return service.Incoming(message.source, "text", message.content or "")
@@ -99,7 +105,7 @@ async def callback(request: web.Request) -> web.Response:
         text = await service.answer(session, settings, _incoming(message))
     if text is None:
         return web.Response(text="success")
-    reply = create_reply(text, message=message, render=True)
+    reply = create_reply(cdata_safe(text), message=message, render=True)
     if crypto is not None:
         reply = crypto.encrypt_message(reply, query.get("nonce", ""), query.get("timestamp") or None)
     return web.Response(text=reply, content_type="application/xml")

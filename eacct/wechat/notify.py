@@ -19,7 +19,9 @@ import asyncio
 import logging
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import requests
 from sqlalchemy import select
@@ -32,6 +34,7 @@ from eacct.config import Settings
 from eacct.db import after_commit, utcnow
 from eacct.formats import BEIJING
 from eacct.members.models import WechatBinding
+from eacct.wechat.tokens import DatabaseTokenStorage
 
 __all__ = ["REMARK", "WechatApiClient", "WechatTemplateNotifier", "template_data"]
 
@@ -41,6 +44,7 @@ REMARK = "详情请在 e会计【消息中心】查看"
 # WeChat's answers to a token it no longer accepts: fetch a new one and try once more.
 TOKEN_REFUSED = {WeChatErrorCode.INVALID_CREDENTIAL, WeChatErrorCode.INVALID_ACCESS_TOKEN,
                  WeChatErrorCode.EXPIRED_ACCESS_TOKEN}
+T = TypeVar("T")
 _SECRET_PARAMS = re.compile(r"(secret|access_token)=[^&\s'\"]+")
 
 
@@ -70,27 +74,54 @@ class _TimeoutSession(requests.Session):
 
 class WechatApiClient(WeChatClient):
     """wechatpy's client against `api_base` (its token fetch ignores API_BASE_URL, so it is redone here), with
-    timeouts, and one token fetch at a time between the pool's threads. The token is cached in wechatpy's
-    MemoryStorage: enough for one process (several processes each keep their own token; WeChat accepts the
-    old token for five minutes after a new one is issued)."""
+    timeouts, and one token fetch at a time between the pool's threads. With a `DatabaseTokenStorage` the
+    token is shared by every process and refreshed by one of them at a time, before it expires; without one
+    (tests of this class alone) wechatpy's per-process MemoryStorage keeps it."""
 
-    def __init__(self, appid: str, secret: str, api_base: str, timeout: float) -> None:
-        super().__init__(appid, secret, timeout=timeout, auto_retry=False)
+    def __init__(self, appid: str, secret: str, api_base: str, timeout: float,
+                 storage: DatabaseTokenStorage | None = None) -> None:
+        super().__init__(appid, secret, session=storage, timeout=timeout, auto_retry=False)
         self.API_BASE_URL = api_base.rstrip("/") + "/cgi-bin/"
         self._http = _TimeoutSession(timeout)
         self._token_lock = threading.RLock()
+        self._shared = storage
+        self._last_token: str | None = None
+
+    def _fetch_new_token(self):
+        return self._fetch_access_token(
+            url=self.API_BASE_URL + "token",
+            params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
+        )
 
     def fetch_access_token(self):
+        """A new token, because WeChat refused the one last used (another process may already have it)."""
         with self._token_lock:
-            return self._fetch_access_token(
-                url=self.API_BASE_URL + "token",
-                params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
-            )
+            if self._shared is None:
+                return self._fetch_new_token()
+            self._shared.refresh(self.access_token_key, self._fetch_new_token, stale=self._last_token)
+
+    def with_token_retry(self, call: Callable[[], T]) -> T:
+        """Run an API call; when WeChat refuses the token (expired, or retired by a newer one), get a new one
+        and try once more."""
+        try:
+            return call()
+        except WeChatClientException as exc:
+            if exc.errcode not in TOKEN_REFUSED:
+                raise
+            self.fetch_access_token()
+            return call()
 
     @property
     def access_token(self):
         with self._token_lock:
-            return super().access_token
+            if self._shared is None:
+                return super().access_token
+            token = self._shared.get(self.access_token_key)
+            if token is None:
+                self._shared.refresh(self.access_token_key, self._fetch_new_token)
+                token = self._shared.get(self.access_token_key)
+            self._last_token = token
+            return token
 
 
 class WechatTemplateNotifier:
@@ -101,6 +132,9 @@ class WechatTemplateNotifier:
         if not self.configured(settings):
             raise ValueError("WeChat template messages need the appid, the secret and the template id")
         self.template_id = settings.wechat_template_id
+        # The message opens the message center page (消息中心) when the service's public address is known.
+        self.link = f"{settings.public_url.rstrip('/')}/wx/messages" if settings.public_url else None
+        self._settings, self._timeout = settings, timeout
         self.max_pending = max_pending
         self._secret = settings.wechat_secret
         self._client = WechatApiClient(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base, timeout)
@@ -108,6 +142,13 @@ class WechatTemplateNotifier:
         self._slots = asyncio.Semaphore(workers)
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
+
+    def share_token_through(self, sessions) -> None:
+        """From now on keep the access token in the database, shared with every other process (call on the
+        event loop that owns `sessions`, once the database is open)."""
+        storage = DatabaseTokenStorage(sessions, asyncio.get_running_loop())
+        self._client = WechatApiClient(self._settings.wechat_appid, self._settings.wechat_secret,
+                                       self._settings.wechat_api_base, self._timeout, storage)
 
     @staticmethod
     def configured(settings: Settings) -> bool:
@@ -153,13 +194,8 @@ class WechatTemplateNotifier:
 
     def _send_now(self, openid: str, data: dict) -> None:
         """In a pool thread: send, fetching a new access token once if WeChat refuses the cached one."""
-        try:
-            self._client.message.send_template(openid, self.template_id, data)
-        except WeChatClientException as exc:
-            if exc.errcode not in TOKEN_REFUSED:
-                raise
-            self._client.fetch_access_token()
-            self._client.message.send_template(openid, self.template_id, data)
+        self._client.with_token_retry(
+            lambda: self._client.message.send_template(openid, self.template_id, data, url=self.link))
 
     def _describe(self, exc: Exception) -> str:
         """What went wrong, for the log: WeChat's errcode and errmsg, or the error with secrets masked (request

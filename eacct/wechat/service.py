@@ -196,28 +196,49 @@ async def _share_list(session, settings, openid, member) -> str:
     return "\n".join(lines)
 
 
+async def _messages(session, settings, openid, member) -> str:
+    if member is None:
+        return how_to_bind(settings, openid)
+    listing = await share.list_messages(session, member.id, set(), set())
+    return f"消息中心：您有 {listing.unread_count} 条未读消息。"
+
+
 async def _help(session, settings, openid, member) -> str:
     return ("欢迎使用 e会计云服务。回复以下文字或点击菜单：\n会员中心 — 绑定会员账号\n会员信息 — 查看账号、昵称和会员ID\n"
-            "我的好友 — 好友列表\n我的网盘 — 网盘列表\n共享列表 — 我共享的账套")
+            "我的好友 — 好友列表、添加好友\n我的网盘 — 网盘列表、共享给好友\n共享列表 — 我共享的账套\n消息中心 — 我的消息")
 
 
-# One table for menu keys and text commands: what a follower can ask for, and who answers.
-COMMANDS: dict[str, Handler] = {
-    "会员中心": _member_center, "MEMBER_CENTER": _member_center, "绑定": _member_center,
-    "会员信息": _member_info, "MEMBER_INFO": _member_info,
-    "我的好友": _friends, "MY_FRIENDS": _friends,
-    "我的网盘": _netdisk_list, "网盘列表": _netdisk_list, "MY_NETDISK": _netdisk_list,
-    "共享列表": _share_list, "MY_SHARES": _share_list,
-    "帮助": _help, "HELP": _help,
-}
+@dataclass(frozen=True, slots=True)
+class Command:
+    """What the bot does for a word or menu key: a short text answer, and the page that does the rest."""
+
+    handler: Handler
+    page: str | None = None
+
+
+# One table for menu keys and text commands: what a follower can ask for, who answers, and which page it opens.
+_TABLE: list[tuple[tuple[str, ...], Command]] = [
+    (("会员中心", "MEMBER_CENTER", "绑定"), Command(_member_center, "/wx/member")),
+    (("会员信息", "MEMBER_INFO"), Command(_member_info, "/wx/info")),
+    (("我的好友", "MY_FRIENDS", "添加好友"), Command(_friends, "/wx/friends")),
+    (("我的网盘", "网盘列表", "MY_NETDISK"), Command(_netdisk_list, "/wx/netdisk")),
+    (("共享列表", "MY_SHARES", "取消共享"), Command(_share_list, "/wx/shares")),
+    (("消息中心", "MESSAGES"), Command(_messages, "/wx/messages")),
+    (("帮助", "HELP"), Command(_help)),
+]
+COMMANDS: dict[str, Command] = {word: command for words, command in _TABLE for word in words}
 
 
 async def answer(session: AsyncSession, settings: Settings, incoming: Incoming) -> str | None:
-    """The bot's text reply to a follower, or None when nothing should be said."""
+    """The bot's text reply to a follower, or None when nothing should be said. A bound follower also gets
+    the link to the page where the same thing can be done (unbound ones only learn how to bind, rule 3)."""
     member = await bound_member(session, incoming.openid)
     if incoming.kind == "subscribe":
         return await _help(session, settings, incoming.openid, member)
-    if incoming.kind in ("text", "click"):
-        handler = COMMANDS.get(incoming.content.strip(), _help)
-        return await handler(session, settings, incoming.openid, member)
-    return None
+    if incoming.kind not in ("text", "click"):
+        return None
+    command = COMMANDS.get(incoming.content.strip(), COMMANDS["HELP"])
+    text = await command.handler(session, settings, incoming.openid, member)
+    if member is not None and command.page and settings.public_url:
+        text += f"\n点击打开：{settings.public_url.rstrip('/')}{command.page}"
+    return text

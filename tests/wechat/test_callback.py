@@ -183,3 +183,23 @@ async def test_forged_and_garbled_callbacks_are_refused(wechat):
 async def test_callback_is_off_when_wechat_is_not_configured(http, base_url):
     async with http.get(base_url + "/wechat", params={"echostr": "x"}) as response:
         assert response.status == 404
+
+
+async def test_bound_follower_gets_a_short_answer_and_the_page_link(wechat, desktop, http):
+    member = await desktop("wang08", "小王")
+    await bind_via_link(http, wechat, await wechat.say("openid-8", "会员中心"), "wang08", member.password, "小王")
+    for word, page in (("我的好友", "/wx/friends"), ("我的网盘", "/wx/netdisk"), ("共享列表", "/wx/shares"),
+                       ("消息中心", "/wx/messages"), ("会员信息", "/wx/info")):
+        assert f"http://eacct.example{page}" in await wechat.say("openid-8", word), word
+    unbound = await wechat.say("openid-9", "我的好友")
+    assert "/wechat/h5/bind?t=" in unbound and "/wx/friends" not in unbound
+
+
+async def test_user_text_with_cdata_end_is_escaped_in_replies(wechat, desktop, http):
+    member = await desktop("wang09", "a]]>b")
+    await bind_via_link(http, wechat, await wechat.say("openid-10", "会员中心"), "wang09", member.password,
+                        "x]]><y/>")
+    await member.upload("backups", new_ledger_id(), 2018, b"ledger", name="账套]]><Content>z")
+    info = await wechat.say("openid-10", "会员信息")
+    assert "昵称：x]]><y/>" in info
+    assert "账套]]><Content>z" in await wechat.say("openid-10", "我的网盘")

@@ -100,7 +100,8 @@ async def service(make_server, apps, settings, blobs, http, wechat_api) -> Servi
 
 def assert_template(payload: dict, openid: str, message: dict) -> None:
     """A template message to `openid` carrying the message center's `message`."""
-    assert set(payload) == {"touser", "template_id", "data"}
+    assert set(payload) == {"touser", "template_id", "data", "url"}
+    assert payload["url"] == "http://eacct.example/wx/messages"  # the message opens the message center page
     assert payload["touser"] == openid and payload["template_id"] == TEMPLATE_ID
     data = payload["data"]
     assert set(data) == {"first", "keyword1", "keyword2", "remark"}
