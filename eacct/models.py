@@ -3,13 +3,14 @@
 from eacct.db import Base
 from eacct.members.models import AccessToken, Member, WechatBinding
 from eacct.netdisk.models import (
-    AttemptCounter, Chunk, Deletion, Ledger, Netdisk, Pack, SecurityQuestion, Version, VersionManifest,
+    Chunk, Deletion, Ledger, Netdisk, Pack, SecurityQuestion, UploadLease, Version, VersionManifest,
 )
 from eacct.share.models import Friendship, Message, MessageRead, Share
+from eacct.throttle import AttemptCounter
 from eacct.wechat.models import ServerSecret, WechatDelivery, WechatPageSession, WechatToken
 
 __all__ = [
     "AccessToken", "AttemptCounter", "Base", "Chunk", "Deletion", "Friendship", "Ledger", "Member", "Message",
     "MessageRead", "Netdisk", "Pack", "SecurityQuestion", "Share", "Version", "VersionManifest", "WechatBinding", "WechatDelivery",
-    "ServerSecret", "WechatPageSession", "WechatToken",
+    "ServerSecret", "UploadLease", "WechatPageSession", "WechatToken",
 ]

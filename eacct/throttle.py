@@ -15,20 +15,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Integer, String, case, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
 
 from eacct import errors
-from eacct.db import unit_of_work, utcnow
-from eacct.formats import iso
-from eacct.netdisk.models import AttemptCounter
+from eacct.db import Base, UtcDateTime, dialect_insert, unit_of_work, utcnow
+from eacct.formats import BEIJING, iso
 
-__all__ = ["Claim", "Policy", "check_not_locked", "claim", "clear", "record_failure", "refund", "with_lockout"]
+__all__ = [
+    "AttemptCounter", "Claim", "Policy", "check_not_locked", "claim", "clear", "record_failure", "refund", "with_lockout",
+]
 
-BEIJING = timezone(timedelta(hours=8))
+
+class AttemptCounter(Base):
+    """Failures in a row for one guarded action (e.g. `netdisk_unlock:42`), shared by every server process."""
+
+    __tablename__ = "attempt_counters"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
 KEY_LENGTH = 100  # AttemptCounter.key; longer keys (a long account plus an address) are cut, not refused
 
 
@@ -78,27 +89,22 @@ async def check_not_locked(session: AsyncSession, key: str) -> None:
 
 
 async def _bump(session: AsyncSession, key: str, now: datetime, window: timedelta | None) -> int:
-    """Add one to the counter atomically (insert or update) and return the new count."""
-    dialect = session.bind.dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    await session.execute(
-        insert(AttemptCounter)
-        .values(key=key, failures=0, window_started_at=now)
-        .on_conflict_do_nothing(index_elements=["key"])
-    )
+    """Add one to the counter atomically and return the new count: one upsert, so a concurrent `clear`
+    deleting the row between an insert and an update cannot leave this attempt uncounted."""
+    failures, started = AttemptCounter.failures, AttemptCounter.window_started_at
     if window is not None:
         # A counting window that has run out starts again from zero.
-        await session.execute(
-            update(AttemptCounter)
-            .where(AttemptCounter.key == key, AttemptCounter.window_started_at <= now - window)
-            .values(failures=0, window_started_at=now)
-        )
-    return await session.scalar(
-        update(AttemptCounter)
-        .where(AttemptCounter.key == key)
-        .values(failures=AttemptCounter.failures + 1)
+        expired = started <= now - window
+        values = {"failures": case((expired, 1), else_=failures + 1), "window_started_at": case((expired, now), else_=started)}
+    else:
+        values = {"failures": failures + 1}
+    statement = (
+        dialect_insert(session, AttemptCounter)
+        .values(key=key, failures=1, window_started_at=now)
+        .on_conflict_do_update(index_elements=["key"], set_=values)
         .returning(AttemptCounter.failures)
     )
+    return await session.scalar(statement)
 
 
 async def record_failure(sessions: async_sessionmaker[AsyncSession], key: str, policy: Policy,

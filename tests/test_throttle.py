@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from eacct.db import utcnow
 from eacct.members import service as members
 from eacct.members.service import ADDRESS_FREE_FAILURES, LOGIN_ACCOUNT_MAX_LOCK_SECONDS, LOGIN_FREE_FAILURES
-from eacct.netdisk.models import AttemptCounter
+from eacct.throttle import AttemptCounter
 from eacct.wechat import service as wechat
 from tests.conftest import Desktop
 

@@ -17,7 +17,6 @@ __all__ = [
     "VersionInfo",
     "YearSummary",
     "YearVersions",
-    "AttemptCounter",
     "Chunk",
     "Deletion",
     "Ledger",
@@ -50,17 +49,6 @@ class SecurityQuestion(Base):
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     question: Mapped[str] = mapped_column(String(100))
     answer_hash: Mapped[str] = mapped_column(String(200))
-
-
-class AttemptCounter(Base):
-    """Failures in a row for one guarded action (e.g. `netdisk_unlock:42`), shared by every server process."""
-
-    __tablename__ = "attempt_counters"
-
-    key: Mapped[str] = mapped_column(String(100), primary_key=True)
-    failures: Mapped[int] = mapped_column(Integer, default=0)
-    window_started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class Ledger(Base):

@@ -97,7 +97,7 @@ async def test_rule_6_five_wrong_passwords_lock_with_retry_after(desktop):
 
 
 async def test_rule_6_lockout_backs_off_exponentially(desktop, sessions):
-    from eacct.netdisk.models import AttemptCounter
+    from eacct.throttle import AttemptCounter
 
     member = await desktop("lock02", "小王")
     retry_afters = []

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from eacct.db import utcnow
-from eacct.netdisk.models import AttemptCounter
+from eacct.throttle import AttemptCounter
 from tests.conftest import new_ledger_id
 from tests.share.conftest import befriend, cloud_shares, error_code, messages, share
 
