@@ -111,6 +111,7 @@ async def test_rule_14_desktop_sync_takes_the_right_path_and_shows_the_reminder(
     local = friend_sync.folder.get(ledger_id)
     local.owner_id = friend.id
     friend_sync.folder.save(local)
+    edit_rows(friend_sync.folder.year_dir(ledger_id, 2017) / "data.db", [5])  # an unchanged year is not sent
     done = await friend_sync.upload_year(ledger_id, 2017, remark="改")
     assert done.side == SHARE and done.reminder == REMINDER
 
@@ -228,7 +229,7 @@ class CountingTransport:
         self.sent: list[tuple[str, int]] = []
 
     async def send(self, request, receive):
-        size = request.body_size if request.body is not None else len(json.dumps(request.json or "").encode())
+        size = request.size if request.stream is not None else len(request.content or b"")
         self.sent.append((request.url, size))
         return await self.inner.send(request, receive)
 
