@@ -123,7 +123,7 @@ class AiohttpTransport:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             # ValueError: aiohttp's answer to a malformed server URL.
-            raise TransportError(f"无法连接 e会计云服务（{type(exc).__name__}: {exc or '连接中断'}），请检查网络和 --server 地址") from exc
+            raise TransportError(f"无法连接 e会计云服务（{type(exc).__name__}: {exc or '连接中断'}）") from exc
 
     async def close(self) -> None:
         if self._session is not None:

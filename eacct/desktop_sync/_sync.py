@@ -190,20 +190,23 @@ class DesktopSync:
         return await self._upload_year(ledger_id, year, remark, BACKUP, progress)
 
     @_guarded
-    async def share_upload(self, ledger_id: str, year: int, remark: str = "", *,
+    async def share_upload(self, ledger_id: str, year: int, remark: str = "", *, sharer: str | None = None,
                            progress: Progress = _no_progress) -> Transfer:
-        """上传云共享 (the recipient only): refuses my own ledger before any request."""
-        return await self._upload_year(ledger_id, year, remark, SHARE, progress)
+        """上传云共享 (the recipient only): refuses my own ledger before any request; `sharer` (account) names
+        whose share it must be."""
+        return await self._upload_year(ledger_id, year, remark, SHARE, progress, sharer=sharer)
 
     async def _upload_year(self, ledger_id: str, year: int, remark: str, forced: str | None,
                            progress: Progress, *, if_match: str | None | bool = True,
-                           skip_unchanged: bool = True) -> Transfer:
+                           skip_unchanged: bool = True, sharer: str | None = None) -> Transfer:
         ledger_id, year = check_ledger_id(ledger_id), check_year(year)
         ledger = self.folder.get(ledger_id)
         if not self.folder.year_dir(ledger_id, year).is_dir():
             raise LedgerNotFound(f"本地账套 {ledger.name}（{ledger_id}）没有 {year} 年度的数据")
         if forced is not None:
             await self._refuse_wrong_role(forced, ledger)
+        if sharer is not None and await self._shared_ledger(ledger_id, sharer) is None:
+            raise NotFoundError(404, "not_found", f"{sharer} 没有与您共享账套 {ledger.name}（{ledger_id}），或共享已取消")
         state = ledger.years.get(str(year), {})
         based_on = state.get("version_id") if if_match is True else (if_match or None)
         sent_before = self.client.bytes_sent
