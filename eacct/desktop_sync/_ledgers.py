@@ -25,7 +25,7 @@ from pathlib import Path
 from eacct.desktop_sync._client import Progress, check_ledger_id, check_year
 from eacct.desktop_sync._exceptions import DiskError, LedgerNotFound, LocalCopyExists, LocalError, UnsafeArchive
 
-__all__ = ["LedgerFolder", "LocalLedger", "disk_errors", "pack_year", "sha256_of"]
+__all__ = ["LedgerFolder", "LocalLedger", "pack_year", "sha256_of"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 MANIFEST_ENTRY = struct.Struct(">32sI")
@@ -55,7 +55,7 @@ def _no_progress(done: int, total: int, phase: str) -> None:
     pass
 
 
-class disk_errors:
+class _disk_errors:
     """Turns OSError (full disk, read-only folder, no permission) and a broken local SQLite or tar file into
     desktop_sync's LocalError classes, so no lower-library error leaves the library."""
 
@@ -146,7 +146,8 @@ class LedgerFolder:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        with _disk_errors(f"创建账套文件夹 {self.root} "):
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def ledger_dir(self, ledger_id: str) -> Path:
         return self.root / check_ledger_id(ledger_id)
@@ -232,7 +233,7 @@ class LedgerFolder:
         year_dir = self.year_dir(ledger_id, year)
         if not year_dir.is_dir():
             raise LedgerNotFound(f"本地账套 {ledger_id} 没有 {year} 年度的数据（{year_dir} 不存在）")
-        with disk_errors(f"打包 {year_dir} "):
+        with _disk_errors(f"打包 {year_dir} "):
             pack_year(year_dir, archive, progress)
 
     def check_can_receive(self, ledger_id: str, year: int, overwrite: bool) -> None:
@@ -252,7 +253,7 @@ class LedgerFolder:
         created = not ledger_dir.exists()
         staging = retired = None
         try:
-            with disk_errors(f"安装 {final} "):
+            with _disk_errors(f"安装 {final} "):
                 ledger_dir.mkdir(parents=True, exist_ok=True)
                 staging = Path(tempfile.mkdtemp(prefix=f".{year}.incoming-", dir=ledger_dir))
                 with tarfile.open(archive, "r") as tar:

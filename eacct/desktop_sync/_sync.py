@@ -25,7 +25,7 @@ from eacct.desktop_sync._client import BACKUP, SHARE, EacctClient, Progress, che
 from eacct.desktop_sync._exceptions import (
     ConflictError, LedgerNotFound, NotFoundError, WrongPath,
 )
-from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, disk_errors, sha256_of
+from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, _disk_errors, sha256_of
 from eacct.netdisk import delta as delta_format
 from eacct.netdisk.chunker import iter_file_chunks
 
@@ -68,7 +68,7 @@ def _guarded(method):
 
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
-        with disk_errors("读写本地账套文件夹"):
+        with _disk_errors("读写本地账套文件夹"):
             return await method(self, *args, **kwargs)
 
     return wrapper
