@@ -397,10 +397,9 @@ class DesktopSync:
         cloud_changed = latest["version_id"] != state.get("version_id")
         if not cloud_changed:
             return SyncAction(ledger_id, name, year, "upload", "本地有修改，云端没有新版本")
-        synced_at, cloud_at = _when(state.get("uploaded_at")), _when(latest.get("uploaded_at"))
-        if state.get("version_id") and synced_at and cloud_at and cloud_at < synced_at:
-            # The cloud lost the version this copy was synced with and shows an older one (a server restored
-            # from an old backup): the local year is the newer work; keep it and give the cloud a copy.
+        if state.get("version_id") and await self._cloud_lost(ledger_id, year, state, latest):
+            # The cloud no longer has the version this copy was synced with and shows one no newer (a server
+            # restored from an old backup): the local year is the newer work; keep it and give the cloud a copy.
             return SyncAction(ledger_id, name, year, "upload",
                               "云端版本比上次同步的还旧（服务器可能从旧备份恢复），保留本地并上传")
         if not local_changed:
@@ -408,6 +407,15 @@ class DesktopSync:
                               version_id=latest["version_id"])
         return SyncAction(ledger_id, name, year, "conflict", "本地和云端都有修改：云端版本另存为冲突副本，本地不动",
                           version_id=latest["version_id"])
+
+    async def _cloud_lost(self, ledger_id: str, year: int, state: dict, latest: dict) -> bool:
+        """True when the version of the last sync is gone from the cloud and nothing newer replaced it."""
+        versions = await self.client.versions(ledger_id, year)
+        if any(v["version_id"] == state["version_id"] for v in versions):
+            return False
+        synced_at, cloud_at = _when(state.get("uploaded_at")), _when(latest.get("uploaded_at"))
+        # Times are whole seconds: the same second counts as older, so doubt keeps the local year.
+        return synced_at is None or cloud_at is None or cloud_at <= synced_at
 
     async def _local_sha(self, ledger_id: str, year: int) -> str:
         with self._scratch() as scratch:
@@ -423,8 +431,9 @@ class DesktopSync:
             if local.owner_id is None:
                 local.owner_id = (await self.me()).get("id")
                 self.folder.save(local)
-            done = await self._upload_year(ledger_id, year, "", BACKUP, progress,
-                                           if_match=(latest or {}).get("version_id") if restored else True,
+            # A year the cloud lacks has no version to start from; after a restore, start from what it shows.
+            if_match: str | None | bool = None if latest is None else (latest["version_id"] if restored else True)
+            done = await self._upload_year(ledger_id, year, "", BACKUP, progress, if_match=if_match,
                                            skip_unchanged=False)
             action.version_id = done.version.get("version_id", "")
         elif action.action == "download":
