@@ -300,7 +300,8 @@ class DesktopSync:
             side = SHARE
             if ledger is None or sharer is not None:
                 listed = await self._shared_ledger(ledger_id, sharer)
-                if listed is None:
+                # Without a sharer named, let the server say why (owner_uses_backup for my own ledger).
+                if listed is None and sharer is not None:
                     who = f"{sharer} " if sharer else ""
                     raise NotFoundError(404, "not_found", f"{who}没有与您共享账套 {ledger_id}（或共享已取消）")
         elif forced == BACKUP:

@@ -72,7 +72,8 @@ def hint_for(error: SyncError) -> str:
     if isinstance(error, AuthError) and error.code == "unauthenticated":
         return "先运行 eacct-sync login --account 账号（然后 eacct-sync netdisk unlock）"
     if isinstance(error, WrongPath):
-        return "自己的账套用 eacct-sync backup …，好友共享的账套用 eacct-sync share …"
+        how = "自己的账套用 eacct-sync backup …，好友共享的账套用 eacct-sync share …"
+        return how if "共享人操作云备份" in str(error) else f"共享人操作云备份，受共享人操作云共享：{how}"
     if isinstance(error, RateLimited) and error.retry_after:
         return f"请 {error.retry_after} 秒后再试"
     if isinstance(error, QuotaError) and "free_bytes" in error.extra:

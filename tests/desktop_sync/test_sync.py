@@ -197,28 +197,6 @@ async def test_a_download_that_does_not_match_its_checksum_is_not_installed(tmp_
     assert [p.name for p in (tmp_path / "root").iterdir()] == []
 
 
-async def test_eacct_sync_command_uploads_and_lists(desktop, base_url, tmp_path):
-    owner = await desktop("cli_sync", "小王")
-    ledger_id = make_local_ledger(tmp_path / "ledgers", "命令行账套", [2019], rows=200)
-    env = {**os.environ, "EACCT_SYNC_SERVER": base_url, "EACCT_SYNC_ROOT": str(tmp_path / "ledgers"),
-           "EACCT_SYNC_ACCOUNT": owner.account, "EACCT_SYNC_PASSWORD": owner.password,
-           "EACCT_SYNC_NETDISK_PASSWORD": owner.netdisk_password}
-
-    async def run(*args: str) -> tuple[int, str, str]:
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "eacct.desktop_sync.cli", *args, env=env,
-                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await process.communicate()
-        return process.returncode, out.decode(), err.decode()
-
-    code, out, err = await run("upload", ledger_id, "2019", "--remark", "2019年3期")
-    assert code == 0, err
-    assert json.loads(out)["side"] == BACKUP
-    code, out, _ = await run("backups")
-    assert json.loads(out)[0]["name"] == "命令行账套"
-    code, _, err = await run("download", ledger_id, "2019")
-    assert code == 1 and "LocalCopyExists" in err
-
-
 class CountingTransport:
     """The real transport, counting what each request body carries."""
 
