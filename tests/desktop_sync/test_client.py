@@ -232,3 +232,14 @@ async def test_a_folder_without_ledger_json_is_reported_not_skipped(owner_client
     with pytest.raises(desktop_sync.LedgerNotFound) as missing:
         await sync.upload_year(stray.parent.name, 2018)
     assert "ledger.json" in str(missing.value)
+
+
+def test_the_client_imports_no_server_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, eacct.desktop_sync, eacct.desktop_sync.cli; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic', 'argon2') "
+            "or m.startswith('aiohttp.web')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
