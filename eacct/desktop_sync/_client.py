@@ -10,7 +10,9 @@ the classes of `_exceptions` ever leave.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -461,3 +463,21 @@ class EacctClient:
                 pass
             raise
 
+
+
+def _answers_as_documented(method):
+    """An answer missing a field the API promises is the server's (or a proxy's) fault, not a KeyError."""
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise ProtocolError(f"服务器的回答缺少应有的内容（{type(exc).__name__}: {exc}），请检查 --server 地址") from exc
+
+    return wrapper
+
+
+for _name, _method in list(vars(EacctClient).items()):
+    if not _name.startswith("_") and inspect.iscoroutinefunction(_method) and _name != "close":
+        setattr(EacctClient, _name, _answers_as_documented(_method))

@@ -177,15 +177,20 @@ class LedgerFolder:
                 raise LedgerNotFound(f"文件夹 {directory} 里没有 ledger.json（{{\"id\", \"name\"}}），无法确定账套名称；请先创建它")
             raise LedgerNotFound(f"本地没有账套 {ledger_id}（{directory} 不存在）")
         try:
-            return LocalLedger.from_json(json.loads(meta.read_text(encoding="utf-8")))
+            with _disk_errors(f"读取 {meta} "):
+                return LocalLedger.from_json(json.loads(meta.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError) as exc:
             raise LedgerNotFound(f"{meta} 已损坏，无法读取：{exc}") from exc
 
     def save(self, ledger: LocalLedger) -> None:
         """Write `ledger.json` atomically."""
         directory = self.ledger_dir(ledger.ledger_id)
-        directory.mkdir(parents=True, exist_ok=True)
         staged = directory / f".ledger.json.{uuid.uuid4().hex}"
+        with _disk_errors(f"写入 {directory / 'ledger.json'} "):
+            directory.mkdir(parents=True, exist_ok=True)
+            self._write_meta(ledger, staged, directory)
+
+    def _write_meta(self, ledger: LocalLedger, staged: Path, directory: Path) -> None:
         try:
             staged.write_text(json.dumps(ledger.to_json(), ensure_ascii=False, indent=2), encoding="utf-8")
             os.replace(staged, directory / "ledger.json")

@@ -243,3 +243,24 @@ def test_the_client_imports_no_server_framework():
             "or m.startswith('aiohttp.web')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_an_answer_missing_promised_fields_is_a_protocol_error_not_a_key_error():
+    client = EacctClient("http://eacct.invalid", transport=MockTransport(lambda request: _json(201, {"unexpected": 1})))
+    with pytest.raises(ProtocolError):
+        await client.log_in("a", "b")
+    with pytest.raises(ProtocolError):
+        await client.backups()
+
+
+def test_a_full_disk_writing_ledger_json_is_a_disk_error_and_leaves_nothing(tmp_path, monkeypatch):
+    folder = LedgerFolder(tmp_path)
+    ledger = LocalLedger(ledger_id=str(uuid.uuid4()), name="L")
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(desktop_sync._ledgers.os, "replace", no_space)
+    with pytest.raises(DiskError):
+        folder.save(ledger)
+    assert list((tmp_path / ledger.ledger_id).iterdir()) == []
