@@ -181,13 +181,22 @@ async def test_eacct_sync_sync_command_plans_and_syncs(desktop, base_url, tmp_pa
     assert [x["action"] for x in fresh["actions"]] == ["download"]
 
 
+@dataclass
+class Proxy:
+    url: str
+    arrived: asyncio.Event
+
+
 @pytest.fixture
 async def proxy(aiohttp_server):
-    """A proxy in front of a dead server (HTML 502), and one that never answers."""
+    """A proxy in front of a dead server (HTML 502), and one that never answers (`arrived` once asked)."""
+    arrived = asyncio.Event()
+
     async def bad_gateway(request):
         return web.Response(status=502, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
 
     async def hang(request):
+        arrived.set()
         await asyncio.sleep(60)
         return web.Response()
 
@@ -195,7 +204,7 @@ async def proxy(aiohttp_server):
     app.router.add_route("*", "/gateway/{tail:.*}", bad_gateway)
     app.router.add_route("*", "/hang/{tail:.*}", hang)
     server = await aiohttp_server(app, host="127.0.0.1")
-    return str(server.make_url("")).rstrip("/")
+    return Proxy(str(server.make_url("")).rstrip("/"), arrived)
 
 
 def logged_in(terminal: Terminal) -> Terminal:
@@ -205,7 +214,7 @@ def logged_in(terminal: Terminal) -> Terminal:
 
 
 async def test_eacct_sync_reports_a_proxy_error_page_as_a_network_error(proxy, tmp_path):
-    terminal = logged_in(Terminal(proxy + "/gateway", tmp_path / "home"))
+    terminal = logged_in(Terminal(proxy.url + "/gateway", tmp_path / "home"))
     refused(await terminal.run("backup", "list"), EXIT_NETWORK, "502")
     refused(await terminal.run("friends", "list", "--json"), EXIT_NETWORK)
     unreachable = logged_in(Terminal("http://127.0.0.1:1", tmp_path / "home2"))
@@ -213,9 +222,9 @@ async def test_eacct_sync_reports_a_proxy_error_page_as_a_network_error(proxy, t
 
 
 async def test_eacct_sync_ctrl_c_says_cancelled_and_leaves_nothing_behind(proxy, tmp_path):
-    terminal = logged_in(Terminal(proxy + "/hang", tmp_path / "home"))
+    terminal = logged_in(Terminal(proxy.url + "/hang", tmp_path / "home"))
     process = await terminal.start("sync", "--root", str(tmp_path / "pc"))
-    await asyncio.sleep(1.5)
+    await asyncio.wait_for(proxy.arrived.wait(), 60)  # mid-request, not mid-start-up
     process.send_signal(signal.SIGINT)
     out, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == EXIT_CANCELLED and "已取消" in err.decode() and "Traceback" not in err.decode()
