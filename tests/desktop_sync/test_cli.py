@@ -4,6 +4,7 @@ on a free port, with real SQLite ledger years; then every refusal is one Chinese
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from eacct.desktop_sync.cli import (
-    EXIT_AUTH, EXIT_CANCELLED, EXIT_CONFLICT, EXIT_NETWORK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_WRONG_PATH,
+    EXIT_AUTH, EXIT_CANCELLED, EXIT_CONFLICT, EXIT_NETWORK, EXIT_NOT_FOUND, EXIT_QUOTA, EXIT_USAGE, EXIT_WRONG_PATH,
 )
 from tests.desktop_sync.test_sync import make_local_ledger
 from tests.netdisk.ledgers import edit_rows
@@ -80,7 +81,9 @@ async def test_the_guide_story_through_eacct_sync(desktop, base_url, tmp_path):
     where = lambda root: ["--root", str(root), "--ledger", ledger_id, "--year", "2018"]  # noqa: E731
 
     # 云备份: the owner's first backup.
-    up = (await a.run("backup", "upload", *where(a_root), "--remark", "2018年1期", "--json")).json()
+    first_upload = await a.run("backup", "upload", *where(a_root), "--remark", "2018年1期", "--json")
+    assert first_upload.err == ""  # progress bars only on a terminal
+    up = first_upload.json()
     assert up["unchanged"] is False and up["size"] > 2_000_000 and up["sent_bytes"] > 0 and up["version_id"]
     listing = await a.run("backup", "list")
     for text in ("123", ledger_id, "2018年1期", "网盘空间", "已用空间", "可用空间"):
@@ -229,3 +232,31 @@ async def test_eacct_sync_ctrl_c_says_cancelled_and_leaves_nothing_behind(proxy,
     out, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == EXIT_CANCELLED and "已取消" in err.decode() and "Traceback" not in err.decode()
     assert list((tmp_path / "pc").iterdir()) == []
+
+
+async def test_eacct_sync_netdisk_reset_and_passwd(desktop, base_url, tmp_path):
+    member, terminal = await signed_up(desktop, base_url, tmp_path, "reset_me", "小王")
+    refused(await terminal.run("netdisk", "reset", "--answer", "上海", "--password-stdin", stdin="new-disk-1\n"),
+            EXIT_AUTH, "密保")
+    assert (await terminal.run("netdisk", "reset", "--answer", " 杭州 ", "--password-stdin", stdin="new-disk-1\n")).code == 0
+    refused(await terminal.run("netdisk", "unlock", "--password-stdin", stdin=member.netdisk_password + "\n"), EXIT_AUTH)
+    assert (await terminal.run("netdisk", "unlock", "--password-stdin", stdin="new-disk-1\n")).code == 0
+    refused(await terminal.run("netdisk", "passwd", "--password-stdin", stdin="new-disk-1\n"), EXIT_USAGE, "2 个密码")
+    assert (await terminal.run("netdisk", "passwd", "--password-stdin", stdin="new-disk-1\nnew-disk-2\n")).code == 0
+    assert (await terminal.run("netdisk", "unlock", "--password-stdin", stdin="new-disk-2\n")).code == 0
+    status = (await terminal.run("netdisk", "status", "--json")).json()
+    assert status["opened"] and status["unlocked"] and status["free_bytes"] == status["quota_bytes"]
+
+
+async def test_eacct_sync_quota_exceeded_has_its_exit_code(make_server, settings, blobs, http, tmp_path):
+    server = await make_server(dataclasses.replace(settings, netdisk_quota_bytes=64 * 1024), blobs)
+    async with http.post(server + "/api/v1/members", json={"account": "quota_me", "password": "pw-quota",
+                                                          "nickname": "小王"}) as answer:
+        assert answer.status == 201
+    terminal = Terminal(server, tmp_path / "home")
+    assert (await terminal.run("login", "--account", "quota_me", "--password-stdin", stdin="pw-quota\n")).code == 0
+    assert (await terminal.run("netdisk", "open", "--question", "q?", "--answer", "a", "--password-stdin",
+                               stdin="disk-quota\n")).code == 0
+    ledger_id = make_local_ledger(tmp_path / "pc", "大账套", [2018], rows=5000)
+    refused(await terminal.run("backup", "upload", "--root", str(tmp_path / "pc"), "--ledger", ledger_id, "--year", "2018"),
+            EXIT_QUOTA, "可用空间")

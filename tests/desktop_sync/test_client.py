@@ -264,3 +264,29 @@ def test_a_full_disk_writing_ledger_json_is_a_disk_error_and_leaves_nothing(tmp_
     with pytest.raises(DiskError):
         folder.save(ledger)
     assert list((tmp_path / ledger.ledger_id).iterdir()) == []
+
+
+async def test_a_download_cancelled_midway_leaves_nothing_behind(tmp_path):
+    import asyncio
+
+    ledger_id = str(uuid.uuid4())
+    (tmp_path / "root" / ledger_id / "2018").mkdir(parents=True)  # a local year that must survive
+    LedgerFolder(tmp_path / "root").save(LocalLedger(ledger_id=ledger_id, name="L", owner_id=1))
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+    class CutTransport(MockTransport):
+        async def send(self, request, receive):
+            self.requests.append(request)
+
+            async def stream():
+                yield b"x" * 1000
+                raise asyncio.CancelledError  # what asyncio.run does to the task on Ctrl-C
+
+            return await receive(desktop_sync.Response(200, {"X-Content-SHA256": "0" * 64, "Content-Length": "9999"},
+                                                       stream()))
+
+    sync = DesktopSync(EacctClient("http://eacct.invalid", transport=CutTransport(None), member={"id": 1}),
+                       LedgerFolder(tmp_path / "root"))
+    with pytest.raises(asyncio.CancelledError):
+        await sync.download_year(ledger_id, 2018, overwrite=True)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
