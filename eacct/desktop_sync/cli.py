@@ -325,7 +325,24 @@ class Runner:
     async def run(self) -> None:
         args = self.args
         handler = getattr(self, f"do_{args.command}_{getattr(args, 'action', '')}".rstrip("_").replace("-", "_"))
-        await handler()
+        try:
+            await handler()
+        except AuthError as exc:
+            if exc.code != "unauthenticated" or not self.state.data.get("netdisk_token"):
+                raise
+            await self._explain_locked_netdisk(exc)
+
+    async def _explain_locked_netdisk(self, exc: AuthError) -> None:
+        """A netdisk token that stopped working while the session still works: the netdisk locked itself
+        (30 minutes idle); say that, not "log in again"."""
+        async with self.client() as client:
+            try:
+                await client.me()
+            except AuthError:
+                raise exc from None
+        self.state.data.pop("netdisk_token", None)
+        self.state.save()
+        raise NetdiskTokenRequired(401, "netdisk_token_required", "云盘已锁定（30 分钟未使用会自动锁定）") from exc
 
     # ----- session
 

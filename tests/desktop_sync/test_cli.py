@@ -260,3 +260,16 @@ async def test_eacct_sync_quota_exceeded_has_its_exit_code(make_server, settings
     ledger_id = make_local_ledger(tmp_path / "pc", "大账套", [2018], rows=5000)
     refused(await terminal.run("backup", "upload", "--root", str(tmp_path / "pc"), "--ledger", ledger_id, "--year", "2018"),
             EXIT_QUOTA, "可用空间")
+
+
+async def test_eacct_sync_a_locked_netdisk_says_unlock_not_log_in(desktop, base_url, tmp_path):
+    member, terminal = await signed_up(desktop, base_url, tmp_path, "locked_me", "小王")
+    state = json.loads((terminal.home / "session.json").read_text(encoding="utf-8"))
+    state["netdisk_token"] = "expired-or-ended"
+    (terminal.home / "session.json").write_text(json.dumps(state), encoding="utf-8")
+    result = await terminal.run("backup", "list")
+    refused(result, EXIT_AUTH, "云盘已锁定", "eacct-sync netdisk unlock")
+    assert "login" not in result.err
+    refused(await terminal.run("backup", "list"), EXIT_AUTH, "netdisk unlock")  # the stale token was dropped
+    assert (await terminal.run("netdisk", "unlock", "--password-stdin", stdin=member.netdisk_password + "\n")).code == 0
+    assert (await terminal.run("backup", "list")).code == 0
