@@ -25,7 +25,8 @@ from urllib.parse import quote, unquote
 import aiohttp
 
 from eacct.desktop_sync._exceptions import (
-    ChecksumError, DiskError, InvalidLedgerId, ProtocolError, SyncError, TransportError, UsageError, error_for,
+    ApiError, ChecksumError, DiskError, InvalidLedgerId, ProtocolError, SyncError, TransportError, UsageError,
+    error_for,
 )
 from eacct.netdisk import delta as delta_format
 
@@ -416,32 +417,55 @@ class EacctClient:
         return await self.transport.send(request, receive)
 
     async def download(self, side: str, ledger_id: str, year: int, version: str, target: Path, *,
-                       progress: Progress = _no_progress) -> dict:
+                       progress: Progress = _no_progress, resume: bool = False) -> dict:
         """Stream a version to `target`, verifying its sha256; returns {version_id, sha256, remark, size,
-        uploaded_at (POSIX seconds or None), received_bytes}. On any failure `target` is removed."""
+        uploaded_at (POSIX seconds or None), received_bytes}.
+
+        Without `resume`, `target` is removed on any failure. With it, a connection that breaks keeps what
+        arrived (and `<target>.version` naming its version), and the next call asks only for the rest
+        (`Range`); the rest is taken only if the server serves the same version, else the whole is fetched.
+        """
         ledger_id, year = check_ledger_id(ledger_id), check_year(year)
-        request = Request("GET", f"{self.base_url}/{side}/{ledger_id}/years/{year}/versions/{quote(str(version), safe='')}/content",
-                          self._headers(True))
+        url = f"{self.base_url}/{side}/{ledger_id}/years/{year}/versions/{quote(str(version), safe='')}/content"
+        marker = target.with_name(target.name + ".version")
+        offset, partial_of = 0, ""
+        if resume and target.is_file() and marker.is_file():
+            offset, partial_of = target.stat().st_size, marker.read_text(encoding="utf-8").strip()
+        received = 0
 
         async def receive(response: Response) -> dict:
+            nonlocal received
             if response.status >= 400:
                 raw = await response.read()
                 data = _parse_json(raw, response.status)
                 raise error_for(response.status, None if data is _NOT_JSON else data)
             expected = response.headers.get("X-Content-SHA256", "")
-            if response.status != 200 or len(expected) != 64:
+            served = response.headers.get("X-Version-Id", "")
+            if response.status not in (200, 206) or len(expected) != 64:
                 raise ProtocolError(f"服务器的回答不是 e会计云服务的数据（HTTP {response.status}）")
-            total = int(response.headers.get("Content-Length", "0") or 0)
+            length = int(response.headers.get("Content-Length", "0") or 0)
+            start = 0
+            if response.status == 206:
+                start = int(response.headers.get("Content-Range", "bytes 0-").split(" ", 1)[-1].split("-", 1)[0] or 0)
+                if served != partial_of or start != offset:
+                    raise _Restart()
             digest = hashlib.sha256()
-            done = 0
+            done = start
             try:
-                with open(target, "wb") as handle:
+                if start:
+                    with open(target, "rb") as kept:  # what an earlier, broken download left
+                        while block := kept.read(BLOCK):
+                            digest.update(block)
+                if resume:
+                    marker.write_text(served, encoding="utf-8")
+                with open(target, "ab" if start else "wb") as handle:
                     async for block in response.stream:
                         digest.update(block)
                         handle.write(block)
                         done += len(block)
+                        received += len(block)
                         self.bytes_received += len(block)
-                        progress(done, total, "receiving")
+                        progress(done, start + length, "receiving")
             except OSError as exc:
                 if isinstance(exc, ConnectionError):
                     raise
@@ -450,19 +474,42 @@ class EacctClient:
             if digest.hexdigest() != expected:
                 # A share cancelled mid-download ends the stream short: never take part of a year.
                 raise ChecksumError("下载的数据不完整或校验失败，请重新下载")
-            return {"version_id": response.headers.get("X-Version-Id", ""), "sha256": expected,
+            return {"version_id": served, "sha256": expected,
                     "remark": unquote(response.headers.get("X-Remark", "")), "size": done,
-                    "uploaded_at": _upload_time(response.headers), "received_bytes": done}
+                    "uploaded_at": _upload_time(response.headers), "received_bytes": received}
+
+        def forget() -> None:
+            for path in (target, marker):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
 
         try:
-            return await self.transport.send(request, receive)
-        except BaseException:
             try:
-                target.unlink(missing_ok=True)
-            except OSError:
-                pass
+                headers = {**self._headers(True), **({"Range": f"bytes={offset}-"} if offset else {})}
+                result = await self.transport.send(Request("GET", url, headers), receive)
+            except (_Restart, ChecksumError, ApiError) as exc:
+                # 416: the kept part is already whole or longer than the version.
+                if not offset or (isinstance(exc, ApiError) and exc.status != 416):
+                    raise
+                # The kept part belongs to another version (or is bad): fetch the whole year.
+                forget()
+                offset, partial_of = 0, ""
+                result = await self.transport.send(Request("GET", url, self._headers(True)), receive)
+        except TransportError:
+            if not resume:
+                forget()
             raise
+        except BaseException:
+            forget()
+            raise
+        marker.unlink(missing_ok=True)
+        return result
 
+
+class _Restart(Exception):
+    """A ranged answer that does not continue the kept part."""
 
 
 def _answers_as_documented(method):

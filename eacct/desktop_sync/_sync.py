@@ -23,7 +23,7 @@ from typing import Any
 
 from eacct.desktop_sync._client import BACKUP, SHARE, EacctClient, Progress, check_ledger_id, check_year
 from eacct.desktop_sync._exceptions import (
-    ConflictError, LedgerNotFound, NotFoundError, WrongPath,
+    ConflictError, LedgerNotFound, NotFoundError, TransportError, WrongPath,
 )
 from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, _disk_errors, sha256_of
 from eacct.netdisk import delta as delta_format
@@ -315,21 +315,36 @@ class DesktopSync:
             if side == SHARE and listed is None and ledger is None:
                 listed = await self._shared_ledger(ledger_id)
         received_before = self.client.bytes_received
-        with self._scratch() as scratch:
-            archive = Path(scratch) / f"{year}.tar"
+        # A download the connection broke is kept here and resumed by the next call; anything else that
+        # fails removes it (and the folder, when empty).
+        partials = self.folder.root / ".eacct-partial"
+        archive = partials / f"{ledger_id}-{year}{'' if target is None else '-' + target.name}.tar"
+        partials.mkdir(exist_ok=True)
+        try:
             try:
-                got = await self.client.download(side, ledger_id, year, version, archive, progress=progress)
+                got = await self.client.download(side, ledger_id, year, version, archive, progress=progress, resume=True)
             except WrongPath:
                 if forced is not None:
                     raise
                 side, reminder = (SHARE if side == BACKUP else BACKUP), REMINDER
                 if side == SHARE:
                     listed = await self._shared_ledger(ledger_id)
-                got = await self.client.download(side, ledger_id, year, version, archive, progress=progress)
+                got = await self.client.download(side, ledger_id, year, version, archive, progress=progress, resume=True)
             installed = await asyncio.to_thread(self.folder.install, ledger_id, year, archive, overwrite,
                                                 uploaded_at=got["uploaded_at"], target=target)
             if target is None:
                 self.folder.save_manifest(ledger_id, year, got["version_id"], await asyncio.to_thread(manifest_of, archive))
+        except TransportError:
+            raise
+        except BaseException:
+            archive.with_name(archive.name + ".version").unlink(missing_ok=True)
+            archive.unlink(missing_ok=True)
+            raise
+        else:
+            archive.unlink(missing_ok=True)
+        finally:
+            if partials.is_dir() and not any(partials.iterdir()):
+                partials.rmdir()
         got = {**got, "uploaded_at": _iso(got["uploaded_at"])}
         if target is not None:
             return Transfer(side, {**got, "path": str(installed)}, reminder, size=got["size"],

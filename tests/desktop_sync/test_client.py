@@ -290,3 +290,87 @@ async def test_a_download_cancelled_midway_leaves_nothing_behind(tmp_path):
     with pytest.raises(asyncio.CancelledError):
         await sync.download_year(ledger_id, 2018, overwrite=True)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.fixture
+async def cutting_proxy(aiohttp_server, base_url):
+    """A proxy in front of the real server that can cut a download after `cut_after` bytes; it records the
+    Range header of every content request."""
+    import aiohttp
+    from aiohttp import web
+
+    state = {"cut_after": None, "ranges": []}
+    hop = {"host", "content-length", "transfer-encoding", "connection", "date", "server"}
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        content = "/content" in request.path
+        if content:
+            state["ranges"].append(request.headers.get("Range"))
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.request(request.method, base_url + request.path_qs, data=await request.read() or None,
+                                       headers={k: v for k, v in request.headers.items() if k.lower() not in hop}) as upstream:
+                response = web.StreamResponse(status=upstream.status,
+                                              headers={k: v for k, v in upstream.headers.items() if k.lower() not in hop})
+                if upstream.content_length is not None:
+                    response.content_length = upstream.content_length
+                await response.prepare(request)
+                sent = 0
+                async for block in upstream.content.iter_chunked(64 * 1024):
+                    cut = state["cut_after"]
+                    if content and cut is not None and sent + len(block) > cut:
+                        await response.write(block[: cut - sent])
+                        state["cut_after"] = None
+                        request.transport.close()  # the connection breaks mid-transfer
+                        return response
+                    await response.write(block)
+                    sent += len(block)
+                await response.write_eof()
+                return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return str(server.make_url("")).rstrip("/"), state
+
+
+async def test_an_interrupted_download_resumes_from_what_is_on_disk(owner_client, cutting_proxy, tmp_path):
+    owner, direct = owner_client
+    ledger_id = make_local_ledger(tmp_path / "a", "123", [2018], rows=50_000)
+    uploaded = await DesktopSync(direct, LedgerFolder(tmp_path / "a")).upload_year(ledger_id, 2018)
+    proxy_url, state = cutting_proxy
+    client = EacctClient(proxy_url, token=direct.token, netdisk_token=direct.netdisk_token, member=direct.member)
+    sync = DesktopSync(client, LedgerFolder(tmp_path / "b"))
+    state["cut_after"] = uploaded.size // 2
+    with pytest.raises(TransportError):
+        await sync.download_year(ledger_id, 2018)
+    assert sync.folder.years(ledger_id) == []  # nothing installed from a broken transfer
+    (partial,) = (tmp_path / "b" / ".eacct-partial").glob("*.tar")
+    kept = partial.stat().st_size
+    assert 0 < kept <= uploaded.size // 2
+    done = await sync.download_year(ledger_id, 2018)
+    assert state["ranges"] == [None, f"bytes={kept}-"]
+    assert done.received_bytes == uploaded.size - kept and done.size == uploaded.size
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [ledger_id]  # the partial is gone
+    sync.folder.pack(ledger_id, 2018, tmp_path / "b.tar")
+    LedgerFolder(tmp_path / "a").pack(ledger_id, 2018, tmp_path / "a.tar")
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    await client.close()
+
+
+async def test_a_kept_part_of_an_older_version_is_not_spliced_onto_a_newer_one(owner_client, cutting_proxy, tmp_path):
+    owner, direct = owner_client
+    folder_a = LedgerFolder(tmp_path / "a")
+    ledger_id = make_local_ledger(tmp_path / "a", "123", [2018], rows=50_000)
+    first = await DesktopSync(direct, folder_a).upload_year(ledger_id, 2018)
+    proxy_url, state = cutting_proxy
+    client = EacctClient(proxy_url, token=direct.token, netdisk_token=direct.netdisk_token, member=direct.member)
+    sync = DesktopSync(client, LedgerFolder(tmp_path / "b"))
+    state["cut_after"] = first.size // 3
+    with pytest.raises(TransportError):
+        await sync.download_year(ledger_id, 2018)
+    edit_rows(folder_a.year_dir(ledger_id, 2018) / "data.db", [1, 2])
+    second = await DesktopSync(direct, folder_a).upload_year(ledger_id, 2018)
+    done = await sync.download_year(ledger_id, 2018)
+    assert done.version["version_id"] == second.version["version_id"] and done.received_bytes == second.size
+    assert state["ranges"][-1] is None  # the ranged answer was of another version: fetched whole
+    await client.close()
