@@ -174,7 +174,7 @@ class MockTransport:
         pass
 
 
-def _parse_json(raw: bytes, status: int) -> Any:
+def _parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError):
@@ -242,7 +242,7 @@ class EacctClient:
         async def receive(response: Response) -> Any:
             raw = await response.read()
             self.bytes_received += len(raw)
-            data = _parse_json(raw, response.status)
+            data = _parse_json(raw)
             if response.status >= 400:
                 raise error_for(response.status, None if data is _NOT_JSON else data)
             if data is _NOT_JSON or (raw and not response.headers.get("Content-Type", "").startswith("application/json")):
@@ -407,7 +407,7 @@ class EacctClient:
         async def receive(response: Response) -> Any:
             raw = await response.read()
             self.bytes_received += len(raw)
-            data = _parse_json(raw, response.status)
+            data = _parse_json(raw)
             if response.status >= 400:
                 raise error_for(response.status, None if data is _NOT_JSON else data)
             if not isinstance(data, dict) or "version_id" not in data:
@@ -437,7 +437,7 @@ class EacctClient:
             nonlocal received
             if response.status >= 400:
                 raw = await response.read()
-                data = _parse_json(raw, response.status)
+                data = _parse_json(raw)
                 raise error_for(response.status, None if data is _NOT_JSON else data)
             expected = response.headers.get("X-Content-SHA256", "")
             served = response.headers.get("X-Version-Id", "")

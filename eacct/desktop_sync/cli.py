@@ -20,9 +20,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from eacct.desktop_sync._client import BACKUP, EacctClient, check_ledger_id, check_year
+from eacct.desktop_sync._client import EacctClient, check_ledger_id, check_year
 from eacct.desktop_sync._exceptions import (
-    ApiError, AuthError, BadNetdiskPassword, BadRequest, ChecksumError, ChecksumMismatch, ConflictError,
+    AuthError, BadNetdiskPassword, BadRequest, ChecksumError, ChecksumMismatch, ConflictError,
     InvalidError, LedgerNotFound, LocalCopyExists, LocalError, NetdiskNotOpened, NetdiskTokenRequired,
     NotFoundError, QuotaError, RateLimited, ServerUnavailable, SyncError, TransportError, UploadStalled, UsageError,
     VersionConflict, WrongPath,

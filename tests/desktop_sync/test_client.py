@@ -6,19 +6,17 @@ from __future__ import annotations
 import errno
 import inspect
 import json
-import os
 import stat
 import sqlite3
 import tarfile
 import uuid
-from pathlib import Path
 
 import pytest
 
 import eacct.desktop_sync as desktop_sync
 from eacct import errors as server_errors
 from eacct.desktop_sync import (
-    BACKUP, REMINDER, SHARE, ApiError, DesktopSync, DiskError, EacctClient, InvalidLedgerId, LedgerFolder,
+    BACKUP, REMINDER, DesktopSync, DiskError, EacctClient, InvalidLedgerId, LedgerFolder,
     LocalLedger, MockTransport, ProtocolError, SyncError, TransportError, VersionConflict, WrongPath,
 )
 from eacct.desktop_sync import _client, _exceptions

@@ -3,12 +3,10 @@ rules (rules 12, 14, 16) and the deterministic, consistent year archive."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
 import sqlite3
-import sys
 import tarfile
 import uuid
 from pathlib import Path
