@@ -1,20 +1,32 @@
 """desktop_sync: the client module behind the desktop program's cloud-share dialog, and `eacct-sync`.
 
-`EacctClient` speaks the REST API (transport injected); `LedgerFolder` knows the local ledger layout;
-`DesktopSync` joins them and picks the right path (共享人操作云备份，受共享人操作云共享) itself.
+`EacctClient` speaks the REST API (base URL, timeouts and transport injected); `LedgerFolder` knows the local
+ledger layout, apart from any HTTP; `DesktopSync` joins them, picks the right path (共享人操作云备份，受共享人
+操作云共享) itself and does 云同步. Every error any of them raises is a `SyncError` (see `_exceptions`).
 """
 
-from eacct.desktop_sync._client import AiohttpTransport, EacctClient, MockTransport, Request, Response, Transport
+from eacct.desktop_sync._client import (
+    AiohttpTransport, EacctClient, MockTransport, Progress, Request, Response, Timeout, Transport,
+)
 from eacct.desktop_sync._exceptions import (
-    ApiError, AuthError, ChecksumError, ConflictError, LedgerNotFound, LocalCopyExists, LocalError, NotFoundError,
-    QuotaError, RateLimited, SyncError, TransportError, UnsafeArchive, WrongPath,
+    ApiError, AuthError, BadAnswers, BadCredentials, BadNetdiskPassword, BadRequest, ChecksumError, ChecksumMismatch,
+    ConflictError, DiskError, ForbiddenError, InvalidError, InvalidLedgerId, LedgerNotFound, LocalCopyExists,
+    LocalError, MemberNotFound, NetdiskNotOpened, NetdiskTokenRequired, NotAFriend, NotFoundError, ProtocolError,
+    QuotaError, RateLimited, ServerUnavailable, SyncError, TooManyVersions, TransportError, UnsafeArchive,
+    UploadStalled, UsageError, VersionConflict, WrongPath,
 )
 from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, pack_year, sha256_of
-from eacct.desktop_sync._sync import BACKUP, REMINDER, SHARE, DesktopSync, Transfer
+from eacct.desktop_sync._sync import (
+    BACKUP, REMINDER, SHARE, DesktopSync, SyncAction, SyncReport, Transfer, transfer_json,
+)
 
 __all__ = [
-    "AiohttpTransport", "ApiError", "AuthError", "BACKUP", "ChecksumError", "ConflictError", "DesktopSync",
-    "EacctClient", "LedgerFolder", "LedgerNotFound", "LocalCopyExists", "LocalError", "LocalLedger", "MockTransport",
-    "NotFoundError", "QuotaError", "REMINDER", "RateLimited", "Request", "Response", "SHARE", "SyncError", "Transfer",
-    "Transport", "TransportError", "UnsafeArchive", "WrongPath", "pack_year", "sha256_of",
+    "AiohttpTransport", "ApiError", "AuthError", "BACKUP", "BadAnswers", "BadCredentials", "BadNetdiskPassword",
+    "BadRequest", "ChecksumError", "ChecksumMismatch", "ConflictError", "DesktopSync", "DiskError", "EacctClient",
+    "ForbiddenError", "InvalidError", "InvalidLedgerId", "LedgerFolder", "LedgerNotFound", "LocalCopyExists",
+    "LocalError", "LocalLedger", "MemberNotFound", "MockTransport", "NetdiskNotOpened", "NetdiskTokenRequired",
+    "NotAFriend", "NotFoundError", "Progress", "ProtocolError", "QuotaError", "REMINDER", "RateLimited", "Request",
+    "Response", "SHARE", "ServerUnavailable", "SyncAction", "SyncError", "SyncReport", "Timeout", "TooManyVersions",
+    "Transfer", "Transport", "TransportError", "UnsafeArchive", "UploadStalled", "UsageError", "VersionConflict",
+    "WrongPath", "pack_year", "sha256_of", "transfer_json",
 ]
