@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eacct.config import Settings
-from eacct.db import engine_for, make_session_factory
+from eacct.db import engine_for, make_session_factory, unit_of_work
 from eacct.netdisk.blobstore import BlobStore, open_blob_store
 from eacct.openapi import endpoint, openapi_document
 from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, error_middleware, json_response
@@ -27,7 +27,7 @@ SHUTDOWN_WAIT_SECONDS = 5.0
 
 
 async def healthz(request: web.Request) -> web.Response:
-    async with request.app[SESSIONS]() as session:
+    async with unit_of_work(request.app[SESSIONS], read_only=True) as session:
         await session.execute(text("SELECT 1"))
     return json_response({"status": "ok"})
 

@@ -8,6 +8,10 @@ import ctypes
 import getpass
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +48,8 @@ async def _with_database(settings: Settings, work: Callable) -> object:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    if (args.workers or settings.workers) > 1:
+        return serve_workers(settings, args.workers or settings.workers)
     async def migrate_first() -> None:
         engine = engine_for(settings)
         try:
@@ -64,6 +70,66 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     web.run_app(app, host=settings.host, port=settings.port, access_log=None,
                 print=lambda text: print(text, flush=True))
     return 0
+
+
+# ------------------------------------------------------------------------------------- serve --workers
+
+
+def serve_workers(settings: Settings, workers: int) -> int:
+    """Serve from `workers` processes on one port (SO_REUSEPORT: the kernel spreads connections over them).
+
+    Migrations run here, once, before any worker starts; only the first worker runs the start-up gc. Each
+    worker has its own event loop and database pool. A worker that dies stops the others; SIGTERM or SIGINT
+    here is passed on to every worker, which then shuts down as a single `eacct serve` does."""
+    asyncio.run(_with_database(settings, lambda sessions: asyncio.sleep(0)))
+    log = logging.getLogger("eacct")
+    log.info("eacct serving on http://%s:%s with %s worker processes", settings.host, settings.port, workers)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no event loop or pool inherited
+    children = [context.Process(target=_serve_worker, args=(settings, index, workers), name=f"eacct-worker-{index}")
+                for index in range(workers)]
+    stopping = False
+
+    def stop(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.is_alive():
+                os.kill(child.pid, signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for child in children:
+            child.start()
+        while True:
+            exited = [child for child in children if not child.is_alive()]
+            if exited:
+                break
+            multiprocessing.connection.wait([child.sentinel for child in children])
+        if not stopping:
+            log.error("worker %s exited with %s; stopping the others", exited[0].name, exited[0].exitcode)
+            stop(signal.SIGTERM, None)
+        for child in children:
+            child.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if stopping and all(child.exitcode == 0 for child in children) else 1
+
+
+def _serve_worker(settings: Settings, index: int, workers: int) -> None:
+    """One worker process of `serve_workers`: the app on the shared port, without migrating."""
+    _tune_malloc()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("eacct").info("worker %s/%s (pid %s) serving", index + 1, workers, os.getpid())
+    app = create_app(settings, collect_garbage_on_start=index == 0)
+    app.on_startup.append(_few_worker_threads)
+    web.run_app(app, host=settings.host, port=settings.port, reuse_port=True, access_log=None, print=None)
+
+
+async def _few_worker_threads(app: web.Application) -> None:
+    # As in cmd_serve: a small pool keeps glibc from growing a memory arena per thread.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="eacct-worker"))
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -160,7 +226,9 @@ def cmd_wechat_menu(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eacct", description="e会计 cloud backup and share service")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="apply migrations, then serve on EACCT_HOST:EACCT_PORT").set_defaults(run=cmd_serve)
+    serve = commands.add_parser("serve", help="apply migrations, then serve on EACCT_HOST:EACCT_PORT")
+    serve.add_argument("--workers", type=int, help="server processes on the one port (default EACCT_WORKERS or 1)")
+    serve.set_defaults(run=cmd_serve)
     migrate = commands.add_parser("migrate", help="apply the database migrations")
     migrate.add_argument("revision", nargs="?", default="head")
     migrate.set_defaults(run=cmd_migrate)

@@ -56,6 +56,8 @@ class Settings:
     # Template of the WeChat template messages (模板消息) that tell bound members their personal messages;
     # the channel is on only with appid, secret and this set.
     wechat_template_id: str = ""
+    # Server processes `eacct serve` runs on one port (`--workers`); each has its own database pool.
+    workers: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

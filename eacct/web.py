@@ -24,7 +24,7 @@ from eacct.netdisk.blobstore import BlobStore
 
 __all__ = [
     "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",
-    "read_body", "require_member", "require_netdisk", "transaction",
+    "read_body", "read_transaction", "require_member", "require_netdisk", "transaction",
 ]
 
 log = logging.getLogger("eacct.web")
@@ -139,10 +139,22 @@ def bearer_token(request: web.Request) -> str:
     return token.strip()
 
 
+@asynccontextmanager
+async def read_transaction(request: web.Request):
+    """A read-only unit of work (on SQLite it does not take the write lock); writing in it raises."""
+    async with unit_of_work(request.app[SESSIONS], read_only=True) as session:
+        yield session
+
+
 async def require_member(request: web.Request) -> Caller:
-    """Authenticate a session or netdisk token."""
-    async with transaction(request) as session:
-        return await members.authenticate(session, request.app[SETTINGS], bearer_token(request))
+    """Authenticate a session or netdisk token; a netdisk token's expiry is written only when it moves on."""
+    token, settings = bearer_token(request), request.app[SETTINGS]
+    async with read_transaction(request) as session:
+        caller = await members.authenticate(session, settings, token)
+    if caller.slide_due:
+        async with transaction(request) as session:
+            await members.slide_expiry(session, settings, token)
+    return caller
 
 
 async def require_netdisk(request: web.Request) -> Caller:

@@ -6,7 +6,10 @@ from aiohttp import web
 from eacct.members import service
 from eacct.members.schemas import Credentials, Me, MemberOut, NewMember, NicknameChange, SessionOut
 from eacct.openapi import endpoint
-from eacct.web import SESSIONS, SETTINGS, bearer_token, client_ip, iso, json_response, read_body, require_member, transaction
+from eacct.web import (
+    SESSIONS, SETTINGS, bearer_token, client_ip, iso, json_response, read_body, read_transaction, require_member,
+    transaction,
+)
 
 routes = web.RouteTableDef()
 
@@ -42,7 +45,7 @@ async def delete_session(request: web.Request) -> web.Response:
 @endpoint(answer=Me, summary="会员信息")
 async def get_me(request: web.Request) -> web.Response:
     caller = await require_member(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response(await service.profile(session, caller.member_id))
 
 

@@ -21,7 +21,7 @@ from eacct.netdisk.schemas import (
 from eacct.openapi import endpoint
 from eacct.web import (
     BLOBS, NOTIFIER, SESSIONS, SETTINGS, client_ip, header_text, iso, json_response, read_body, require_member,
-    require_netdisk, transaction,
+    read_transaction, require_netdisk, transaction,
 )
 
 routes = web.RouteTableDef()
@@ -195,7 +195,7 @@ async def send_version(
 @endpoint(answer=NetdiskOut, summary="云盘状态与空间")
 async def get_netdisk(request: web.Request) -> web.Response:
     caller = await require_member(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response(await service.netdisk_status(session, request.app[SETTINGS], caller.member_id))
 
 
@@ -215,7 +215,7 @@ async def open_netdisk(request: web.Request) -> web.Response:
 @endpoint(answer=QuestionsOut, summary="密保问题")
 async def get_questions(request: web.Request) -> web.Response:
     caller = await require_member(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response({"questions": await service.questions(session, caller.member_id)})
 
 
@@ -252,7 +252,7 @@ async def change_password(request: web.Request) -> web.Response:
 @endpoint(answer=DeletionsOut, summary="删除记录")
 async def list_deletions(request: web.Request) -> web.Response:
     caller = await require_member(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response({"deletions": await service.deletions(session, caller.member_id)})
 
 
@@ -263,7 +263,7 @@ async def list_deletions(request: web.Request) -> web.Response:
 @endpoint(answer=LedgersOut, auth="netdisk", summary="网盘列表（云备份的账套）")
 async def list_backups(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response({"ledgers": await service.list_ledgers(session, caller.member_id)})
 
 
@@ -272,7 +272,7 @@ async def list_backups(request: web.Request) -> web.Response:
 async def get_backup(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id = ledger_id_of(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response(await service.get_ledger_view(session, caller.member_id, ledger_id))
 
 
@@ -308,7 +308,7 @@ async def delete_backup(request: web.Request) -> web.Response:
 async def get_backup_year(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response(await service.backup_year(session, caller.member_id, ledger_id, year))
 
 
@@ -339,7 +339,7 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     version_ref = request.match_info["version_id"]
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         version = await service.backup_version(session, caller.member_id, ledger_id, year, version_ref)
 
     async def still_allowed(session: AsyncSession) -> object:

@@ -15,7 +15,10 @@ from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
 from eacct.openapi import endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
-from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, json_response, read_body, require_member, require_netdisk, transaction
+from eacct.web import (
+    BLOBS, NOTIFIER, SESSIONS, SETTINGS, json_response, read_body, read_transaction, require_member, require_netdisk,
+    transaction,
+)
 
 routes = web.RouteTableDef()
 
@@ -34,7 +37,7 @@ def _int_path(request: web.Request, name: str) -> int:
 @endpoint(answer=FriendsOut, summary="我的好友")
 async def list_friends(request: web.Request) -> web.Response:
     caller = await require_member(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response({"friends": await service.list_friends(session, caller.member_id)})
 
 
@@ -79,7 +82,7 @@ async def create_shares(request: web.Request) -> web.Response:
 @endpoint(answer=ShareList, summary="共享列表")
 async def list_shares(request: web.Request) -> web.Response:
     caller = await require_member(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response(await service.list_shares(session, caller.member_id))
 
 
@@ -102,7 +105,7 @@ async def cancel_share(request: web.Request) -> web.Response:
 @endpoint(answer=CloudShares, auth="netdisk", summary="我的云共享")
 async def cloud_shares(request: web.Request) -> web.Response:
     caller = await require_netdisk(request)
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response(await service.cloud_shares(session, caller.member_id))
 
 
@@ -112,7 +115,7 @@ async def download_shared(request: web.Request) -> web.StreamResponse:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     version_ref = request.match_info["version_id"]
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         version = await service.share_version(session, caller.member_id, ledger_id, year, version_ref)
 
     async def still_allowed(session: AsyncSession) -> object:
@@ -159,7 +162,7 @@ async def list_messages(request: web.Request) -> web.Response:
     caller = await require_member(request)
     statuses = _filter(request, "status", {"unread", "read"})
     kinds = _filter(request, "kind", {"system", "personal"})
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         return json_response(await service.list_messages(session, caller.member_id, statuses, kinds))
 
 

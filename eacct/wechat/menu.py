@@ -34,7 +34,7 @@ def menu_keys(menu: dict = MENU) -> list[str]:
 
 def create_menu(settings: Settings, timeout: float = 10.0) -> dict:
     """Publish MENU to the official account (WeChat's menu/create); returns WeChat's answer."""
-    from eacct.wechat.notify import WechatApiClient
+    from eacct.wechat.client import WechatApiClient
 
     if not (settings.wechat_appid and settings.wechat_secret):
         raise ValueError("EACCT_WECHAT_APPID and EACCT_WECHAT_SECRET are needed to publish the menu")

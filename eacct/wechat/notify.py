@@ -18,30 +18,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta, timezone
 
-import requests
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from wechatpy import WeChatClient
-from wechatpy.constants import WeChatErrorCode
-from wechatpy.exceptions import WeChatClientException
 
 from eacct.config import Settings
 from eacct.db import after_commit, utcnow
 from eacct.members.models import WechatBinding
 
-__all__ = ["REMARK", "WechatApiClient", "WechatTemplateNotifier", "template_data"]
+__all__ = ["REMARK", "WechatTemplateNotifier", "template_data"]
 
 log = logging.getLogger("eacct.wechat.notify")
 
 REMARK = "详情请在 e会计【消息中心】查看"
 BEIJING = timezone(timedelta(hours=8))
-# WeChat's answers to a token it no longer accepts: fetch a new one and try once more.
-TOKEN_REFUSED = {WeChatErrorCode.INVALID_CREDENTIAL, WeChatErrorCode.INVALID_ACCESS_TOKEN,
-                 WeChatErrorCode.EXPIRED_ACCESS_TOKEN}
 _SECRET_PARAMS = re.compile(r"(secret|access_token)=[^&\s'\"]+")
 
 
@@ -56,44 +48,6 @@ def template_data(title: str, body: str, when=None) -> dict:
     }
 
 
-class _TimeoutSession(requests.Session):
-    """A requests session with a default timeout: wechatpy fetches the access token without one."""
-
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
-        self.default_timeout = timeout
-
-    def request(self, method, url, **kwargs):
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.default_timeout
-        return super().request(method, url, **kwargs)
-
-
-class WechatApiClient(WeChatClient):
-    """wechatpy's client against `api_base` (its token fetch ignores API_BASE_URL, so it is redone here), with
-    timeouts, and one token fetch at a time between the pool's threads. The token is cached in wechatpy's
-    MemoryStorage: enough for one process (several processes each keep their own token; WeChat accepts the
-    old token for five minutes after a new one is issued)."""
-
-    def __init__(self, appid: str, secret: str, api_base: str, timeout: float) -> None:
-        super().__init__(appid, secret, timeout=timeout, auto_retry=False)
-        self.API_BASE_URL = api_base.rstrip("/") + "/cgi-bin/"
-        self._http = _TimeoutSession(timeout)
-        self._token_lock = threading.RLock()
-
-    def fetch_access_token(self):
-        with self._token_lock:
-            return self._fetch_access_token(
-                url=self.API_BASE_URL + "token",
-                params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
-            )
-
-    @property
-    def access_token(self):
-        with self._token_lock:
-            return super().access_token
-
-
 class WechatTemplateNotifier:
     """The WeChat channel of personal messages: a template message to the member's bound WeChat, if any."""
 
@@ -104,6 +58,9 @@ class WechatTemplateNotifier:
         self.template_id = settings.wechat_template_id
         self.max_pending = max_pending
         self._secret = settings.wechat_secret
+        # Imported here: wechatpy and requests are loaded only by a server that sends template messages.
+        from eacct.wechat.client import WechatApiClient
+
         self._client = WechatApiClient(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base, timeout)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eacct-wechat")
         self._slots = asyncio.Semaphore(workers)
@@ -154,6 +111,8 @@ class WechatTemplateNotifier:
 
     def _send_now(self, openid: str, data: dict) -> None:
         """In a pool thread: send, fetching a new access token once if WeChat refuses the cached one."""
+        from eacct.wechat.client import TOKEN_REFUSED, WeChatClientException
+
         try:
             self._client.message.send_template(openid, self.template_id, data)
         except WeChatClientException as exc:
@@ -166,6 +125,8 @@ class WechatTemplateNotifier:
         """What went wrong, for the log: WeChat's errcode and errmsg, or the error with secrets masked (request
         errors quote the URL, and the token URL carries the secret). Never a traceback: chained exceptions
         would quote it too."""
+        from eacct.wechat.client import WeChatClientException
+
         if isinstance(exc, WeChatClientException):
             if exc.errcode is None and exc.response is not None:
                 text = f"HTTP {exc.response.status_code}"
