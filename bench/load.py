@@ -299,7 +299,7 @@ def run_wrk(url: str, token: str, seconds: int) -> tuple[float, str]:
         argv[1:1] = ["-H", f"Authorization: Bearer {token}"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     note = f" ({non2xx.group(1)} non-2xx)" if non2xx else ""
     return (float(rate.group(1)) if rate else 0.0), (p99.group(1) if p99 else "?") + note
