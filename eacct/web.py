@@ -24,7 +24,7 @@ from eacct.netdisk.blobstore import BlobStore
 
 __all__ = [
     "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",
-    "read_body", "read_transaction", "require_member", "require_netdisk", "transaction",
+    "authenticated_read", "read_body", "read_transaction", "require_member", "require_netdisk", "transaction",
 ]
 
 log = logging.getLogger("eacct.web")
@@ -155,6 +155,24 @@ async def require_member(request: web.Request) -> Caller:
         async with transaction(request) as session:
             await members.slide_expiry(session, settings, token)
     return caller
+
+
+@asynccontextmanager
+async def authenticated_read(request: web.Request, *, netdisk: bool = False):
+    """Authenticate (as `require_member`, or `require_netdisk` with netdisk=True) and read in one read-only
+    unit of work: a list request costs one transaction, not two. Yields (caller, session)."""
+    token, settings = bearer_token(request), request.app[SETTINGS]
+    caller = None
+    try:
+        async with read_transaction(request) as session:
+            caller = await members.authenticate(session, settings, token)
+            if netdisk and not caller.netdisk:
+                raise errors.NetdiskTokenRequired()
+            yield caller, session
+    finally:
+        if caller is not None and caller.slide_due:
+            async with transaction(request) as session:
+                await members.slide_expiry(session, settings, token)
 
 
 async def require_netdisk(request: web.Request) -> Caller:

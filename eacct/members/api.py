@@ -7,7 +7,7 @@ from eacct.members import service
 from eacct.members.schemas import Credentials, Me, MemberOut, NewMember, NicknameChange, SessionOut
 from eacct.openapi import endpoint
 from eacct.web import (
-    SESSIONS, SETTINGS, bearer_token, client_ip, iso, json_response, read_body, read_transaction, require_member,
+    SESSIONS, SETTINGS, authenticated_read, bearer_token, client_ip, iso, json_response, read_body, require_member,
     transaction,
 )
 
@@ -44,8 +44,7 @@ async def delete_session(request: web.Request) -> web.Response:
 @routes.get("/api/v1/me")
 @endpoint(answer=Me, summary="会员信息")
 async def get_me(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return json_response(await service.profile(session, caller.member_id))
 
 

@@ -20,8 +20,8 @@ from eacct.netdisk.schemas import (
 )
 from eacct.openapi import endpoint
 from eacct.web import (
-    BLOBS, NOTIFIER, SESSIONS, SETTINGS, client_ip, header_text, iso, json_response, read_body, require_member,
-    read_transaction, require_netdisk, transaction,
+    BLOBS, NOTIFIER, SESSIONS, SETTINGS, authenticated_read, client_ip, header_text, iso, json_response, read_body,
+    read_transaction, require_member, require_netdisk, transaction,
 )
 
 routes = web.RouteTableDef()
@@ -194,8 +194,7 @@ async def send_version(
 @routes.get("/api/v1/netdisk")
 @endpoint(answer=NetdiskOut, summary="云盘状态与空间")
 async def get_netdisk(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return json_response(await service.netdisk_status(session, request.app[SETTINGS], caller.member_id))
 
 
@@ -214,8 +213,7 @@ async def open_netdisk(request: web.Request) -> web.Response:
 @routes.get("/api/v1/netdisk/questions")
 @endpoint(answer=QuestionsOut, summary="密保问题")
 async def get_questions(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return json_response({"questions": await service.questions(session, caller.member_id)})
 
 
@@ -251,8 +249,7 @@ async def change_password(request: web.Request) -> web.Response:
 @routes.get("/api/v1/netdisk/deletions")
 @endpoint(answer=DeletionsOut, summary="删除记录")
 async def list_deletions(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return json_response({"deletions": await service.deletions(session, caller.member_id)})
 
 
@@ -262,17 +259,15 @@ async def list_deletions(request: web.Request) -> web.Response:
 @routes.get("/api/v1/backups")
 @endpoint(answer=LedgersOut, auth="netdisk", summary="网盘列表（云备份的账套）")
 async def list_backups(request: web.Request) -> web.Response:
-    caller = await require_netdisk(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request, netdisk=True) as (caller, session):
         return json_response({"ledgers": await service.list_ledgers(session, caller.member_id)})
 
 
 @routes.get("/api/v1/backups/{ledger_id}")
 @endpoint(answer=LedgerOut, auth="netdisk", summary="云备份中的一个账套")
 async def get_backup(request: web.Request) -> web.Response:
-    caller = await require_netdisk(request)
-    ledger_id = ledger_id_of(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request, netdisk=True) as (caller, session):
+        ledger_id = ledger_id_of(request)
         return json_response(await service.get_ledger_view(session, caller.member_id, ledger_id))
 
 
@@ -306,9 +301,8 @@ async def delete_backup(request: web.Request) -> web.Response:
 @routes.get("/api/v1/backups/{ledger_id}/years/{year}")
 @endpoint(answer=YearOut, auth="netdisk", summary="一个年度的所有版本（新的在前）")
 async def get_backup_year(request: web.Request) -> web.Response:
-    caller = await require_netdisk(request)
-    ledger_id, year = ledger_id_of(request), year_of(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request, netdisk=True) as (caller, session):
+        ledger_id, year = ledger_id_of(request), year_of(request)
         return json_response(await service.backup_year(session, caller.member_id, ledger_id, year))
 
 

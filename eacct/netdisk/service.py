@@ -200,7 +200,10 @@ async def year_versions(session: AsyncSession, ledger_id: str, year: int | None 
 async def ledger_view(session: AsyncSession, ledger: Ledger) -> dict:
     """`Ledger` of API.md: owner and, per year, the latest version and how many are kept."""
     owner = await session.get(Member, ledger.owner_id)
-    years = await year_versions(session, ledger.id)
+    return _ledger_view(ledger, owner, await year_versions(session, ledger.id))
+
+
+def _ledger_view(ledger: Ledger, owner: Member, years: dict[int, list[dict]]) -> dict:
     return {
         "ledger_id": ledger.id,
         "name": ledger.name,
@@ -209,10 +212,31 @@ async def ledger_view(session: AsyncSession, ledger: Ledger) -> dict:
     }
 
 
+async def versions_of_ledgers(session: AsyncSession, ledger_ids: list[str]) -> dict[str, dict[int, list[dict]]]:
+    """`year_versions` of several ledgers in one query: ledger id → year → versions, newest first."""
+    grouped: dict[str, dict[int, list[dict]]] = {ledger_id: {} for ledger_id in ledger_ids}
+    if not ledger_ids:
+        return grouped
+    query = (
+        select(Version, Member)
+        .join(Member, Member.id == Version.uploaded_by_id)
+        .where(Version.ledger_id.in_(ledger_ids))
+        .order_by(Version.ledger_id, Version.year, Version.id.desc())
+    )
+    for version, uploader in (await session.execute(query)).all():
+        grouped[version.ledger_id].setdefault(version.year, []).append(version_view(version, uploader))
+    return grouped
+
+
 async def list_ledgers(session: AsyncSession, member_id: int) -> list[dict]:
-    """网盘列表: the member's cloud-backup ledgers, by name."""
-    ledgers = await session.scalars(select(Ledger).where(Ledger.owner_id == member_id).order_by(Ledger.name, Ledger.id))
-    return [await ledger_view(session, ledger) for ledger in ledgers]
+    """网盘列表: the member's cloud-backup ledgers, by name (a fixed number of queries however many)."""
+    ledgers = list(await session.scalars(
+        select(Ledger).where(Ledger.owner_id == member_id).order_by(Ledger.name, Ledger.id)))
+    if not ledgers:
+        return []
+    owner = await session.get(Member, member_id)
+    versions = await versions_of_ledgers(session, [ledger.id for ledger in ledgers])
+    return [_ledger_view(ledger, owner, versions[ledger.id]) for ledger in ledgers]
 
 
 async def get_ledger_view(session: AsyncSession, member_id: int, ledger_id: str) -> dict:

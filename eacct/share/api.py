@@ -16,8 +16,8 @@ from eacct.openapi import endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
 from eacct.web import (
-    BLOBS, NOTIFIER, SESSIONS, SETTINGS, json_response, read_body, read_transaction, require_member, require_netdisk,
-    transaction,
+    BLOBS, NOTIFIER, SESSIONS, SETTINGS, authenticated_read, json_response, read_body, read_transaction, require_member,
+    require_netdisk, transaction,
 )
 
 routes = web.RouteTableDef()
@@ -36,8 +36,7 @@ def _int_path(request: web.Request, name: str) -> int:
 @routes.get("/api/v1/friends")
 @endpoint(answer=FriendsOut, summary="我的好友")
 async def list_friends(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return json_response({"friends": await service.list_friends(session, caller.member_id)})
 
 
@@ -81,8 +80,7 @@ async def create_shares(request: web.Request) -> web.Response:
 @routes.get("/api/v1/shares")
 @endpoint(answer=ShareList, summary="共享列表")
 async def list_shares(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return json_response(await service.list_shares(session, caller.member_id))
 
 
@@ -104,8 +102,7 @@ async def cancel_share(request: web.Request) -> web.Response:
 @routes.get("/api/v1/cloud-shares")
 @endpoint(answer=CloudShares, auth="netdisk", summary="我的云共享")
 async def cloud_shares(request: web.Request) -> web.Response:
-    caller = await require_netdisk(request)
-    async with read_transaction(request) as session:
+    async with authenticated_read(request, netdisk=True) as (caller, session):
         return json_response(await service.cloud_shares(session, caller.member_id))
 
 
@@ -159,10 +156,9 @@ def _filter(request: web.Request, name: str, allowed: set[str]) -> set[str]:
 @routes.get("/api/v1/messages")
 @endpoint(answer=MessagesOut, summary="消息中心", query={"status": "unread 或 read，可重复", "kind": "system 或 personal，可重复"})
 async def list_messages(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    statuses = _filter(request, "status", {"unread", "read"})
-    kinds = _filter(request, "kind", {"system", "personal"})
-    async with read_transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
+        statuses = _filter(request, "status", {"unread", "read"})
+        kinds = _filter(request, "kind", {"system", "personal"})
         return json_response(await service.list_messages(session, caller.member_id, statuses, kinds))
 
 

@@ -236,9 +236,10 @@ async def cloud_shares(session: AsyncSession, member_id: int) -> dict:
         .order_by(Member.account, Ledger.name, Ledger.id)
     )).all()
     sharers: dict[int, dict] = {}
+    versions = await netdisk.versions_of_ledgers(session, list({ledger.id for _, ledger, _ in rows}))
     for share, ledger, owner in rows:
         entry = sharers.setdefault(owner.id, {"member": member_view(owner), "ledgers": []})
-        years = await netdisk.year_versions(session, ledger.id)
+        years = versions[ledger.id]
         entry["ledgers"].append({
             "ledger_id": ledger.id,
             "name": ledger.name,
