@@ -23,7 +23,6 @@ from eacct import errors
 from eacct.app import create_app
 from eacct.config import Settings
 from eacct.db import engine_for, make_session_factory, unit_of_work
-from eacct.migrate import upgrade
 from eacct.netdisk.blobstore import open_blob_store
 
 __all__ = ["main"]
@@ -31,6 +30,13 @@ __all__ = ["main"]
 WORKER_THREADS = 4
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
+
+
+async def upgrade(engine, revision: str = "head") -> None:
+    """`eacct.migrate.upgrade`, imported when used: alembic stays out of processes that do not migrate (workers)."""
+    from eacct.migrate import upgrade as upgrade_now
+
+    await upgrade_now(engine, revision)
 
 
 def _blobs(settings: Settings):
