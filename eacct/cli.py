@@ -56,6 +56,7 @@ async def _with_database(settings: Settings, work: Callable) -> object:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if (args.workers or settings.workers) > 1:
         return serve_workers(settings, args.workers or settings.workers)
+
     async def migrate_first() -> None:
         engine = engine_for(settings)
         try:
@@ -93,7 +94,7 @@ def serve_workers(settings: Settings, workers: int) -> int:
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no event loop or pool inherited
     children = [context.Process(target=_serve_worker, args=(settings, index, workers), name=f"eacct-worker-{index}")
                 for index in range(workers)]
-    stopping = False
+    stopping = failed = False
 
     def stop(signum, _frame) -> None:
         nonlocal stopping
@@ -105,21 +106,25 @@ def serve_workers(settings: Settings, workers: int) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for child in children:
-            child.start()
-        while True:
-            exited = [child for child in children if not child.is_alive()]
-            if exited:
+            if not stopping:  # a signal during start-up: start no more
+                child.start()
+        while not stopping or any(child.is_alive() for child in children):
+            exited = [child for child in children if child.exitcode is not None]
+            if exited and not stopping:
+                failed = True
+                log.error("worker %s exited with %s; stopping the others", exited[0].name, exited[0].exitcode)
+                stop(signal.SIGTERM, None)
+            running = [child.sentinel for child in children if child.is_alive()]
+            if not running:
                 break
-            multiprocessing.connection.wait([child.sentinel for child in children])
-        if not stopping:
-            log.error("worker %s exited with %s; stopping the others", exited[0].name, exited[0].exitcode)
-            stop(signal.SIGTERM, None)
+            multiprocessing.connection.wait(running)
         for child in children:
-            child.join()
+            if child.pid is not None:
+                child.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0 if stopping and all(child.exitcode == 0 for child in children) else 1
+    return 1 if failed or any(child.exitcode for child in children) else 0
 
 
 def _serve_worker(settings: Settings, index: int, workers: int) -> None:

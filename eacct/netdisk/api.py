@@ -11,6 +11,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
+from eacct.db import unit_of_work
 from eacct.netdisk import delta as delta_format
 from eacct.netdisk import service, store
 from eacct.netdisk.models import Version
@@ -174,7 +175,7 @@ async def send_version(
             since_check += len(first)
             if since_check >= RECHECK_EVERY_BYTES:
                 since_check = 0
-                async with sessions() as session:
+                async with unit_of_work(sessions, read_only=True) as session:
                     try:
                         await still_allowed(session)
                     except errors.DomainError:

@@ -362,7 +362,7 @@ async def upload(
             await after_commit(session, ledger, version)
 
     version = await store.receive_version(sessions, blobs, settings, incoming, body, on_commit, free_bytes=free)
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         uploader = await session.get(Member, uploader_id)
     return version_view(version, uploader)
 

@@ -320,7 +320,7 @@ class _Upload:
             return
         unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks}
         if unknown:
-            async with self.sessions() as session:
+            async with unit_of_work(self.sessions, read_only=True) as session:
                 rows = await session.scalars(
                     select(Chunk.digest).where(Chunk.owner_id == self.incoming.owner_id, Chunk.digest.in_(unknown))
                 )
@@ -521,7 +521,7 @@ async def _base_manifest(sessions: async_sessionmaker[AsyncSession], incoming: I
     """The chunk list of the version a delta upload builds on (its If-Match)."""
     if incoming.if_match is None:
         raise errors.BadRequest("增量上传引用基准版本时需要 If-Match")
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         entries = await session.scalar(
             select(VersionManifest.entries)
             .join(Version, Version.id == VersionManifest.version_id)
@@ -633,7 +633,7 @@ def read_version(
 async def _read_version(
     sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, version: Version, start: int, end: int | None
 ) -> AsyncIterator[bytes]:
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         entries = await session.scalar(select(VersionManifest.entries).where(VersionManifest.version_id == version.id))
     if entries is None:
         raise errors.NotFound("该版本已不存在")
@@ -675,7 +675,7 @@ async def _read_window(sessions, blobs: BlobStore, owner_id: int, window, local:
         where = {digest: place for digest in digests if (place := local(digest)) is not None}
     indexed = [digest for digest in digests if digest not in where]
     if indexed:
-        async with sessions() as session:
+        async with unit_of_work(sessions, read_only=True) as session:
             rows = (
                 await session.execute(
                     select(Chunk.digest, Pack.blob_key, Chunk.offset, Chunk.stored_length)

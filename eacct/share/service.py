@@ -265,7 +265,7 @@ async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
                        notifier: Notifier, member_id: int, claim: netdisk.UploadClaim, body: AsyncIterator[bytes],
                        on_accepted=None) -> dict:
     """上传云共享: the recipient's upload becomes a new version in the **owner's** cloud backup (and quota)."""
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         ledger, _ = await ledger_for_share(session, member_id, claim.ledger_id)
         owner_id = ledger.owner_id
 
