@@ -86,3 +86,16 @@ async def test_list_requests_and_healthz_answer_while_a_writer_holds_the_lock(de
                               ("/netdisk", False), ("/shares", False), ("/friends", False)]:
             status, _, _ = await asyncio.wait_for(member.call("GET", path, netdisk=netdisk), QUICK)
             assert status == 200, path
+
+
+async def test_download_answers_while_a_writer_holds_the_lock(desktop, sessions):
+    """A download reads its manifest and chunk index in read-only units: another member's commit does not
+    hold it up."""
+    from tests.conftest import new_ledger_id
+
+    member = await desktop("reader02", "小王")
+    ledger_id, content = new_ledger_id(), bytes(range(256)) * 4096
+    assert (await member.upload("backups", ledger_id, 2025, content, name="账套"))[0] == 201
+    async with writer_holding_the_lock(sessions):
+        status, body, _ = await asyncio.wait_for(member.download("backups", ledger_id, 2025), QUICK)
+    assert status == 200 and body == content
