@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eacct.config import Settings
-from eacct.db import engine_for, make_session_factory
+from eacct.db import engine_for, make_session_factory, unit_of_work
 from eacct.storage import BlobStore, open_blob_store
 from eacct.openapi import endpoint, openapi_document
 from eacct.netdisk.hooks import NetdiskHooks
@@ -71,7 +71,7 @@ class HealthOut(BaseModel):
 
 @endpoint(auth=False, answer=HealthOut, summary="健康检查：数据库可用时答 ok")
 async def healthz(request: web.Request) -> web.Response:
-    async with request.app[SESSIONS]() as session:
+    async with unit_of_work(request.app[SESSIONS], read_only=True) as session:
         await session.execute(text("SELECT 1"))
     return json_response({"status": "ok"})
 

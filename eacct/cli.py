@@ -8,6 +8,9 @@ import ctypes
 import getpass
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -45,10 +48,14 @@ async def _with_database(settings: Settings, work: Callable) -> object:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    workers = args.workers or settings.workers
+    if workers > 1:
+        return serve_workers(settings, workers)
     return asyncio.run(_serve(settings))
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, *, reuse_port: bool = False, migrate: bool = True,
+                 collect_garbage: bool = True, name: str = "eacct") -> int:
     """Check and open everything, listen, serve until SIGINT/SIGTERM, then shut down within seconds."""
     log = logging.getLogger("eacct")
     stopping = asyncio.Event()
@@ -62,13 +69,13 @@ async def _serve(settings: Settings) -> int:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="eacct-worker"))
 
     # The port first: nothing is opened or migrated for a service that could not listen anyway.
-    listeners = bind_listeners(settings)
+    listeners = bind_listeners(settings, reuse_port=reuse_port)
     try:
         blobs = open_storage(settings)
         try:
-            engine = await open_database(settings)
+            engine = await open_database(settings, migrate=migrate)
             try:
-                app = create_app(settings, engine=engine, blobs=blobs)
+                app = create_app(settings, engine=engine, blobs=blobs, collect_garbage_on_start=collect_garbage)
                 app.on_startup.append(few_worker_threads)
                 runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_SECONDS)
                 await runner.setup()
@@ -78,7 +85,7 @@ async def _serve(settings: Settings) -> int:
                         await web.SockSite(runner, sock).start()
                         host, port = sock.getsockname()[:2]
                         addresses.append(f"http://{f'[{host}]' if ':' in host else host}:{port}")
-                    log.info("eacct serving on %s", ", ".join(addresses))
+                    log.info("%s serving on %s", name, ", ".join(addresses))
                     await stopping.wait()
                     log.info("eacct stopping: no new connections; requests under way get a moment to finish")
                 finally:
@@ -92,6 +99,66 @@ async def _serve(settings: Settings) -> int:
             sock.close()
     log.info("eacct stopped")
     return 0
+
+
+# ------------------------------------------------------------------------------------- serve --workers
+
+
+def serve_workers(settings: Settings, workers: int) -> int:
+    """Serve from `workers` processes on one port (SO_REUSEPORT: the kernel spreads connections over them).
+
+    Migrations run here, once, before any worker starts; only the first worker runs the start-up gc. Each
+    worker has its own event loop and database pool. A worker that dies stops the others; SIGTERM or SIGINT
+    here is passed on to every worker, which then shuts down as a single `eacct serve` does."""
+    async def check_and_migrate() -> None:
+        open_storage(settings)  # a bad setting stops here, in one line, before any worker starts
+        await (await open_database(settings)).dispose()
+
+    asyncio.run(check_and_migrate())
+    log = logging.getLogger("eacct")
+    log.info("eacct starting %s worker processes on %s:%s", workers, settings.host, settings.port)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no event loop or pool inherited
+    children = [context.Process(target=_serve_worker, args=(settings, index, workers), name=f"eacct-worker-{index}")
+                for index in range(workers)]
+    stopping = failed = False
+
+    def stop(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.is_alive():
+                os.kill(child.pid, signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for child in children:
+            if not stopping:  # a signal during start-up: start no more
+                child.start()
+        while not stopping or any(child.is_alive() for child in children):
+            exited = [child for child in children if child.exitcode is not None]
+            if exited and not stopping:
+                failed = True
+                log.error("worker %s exited with %s; stopping the others", exited[0].name, exited[0].exitcode)
+                stop(signal.SIGTERM, None)
+            running = [child.sentinel for child in children if child.is_alive()]
+            if not running:
+                break
+            multiprocessing.connection.wait(running)
+        for child in children:
+            if child.pid is not None:
+                child.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 1 if failed or any(child.exitcode for child in children) else 0
+
+
+def _serve_worker(settings: Settings, index: int, workers: int) -> None:
+    """One worker process of `serve_workers`: the app on the shared port, without migrating."""
+    _tune_malloc()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = f"eacct worker {index + 1}/{workers} (pid {os.getpid()})"
+    sys.exit(asyncio.run(_serve(settings, reuse_port=True, migrate=False, collect_garbage=index == 0, name=name)))
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -194,7 +261,9 @@ def cmd_wechat_menu(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eacct", description="e会计 cloud backup and share service")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="apply migrations, then serve on EACCT_HOST:EACCT_PORT").set_defaults(run=cmd_serve)
+    serve = commands.add_parser("serve", help="apply migrations, then serve on EACCT_HOST:EACCT_PORT")
+    serve.add_argument("--workers", type=int, help="server processes on the one port (default EACCT_WORKERS or 1)")
+    serve.set_defaults(run=cmd_serve)
     migrate = commands.add_parser("migrate", help="apply the database migrations")
     migrate.add_argument("revision", nargs="?", default="head")
     migrate.set_defaults(run=cmd_migrate)

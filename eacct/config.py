@@ -61,6 +61,8 @@ class Settings:
     # A running upload refreshes its lease (UploadLease) a few times per this period; gc reclaims the pending
     # data of an upload whose lease has not been refreshed for this long (its process is gone).
     upload_lease_seconds: int = 120
+    # Server processes `eacct serve` runs on one port (`--workers`); each has its own database pool.
+    workers: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

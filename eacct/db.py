@@ -17,12 +17,14 @@ from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
-    "Base", "UtcDateTime", "after_commit", "create_engine", "dialect_insert", "engine_for", "make_session_factory",
-    "unit_of_work",
-    "utcnow",
+    "READ_ONLY", "Base", "UtcDateTime", "after_commit", "create_engine", "dialect_insert", "engine_for",
+    "make_session_factory", "unit_of_work", "utcnow",
 ]
 
 log = logging.getLogger("eacct.db")
+
+# Execution option and session.info flag of a read-only unit of work (see `unit_of_work`).
+READ_ONLY = "eacct_read_only"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -66,10 +68,12 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 def create_engine(database_url: str, *, schema: str | None = None) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, a busy timeout and write-locking transactions.
+    """An async engine; SQLite gets WAL, a busy timeout and write-locking transactions for writers.
 
-    With SQLite every transaction starts with BEGIN IMMEDIATE, so two writers queue instead of failing
-    halfway with "database is locked"; transactions here are short (no transaction spans a transfer).
+    With SQLite every transaction that may write starts with BEGIN IMMEDIATE, so two writers queue instead of
+    failing halfway with "database is locked"; transactions here are short (no transaction spans a transfer).
+    Read-only units of work (`unit_of_work(..., read_only=True)`) start with a deferred BEGIN instead: under WAL
+    they read a snapshot without taking, or waiting for, the write lock.
     `schema` (PostgreSQL only) puts every table in that schema, which lets test runs not see each other.
     """
     url = make_url(database_url)
@@ -90,7 +94,8 @@ def create_engine(database_url: str, *, schema: str | None = None) -> AsyncEngin
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = connection.get_execution_options().get(READ_ONLY, False)
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     connect_args = {}
@@ -110,12 +115,30 @@ def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession
 
 
 @asynccontextmanager
-async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+async def unit_of_work(factory: async_sessionmaker[AsyncSession], *, read_only: bool = False
+                       ) -> AsyncIterator[AsyncSession]:
     """One transaction: commit when the block ends normally, roll back on any exception. Work registered
-    with `after_commit` runs once the commit has succeeded, and is dropped on rollback."""
-    async with factory() as session:
+    with `after_commit` runs once the commit has succeeded, and is dropped on rollback.
+
+    `read_only=True` is for units that only read: on SQLite they do not take the write lock, so they neither
+    wait for writers nor make writers wait; any attempt to write in one raises RuntimeError (a deferred SQLite
+    transaction that starts writing late can fail with "database is locked", so it must not happen)."""
+    session_kw = {"execution_options": {READ_ONLY: True}, "info": {READ_ONLY: True}} if read_only else {}
+    async with factory(**session_kw) as session:
         async with session.begin():
             yield session
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_flush_when_read_only(session: Session, _context, _instances) -> None:
+    if session.info.get(READ_ONLY) and (session.new or session.dirty or session.deleted):
+        raise RuntimeError("a read-only unit of work tried to write")
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _refuse_dml_when_read_only(state) -> None:
+    if state.session.info.get(READ_ONLY) and (state.is_insert or state.is_update or state.is_delete):
+        raise RuntimeError("a read-only unit of work tried to write")
 
 
 # ------------------------------------------------------------------------------------------ after commit

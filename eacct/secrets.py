@@ -28,14 +28,15 @@ _holding: ContextVar["PasswordHashing | None"] = ContextVar("eacct_hashing_holdi
 
 
 class PasswordHashing:
-    """Bounds argon2 work to the cores: at most `slots` hashes run at once (in the default executor, off the
+    """Bounds argon2 work to the cores: at most `slots` (default: the cores less one) hashes run at once (in the default executor, off the
     event loop), at most `queue` more wait for a slot, and the rest are shed with 503 busy at once.
 
     One per application (an app dependency); argon2 is CPU- and memory-bound, so more parallel hashes than
     cores only make every request slower and let a login flood starve the rest of the service."""
 
     def __init__(self, slots: int | None = None, queue: int | None = None, retry_after: int = 1) -> None:
-        self.slots = max(1, slots or os.cpu_count() or 1)
+        # One core is left to the event loop (every other request) unless the machine has only one.
+        self.slots = max(1, slots or (os.cpu_count() or 1) - 1)
         self.queue = self.slots * 4 if queue is None else queue
         self.retry_after = retry_after
         self._semaphore = asyncio.Semaphore(self.slots)

@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eacct.config import Settings
 from eacct.db import engine_for
-from eacct.migrate import upgrade
 from eacct.storage import BlobStore, LocalBlobStore, open_blob_store
 
 __all__ = ["SettingError", "bind_listeners", "check_settings", "open_database", "open_storage"]
@@ -69,8 +68,9 @@ def check_settings(settings: Settings) -> None:
         raise SettingError("EACCT_PORT", f"端口必须在 0–65535 之间，而不是 {settings.port}")
 
 
-def bind_listeners(settings: Settings) -> list[socket.socket]:
-    """Bind (not yet listen on) EACCT_HOST:EACCT_PORT, one socket per address the host name has."""
+def bind_listeners(settings: Settings, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Bind (not yet listen on) EACCT_HOST:EACCT_PORT, one socket per address the host name has; with
+    `reuse_port`, several worker processes bind the same port and the kernel spreads connections over them."""
     host, port = settings.host, settings.port
     check_settings(settings)
     try:
@@ -84,6 +84,8 @@ def bind_listeners(settings: Settings) -> list[socket.socket]:
             sockets.append(sock)
             # Like asyncio's create_server: a restart may bind while old connections linger in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -169,8 +171,9 @@ def _check_sqlite_file(settings: Settings, path: str) -> None:
         raise _database_setting_error(settings, exc) from None
 
 
-async def open_database(settings: Settings, revision: str = "head") -> AsyncEngine:
-    """An engine for EACCT_DATABASE_URL, reachable and migrated to `revision`; the caller disposes it."""
+async def open_database(settings: Settings, revision: str = "head", *, migrate: bool = True) -> AsyncEngine:
+    """An engine for EACCT_DATABASE_URL, reachable and (unless `migrate` is off: a worker whose parent did it)
+    migrated to `revision`; the caller disposes it."""
     try:
         url = make_url(settings.database_url)
     except ArgumentError:
@@ -191,7 +194,10 @@ async def open_database(settings: Settings, revision: str = "head") -> AsyncEngi
         except (SQLAlchemyError, OSError, ImportError, asyncio.TimeoutError) as exc:
             raise _database_setting_error(settings, exc) from None
         # A failing migration on a reachable database is a bug, not a setting: it keeps its traceback.
-        await upgrade(engine, revision)
+        if migrate:
+            from eacct.migrate import upgrade  # here: alembic stays out of processes that do not migrate
+
+            await upgrade(engine, revision)
     except BaseException:
         await engine.dispose()
         raise

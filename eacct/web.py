@@ -28,8 +28,8 @@ from eacct.text import has_unsafe_characters
 
 __all__ = [
     "BLOBS", "NOTIFIER", "SESSIONS", "SETTINGS", "Caller", "client_ip", "error_middleware", "iso", "json_response",
-    "read_body", "require_member", "require_netdisk", "transaction",
-    "abort_connection", "install_json_protocol_errors", "remember_started_response",
+    "abort_connection", "authenticated_read", "install_json_protocol_errors", "read_body", "read_transaction",
+    "remember_started_response", "require_member", "require_netdisk", "transaction",
 ]
 
 log = logging.getLogger("eacct.web")
@@ -248,10 +248,40 @@ def bearer_token(request: web.Request) -> str:
     return token.strip()
 
 
+@asynccontextmanager
+async def read_transaction(request: web.Request):
+    """A read-only unit of work (on SQLite it does not take the write lock); writing in it raises."""
+    async with unit_of_work(request.app[SESSIONS], read_only=True) as session:
+        yield session
+
+
 async def require_member(request: web.Request) -> Caller:
-    """Authenticate a session or netdisk token."""
-    async with transaction(request) as session:
-        return await members.authenticate(session, request.app[SETTINGS], bearer_token(request))
+    """Authenticate a session or netdisk token; a netdisk token's expiry is written only when it moves on."""
+    token, settings = bearer_token(request), request.app[SETTINGS]
+    async with read_transaction(request) as session:
+        caller = await members.authenticate(session, settings, token)
+    if caller.slide_due:
+        async with transaction(request) as session:
+            await members.slide_expiry(session, settings, token)
+    return caller
+
+
+@asynccontextmanager
+async def authenticated_read(request: web.Request, *, netdisk: bool = False):
+    """Authenticate (as `require_member`, or `require_netdisk` with netdisk=True) and read in one read-only
+    unit of work: a list request costs one transaction, not two. Yields (caller, session)."""
+    token, settings = bearer_token(request), request.app[SETTINGS]
+    caller = None
+    try:
+        async with read_transaction(request) as session:
+            caller = await members.authenticate(session, settings, token)
+            if netdisk and not caller.netdisk:
+                raise errors.NetdiskTokenRequired()
+            yield caller, session
+    finally:
+        if caller is not None and caller.slide_due:
+            async with transaction(request) as session:
+                await members.slide_expiry(session, settings, token)
 
 
 async def require_netdisk(request: web.Request) -> Caller:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -115,3 +116,93 @@ def test_storage_check_on_oss_reports_each_step(cli_env, oss_server_in_thread, m
     assert main(["storage", "check"]) == 1
     output = capsys.readouterr().out
     assert "FAIL" in output and "wrong-secret" not in output
+
+
+def _wait_for_log(server: subprocess.Popen, log_path, marker: str, count: int, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log_path.read_text(errors="replace")
+        if text.count(marker) >= count:
+            return text
+        assert server.poll() is None, text
+        assert time.monotonic() < deadline, f"{marker!r} not seen {count} times:\n{text}"
+        time.sleep(0.2)
+
+
+def test_serve_with_two_workers_answers_from_both_and_migrates_and_collects_garbage_once(tmp_path):
+    """`eacct serve --workers 2`: two processes listen on the one port; migrations and the start-up gc ran
+    once (in the parent before the workers started, and in the first worker)."""
+    import psutil
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EACCT_")}
+    env.update(EACCT_PORT=str(port), EACCT_ARGON2_TIME_COST="1", EACCT_ARGON2_MEMORY_KIB="1024")
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "eacct.cli", "serve", "--workers", "2"], cwd=tmp_path,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_log(server, log_path, "start-up gc:", 1)
+        text = _wait_for_log(server, log_path, ") serving", 2)
+        pids = {int(pid) for pid in re.findall(r"worker \d/2 \(pid (\d+)\) serving", text)}
+        workers = [psutil.Process(pid) for pid in pids]
+        assert len(workers) == 2 and all(worker.ppid() == server.pid for worker in workers)
+        deadline = time.monotonic() + 30
+        listening: set[int] = set()
+        while len(listening) < 2:
+            listening = {worker.pid for worker in workers for connection in worker.net_connections("tcp")
+                         if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port}
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+        accounts = [f"worker_{n}" for n in range(8)]
+        for account in accounts:  # a new connection each: the kernel spreads them over both workers
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/v1/members", method="POST", headers={"Content-Type": "application/json"},
+                data=json.dumps({"account": account, "password": "secret-1", "nickname": "小王"}).encode())
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 201
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert json.load(response) == {"status": "ok"}
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    text = log_path.read_text(errors="replace")
+    assert server.returncode == 0, text
+    assert text.count("Context impl") == 1, text  # alembic's line each time migrations run
+    assert text.count("start-up gc:") == 1, text
+    assert all(not worker.is_running() for worker in workers)
+
+
+def test_eacct_workers_setting_is_read_from_the_environment():
+    from eacct.config import Settings
+
+    assert Settings.from_env({}).workers == 1
+    assert Settings.from_env({"EACCT_WORKERS": "3"}).workers == 3
+
+
+def test_server_without_oss_or_wechat_imports_neither_nor_requests(tmp_path):
+    """Idle memory: a server configured with local storage and no WeChat has not loaded oss2, wechatpy or
+    requests after start-up (they are imported when first needed)."""
+    script = f"""
+import asyncio, sys
+from aiohttp import web
+from eacct.app import create_app
+from eacct.config import Settings
+
+async def main():
+    settings = Settings(database_url="sqlite+aiosqlite:///{tmp_path}/e.db", storage_url="file://{tmp_path}/blobs")
+    from eacct.migrate import upgrade
+    from eacct.db import engine_for
+    engine = engine_for(settings)
+    await upgrade(engine)
+    await engine.dispose()
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    await runner.cleanup()
+    print(sorted(name for name in ("oss2", "wechatpy", "requests") if name in sys.modules))
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

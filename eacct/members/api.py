@@ -7,7 +7,10 @@ from eacct.members import service
 from eacct.netdisk import service as netdisk_service
 from eacct.members.schemas import Credentials, Me, MemberOut, NewMember, NicknameChange, SessionOut
 from eacct.openapi import endpoint
-from eacct.web import HASHING, SESSIONS, SETTINGS, answer, bearer_token, client_ip, read_body, require_member, transaction
+from eacct.web import (
+    HASHING, SESSIONS, SETTINGS, answer, authenticated_read, bearer_token, client_ip, read_body, require_member,
+    transaction,
+)
 
 routes = web.RouteTableDef()
 
@@ -43,8 +46,7 @@ async def delete_session(request: web.Request) -> web.Response:
 @routes.get("/api/v1/me")
 @endpoint(answer=Me, summary="会员信息")
 async def get_me(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return answer(Me, await service.profile(session, caller.member_id, netdisk_service.is_opened))
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,7 +18,7 @@ from eacct.secrets import PasswordHashing, hash_secret, hash_token, new_token, v
 
 __all__ = [
     "Caller", "authenticate", "check_credentials", "claim_login_attempt", "create_member", "get_member", "issue_token",
-    "log_in", "profile", "register", "rename", "revoke_token", "session_of", "verified_member",
+    "log_in", "profile", "register", "rename", "revoke_token", "session_of", "slide_expiry", "verified_member",
 ]
 
 
@@ -29,6 +29,8 @@ class Caller:
 
     member_id: int
     netdisk: bool
+    # A netdisk token whose idle expiry should move on now (`slide_expiry`).
+    slide_due: bool = field(default=False, compare=False)
 
 
 LOGIN_FREE_FAILURES = 10
@@ -38,6 +40,9 @@ LOGIN_ACCOUNT_MAX_LOCK_SECONDS = 15 * 60
 # same for registrations answered `account_taken` (each reveals that an account exists).
 ADDRESS_FREE_FAILURES = 20
 ADDRESS_WINDOW_SECONDS = 3600
+# A netdisk token's idle expiry is written only when it would move by more than this, so using the netdisk
+# is not a database write per request (the token may end up to this much before 30 minutes idle).
+TOKEN_SLIDE_STEP = timedelta(seconds=60)
 
 _dummy_hashes: dict[tuple[int, int], str] = {}
 
@@ -177,14 +182,26 @@ async def _log_in(sessions: async_sessionmaker[AsyncSession], settings: Settings
 
 
 async def authenticate(session: AsyncSession, settings: Settings, token: str) -> Caller:
-    """Who holds `token`; netdisk tokens expire after 30 minutes idle, so each use moves their expiry on."""
+    """Who holds `token` (reads only). Netdisk tokens expire after 30 minutes idle: when this use should move
+    the expiry on, `slide_due` is set and the caller runs `slide_expiry` in a writing unit of work."""
     row = await session.get(AccessToken, hash_token(token))
     now = utcnow()
     if row is None or row.expires_at <= now:
         raise errors.Unauthenticated("登录已失效，请重新登录")
-    if row.kind == TokenKind.NETDISK:
-        row.expires_at = now + timedelta(seconds=settings.netdisk_token_idle_seconds)
-    return Caller(member_id=row.member_id, netdisk=row.kind == TokenKind.NETDISK)
+    netdisk = row.kind == TokenKind.NETDISK
+    slide_due = netdisk and now + timedelta(seconds=settings.netdisk_token_idle_seconds) - row.expires_at > TOKEN_SLIDE_STEP
+    return Caller(member_id=row.member_id, netdisk=netdisk, slide_due=slide_due)
+
+
+async def slide_expiry(session: AsyncSession, settings: Settings, token: str) -> None:
+    """Move a netdisk token's idle expiry to 30 minutes from now; never backwards, never revives an ended token."""
+    now = utcnow()
+    await session.execute(
+        update(AccessToken)
+        .where(AccessToken.token_hash == hash_token(token), AccessToken.kind == TokenKind.NETDISK,
+               AccessToken.expires_at > now)
+        .values(expires_at=now + timedelta(seconds=settings.netdisk_token_idle_seconds))
+        .execution_options(synchronize_session=False))
 
 
 async def revoke_token(session: AsyncSession, token: str) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
 from eacct.chunks import delta as delta_format
+from eacct.db import unit_of_work
 from eacct.netdisk import service, store, versions
 from eacct.netdisk.models import Version
 from eacct.netdisk.schemas import (
@@ -21,8 +22,8 @@ from eacct.netdisk.schemas import (
 )
 from eacct.openapi import DOWNLOAD_HEADERS, PASSWORD_HEADER, UPLOAD_HEADERS, endpoint
 from eacct.web import (
-    BLOBS, HASHING, NETDISK_HOOKS, SESSIONS, SETTINGS, abort_connection, answer, bearer_token, client_ip, header_text,
-    read_body, require_member, require_netdisk, transaction,
+    BLOBS, HASHING, NETDISK_HOOKS, SESSIONS, SETTINGS, abort_connection, answer, authenticated_read, bearer_token,
+    client_ip, header_text, read_body, read_transaction, require_member, require_netdisk, transaction,
 )
 
 routes = web.RouteTableDef()
@@ -199,7 +200,7 @@ async def send_version(
             since_check += len(first)
             if since_check >= RECHECK_EVERY_BYTES:
                 since_check = 0
-                async with sessions() as session:
+                async with unit_of_work(sessions, read_only=True) as session:
                     try:
                         await still_allowed(session)
                     except errors.DomainError:
@@ -219,8 +220,7 @@ async def send_version(
 @routes.get("/api/v1/netdisk")
 @endpoint(answer=NetdiskOut, summary="云盘状态与空间")
 async def get_netdisk(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return answer(NetdiskOut, await service.netdisk_status(session, request.app[SETTINGS], caller.member_id))
 
 
@@ -239,8 +239,7 @@ async def open_netdisk(request: web.Request) -> web.Response:
 @routes.get("/api/v1/netdisk/questions")
 @endpoint(answer=QuestionsOut, errors=(404,), summary="密保问题")
 async def get_questions(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return answer(QuestionsOut, {"questions": await service.questions(session, caller.member_id)})
 
 
@@ -277,8 +276,7 @@ async def change_password(request: web.Request) -> web.Response:
 @routes.get("/api/v1/netdisk/deletions")
 @endpoint(answer=DeletionsOut, summary="删除记录")
 async def list_deletions(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return answer(DeletionsOut, {"deletions": await service.deletions(session, caller.member_id)})
 
 
@@ -288,17 +286,15 @@ async def list_deletions(request: web.Request) -> web.Response:
 @routes.get("/api/v1/backups")
 @endpoint(answer=LedgersOut, auth="netdisk", summary="网盘列表（云备份的账套）")
 async def list_backups(request: web.Request) -> web.Response:
-    caller = await require_netdisk(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request, netdisk=True) as (caller, session):
         return answer(LedgersOut, {"ledgers": await service.list_ledgers(session, caller.member_id)})
 
 
 @routes.get("/api/v1/backups/{ledger_id}")
 @endpoint(answer=LedgerOut, auth="netdisk", errors=(403,), summary="云备份中的一个账套")
 async def get_backup(request: web.Request) -> web.Response:
-    caller = await require_netdisk(request)
-    ledger_id = ledger_id_of(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request, netdisk=True) as (caller, session):
+        ledger_id = ledger_id_of(request)
         return answer(LedgerOut, await service.get_ledger(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id))
 
 
@@ -339,9 +335,8 @@ async def delete_backup(request: web.Request) -> web.Response:
 @routes.get("/api/v1/backups/{ledger_id}/years/{year}")
 @endpoint(answer=YearOut, auth="netdisk", errors=(403,), summary="一个年度的所有版本（新的在前）")
 async def get_backup_year(request: web.Request) -> web.Response:
-    caller = await require_netdisk(request)
-    ledger_id, year = ledger_id_of(request), year_of(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request, netdisk=True) as (caller, session):
+        ledger_id, year = ledger_id_of(request), year_of(request)
         return answer(YearOut, await service.backup_year(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year))
 
 
@@ -373,7 +368,7 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     version_ref = request.match_info["version_id"]
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         version = await versions.backup_version(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year, version_ref)
 
     async def still_allowed(session: AsyncSession) -> object:

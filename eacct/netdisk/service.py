@@ -26,7 +26,7 @@ from eacct.secrets import PasswordHashing, hash_secret, normalise_answer, verify
 
 __all__ = [
     "backup_year", "change_password", "delete_backup", "deletions", "get_ledger", "is_opened", "ledger_info",
-    "list_ledgers", "netdisk_status", "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock",
+    "list_ledgers", "netdisk_status", "versions_of_ledgers", "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock",
     "verify_password", "year_versions",
 ]
 
@@ -167,32 +167,48 @@ async def _end_netdisk_logins(session: AsyncSession, member_id: int) -> None:
 
 async def year_versions(session: AsyncSession, ledger_id: str, year: int | None = None) -> list[YearVersions]:
     """Every version of a ledger (or of one year), newest first, per year (years ascending)."""
-    query = (
-        select(Version, Member)
-        .join(Member, Member.id == Version.uploaded_by_id)
-        .where(Version.ledger_id == ledger_id)
-        .order_by(Version.year, Version.id.desc())
-    )
-    if year is not None:
-        query = query.where(Version.year == year)
-    grouped: dict[int, list[VersionInfo]] = {}
-    for version, uploader in (await session.execute(query)).all():
-        grouped.setdefault(version.year, []).append(VersionInfo.of(version, uploader))
-    return [YearVersions(year, versions) for year, versions in grouped.items()]
+    return (await versions_of_ledgers(session, [ledger_id], year))[ledger_id]
 
 
 async def ledger_info(session: AsyncSession, ledger: Ledger) -> LedgerInfo:
     """A ledger with its owner and, per year, the latest version and how many are kept."""
     owner = await session.get(Member, ledger.owner_id)
-    years = await year_versions(session, ledger.id)
+    return _ledger_info(ledger, owner, await year_versions(session, ledger.id))
+
+
+def _ledger_info(ledger: Ledger, owner: Member, years: list[YearVersions]) -> LedgerInfo:
     summaries = [YearSummary(y.year, y.versions[0], len(y.versions)) for y in years]
     return LedgerInfo(ledger_id=ledger.id, name=ledger.name, owner=owner, years=summaries)
 
 
+async def versions_of_ledgers(session: AsyncSession, ledger_ids: list[str],
+                              year: int | None = None) -> dict[str, list[YearVersions]]:
+    """Every version of several ledgers (or of one year of them) in one query: ledger id → its years (ascending)
+    → versions, newest first."""
+    grouped: dict[str, dict[int, list[VersionInfo]]] = {ledger_id: {} for ledger_id in ledger_ids}
+    if ledger_ids:
+        query = (
+            select(Version, Member)
+            .join(Member, Member.id == Version.uploaded_by_id)
+            .where(Version.ledger_id.in_(ledger_ids))
+            .order_by(Version.ledger_id, Version.year, Version.id.desc())
+        )
+        if year is not None:
+            query = query.where(Version.year == year)
+        for version, uploader in (await session.execute(query)).all():
+            grouped[version.ledger_id].setdefault(version.year, []).append(VersionInfo.of(version, uploader))
+    return {ledger_id: [YearVersions(y, v) for y, v in years.items()] for ledger_id, years in grouped.items()}
+
+
 async def list_ledgers(session: AsyncSession, member_id: int) -> list[LedgerInfo]:
-    """网盘列表: the member's cloud-backup ledgers, by name."""
-    ledgers = await session.scalars(select(Ledger).where(Ledger.owner_id == member_id).order_by(Ledger.name, Ledger.id))
-    return [await ledger_info(session, ledger) for ledger in ledgers]
+    """网盘列表: the member's cloud-backup ledgers, by name (a fixed number of queries however many)."""
+    ledgers = list(await session.scalars(
+        select(Ledger).where(Ledger.owner_id == member_id).order_by(Ledger.name, Ledger.id)))
+    if not ledgers:
+        return []
+    owner = await session.get(Member, member_id)
+    versions = await versions_of_ledgers(session, [ledger.id for ledger in ledgers])
+    return [_ledger_info(ledger, owner, versions[ledger.id]) for ledger in ledgers]
 
 
 async def get_ledger(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str) -> LedgerInfo:

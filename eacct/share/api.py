@@ -15,7 +15,10 @@ from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
 from eacct.openapi import DOWNLOAD_HEADERS, UPLOAD_HEADERS, Query, endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
-from eacct.web import BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, read_body, require_member, require_netdisk, transaction
+from eacct.web import (
+    BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, authenticated_read, read_body, read_transaction, require_member,
+    require_netdisk, transaction,
+)
 
 routes = web.RouteTableDef()
 
@@ -40,8 +43,7 @@ def _int_path(request: web.Request, name: str) -> int:
 @routes.get("/api/v1/friends")
 @endpoint(answer=FriendsOut, summary="我的好友")
 async def list_friends(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return answer(FriendsOut, {"friends": await service.list_friends(session, caller.member_id)})
 
 
@@ -86,8 +88,7 @@ async def create_shares(request: web.Request) -> web.Response:
 @routes.get("/api/v1/shares")
 @endpoint(answer=ShareList, summary="共享列表")
 async def list_shares(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
         return answer(ShareList, await service.list_shares(session, caller.member_id))
 
 
@@ -109,8 +110,7 @@ async def cancel_share(request: web.Request) -> web.Response:
 @routes.get("/api/v1/cloud-shares")
 @endpoint(answer=CloudShares, auth="netdisk", summary="我的云共享")
 async def cloud_shares(request: web.Request) -> web.Response:
-    caller = await require_netdisk(request)
-    async with transaction(request) as session:
+    async with authenticated_read(request, netdisk=True) as (caller, session):
         return answer(CloudShares, {"sharers": await service.cloud_shares(session, caller.member_id)})
 
 
@@ -120,7 +120,7 @@ async def download_shared(request: web.Request) -> web.StreamResponse:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     version_ref = request.match_info["version_id"]
-    async with transaction(request) as session:
+    async with read_transaction(request) as session:
         version = await service.share_version(session, caller.member_id, ledger_id, year, version_ref)
 
     async def still_allowed(session: AsyncSession) -> object:
@@ -168,10 +168,9 @@ def _filter(request: web.Request, name: str, allowed: set[str]) -> set[str]:
     "kind": Query("system 或 personal，可重复", ("system", "personal")),
 })
 async def list_messages(request: web.Request) -> web.Response:
-    caller = await require_member(request)
-    statuses = _filter(request, "status", {"unread", "read"})
-    kinds = _filter(request, "kind", {"system", "personal"})
-    async with transaction(request) as session:
+    async with authenticated_read(request) as (caller, session):
+        statuses = _filter(request, "status", {"unread", "read"})
+        kinds = _filter(request, "kind", {"system", "personal"})
         return answer(MessagesOut, await service.list_messages(session, caller.member_id, statuses, kinds))
 
 

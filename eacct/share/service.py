@@ -232,10 +232,10 @@ async def cloud_shares(session: AsyncSession, member_id: int) -> list[SharerInfo
         .order_by(Member.account, Ledger.name, Ledger.id)
     )).all()
     sharers: dict[int, SharerInfo] = {}
+    versions_by_ledger = await netdisk.versions_of_ledgers(session, list({ledger.id for _, ledger, _ in rows}))
     for share, ledger, owner in rows:
         entry = sharers.setdefault(owner.id, SharerInfo(owner, []))
-        years = await netdisk.year_versions(session, ledger.id)
-        entry.ledgers.append(CloudShareLedger(ledger.id, ledger.name, share.since, years))
+        entry.ledgers.append(CloudShareLedger(ledger.id, ledger.name, share.since, versions_by_ledger[ledger.id]))
     return list(sharers.values())
 
 
@@ -255,7 +255,7 @@ async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
                        notifier: Notifier, member_id: int, claim: IncomingVersion, body: AsyncIterator[bytes],
                        on_accepted=None) -> VersionInfo:
     """上传云共享: the recipient's upload becomes a new version in the **owner's** cloud backup (and quota)."""
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         ledger, _ = await ledger_for_share(session, member_id, claim.ledger_id)
         owner_id = ledger.owner_id
 

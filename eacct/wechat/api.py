@@ -10,10 +10,6 @@ import logging
 
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
-from wechatpy import create_reply, parse_message
-from wechatpy.crypto import WeChatCrypto
-from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
-from wechatpy.utils import check_signature
 
 from eacct import errors
 from eacct.config import Settings
@@ -34,6 +30,10 @@ def _configured(settings: Settings) -> None:
 
 
 def _check_signature(request: web.Request, settings: Settings) -> None:
+    # wechatpy is imported on the first callback, so a server without WeChat never loads it.
+    from wechatpy.exceptions import InvalidSignatureException
+    from wechatpy.utils import check_signature
+
     query = request.query
     try:
         check_signature(settings.wechat_token, query.get("signature", ""), query.get("timestamp", ""),
@@ -81,6 +81,10 @@ async def callback(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     _configured(settings)
     _check_signature(request, settings)
+    from wechatpy import create_reply, parse_message
+    from wechatpy.crypto import WeChatCrypto
+    from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
+
     if request.content_length and request.content_length > MAX_CALLBACK_BODY:
         raise errors.BadRequest("消息过大")
     body = await request.read()

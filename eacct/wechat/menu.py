@@ -64,7 +64,7 @@ def create_menu(settings: Settings, timeout: float = 10.0) -> dict:
 
 async def _publish(settings: Settings, menu: dict, timeout: float) -> dict:
     from eacct.db import engine_for, make_session_factory
-    from eacct.wechat.notify import WechatApiClient
+    from eacct.wechat.client import WechatApiClient
     from eacct.wechat.tokens import DatabaseTokenStorage
 
     engine = engine_for(settings)

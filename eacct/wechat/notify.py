@@ -18,33 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
-import requests
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from wechatpy import WeChatClient
-from wechatpy.constants import WeChatErrorCode
-from wechatpy.exceptions import WeChatClientException
 
 from eacct.config import Settings
 from eacct.db import after_commit, utcnow
 from eacct.formats import BEIJING
 from eacct.members.models import WechatBinding
-from eacct.wechat.tokens import DatabaseTokenStorage
 
-__all__ = ["REMARK", "WechatApiClient", "WechatTemplateNotifier", "template_data"]
+__all__ = ["REMARK", "WechatTemplateNotifier", "template_data"]
 
 log = logging.getLogger("eacct.wechat.notify")
 
 REMARK = "详情请在 e会计【消息中心】查看"
-# WeChat's answers to a token it no longer accepts: fetch a new one and try once more.
-TOKEN_REFUSED = {WeChatErrorCode.INVALID_CREDENTIAL, WeChatErrorCode.INVALID_ACCESS_TOKEN,
-                 WeChatErrorCode.EXPIRED_ACCESS_TOKEN}
-T = TypeVar("T")
 _SECRET_PARAMS = re.compile(r"(secret|access_token)=[^&\s'\"]+")
 
 
@@ -57,71 +45,6 @@ def template_data(title: str, body: str, when=None) -> dict:
         "keyword2": {"value": when.strftime("%Y-%m-%d %H:%M")},
         "remark": {"value": REMARK},
     }
-
-
-class _TimeoutSession(requests.Session):
-    """A requests session with a default timeout: wechatpy fetches the access token without one."""
-
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
-        self.default_timeout = timeout
-
-    def request(self, method, url, **kwargs):
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.default_timeout
-        return super().request(method, url, **kwargs)
-
-
-class WechatApiClient(WeChatClient):
-    """wechatpy's client against `api_base` (its token fetch ignores API_BASE_URL, so it is redone here), with
-    timeouts, and one token fetch at a time between the pool's threads. With a `DatabaseTokenStorage` the
-    token is shared by every process and refreshed by one of them at a time, before it expires; without one
-    (tests of this class alone) wechatpy's per-process MemoryStorage keeps it."""
-
-    def __init__(self, appid: str, secret: str, api_base: str, timeout: float,
-                 storage: DatabaseTokenStorage | None = None) -> None:
-        super().__init__(appid, secret, session=storage, timeout=timeout, auto_retry=False)
-        self.API_BASE_URL = api_base.rstrip("/") + "/cgi-bin/"
-        self._http = _TimeoutSession(timeout)
-        self._token_lock = threading.RLock()
-        self._shared = storage
-        self._last_token: str | None = None
-
-    def _fetch_new_token(self):
-        return self._fetch_access_token(
-            url=self.API_BASE_URL + "token",
-            params={"grant_type": "client_credential", "appid": self.appid, "secret": self.secret},
-        )
-
-    def fetch_access_token(self):
-        """A new token, because WeChat refused the one last used (another process may already have it)."""
-        with self._token_lock:
-            if self._shared is None:
-                return self._fetch_new_token()
-            self._shared.refresh(self.access_token_key, self._fetch_new_token, stale=self._last_token)
-
-    def with_token_retry(self, call: Callable[[], T]) -> T:
-        """Run an API call; when WeChat refuses the token (expired, or retired by a newer one), get a new one
-        and try once more."""
-        try:
-            return call()
-        except WeChatClientException as exc:
-            if exc.errcode not in TOKEN_REFUSED:
-                raise
-            self.fetch_access_token()
-            return call()
-
-    @property
-    def access_token(self):
-        with self._token_lock:
-            if self._shared is None:
-                return super().access_token
-            token = self._shared.get(self.access_token_key)
-            if token is None:
-                self._shared.refresh(self.access_token_key, self._fetch_new_token)
-                token = self._shared.get(self.access_token_key)
-            self._last_token = token
-            return token
 
 
 class WechatTemplateNotifier:
@@ -137,6 +60,9 @@ class WechatTemplateNotifier:
         self._settings, self._timeout = settings, timeout
         self.max_pending = max_pending
         self._secret = settings.wechat_secret
+        # Imported here: wechatpy and requests are loaded only by a server that sends template messages.
+        from eacct.wechat.client import WechatApiClient
+
         self._client = WechatApiClient(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base, timeout)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eacct-wechat")
         self._slots = asyncio.Semaphore(workers)
@@ -146,6 +72,9 @@ class WechatTemplateNotifier:
     def share_token_through(self, sessions) -> None:
         """From now on keep the access token in the database, shared with every other process (call on the
         event loop that owns `sessions`, once the database is open)."""
+        from eacct.wechat.client import WechatApiClient
+        from eacct.wechat.tokens import DatabaseTokenStorage  # wechatpy, like the client: only when configured
+
         storage = DatabaseTokenStorage(sessions, asyncio.get_running_loop())
         self._client = WechatApiClient(self._settings.wechat_appid, self._settings.wechat_secret,
                                        self._settings.wechat_api_base, self._timeout, storage)
@@ -201,6 +130,8 @@ class WechatTemplateNotifier:
         """What went wrong, for the log: WeChat's errcode and errmsg, or the error with secrets masked (request
         errors quote the URL, and the token URL carries the secret). Never a traceback: chained exceptions
         would quote it too."""
+        from eacct.wechat.client import WeChatClientException
+
         if isinstance(exc, WeChatClientException):
             if exc.errcode is None and exc.response is not None:
                 text = f"HTTP {exc.response.status_code}"

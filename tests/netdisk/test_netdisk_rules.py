@@ -175,3 +175,20 @@ async def test_netdisk_token_use_slides_the_expiry(desktop, sessions):
     from eacct.db import utcnow
 
     assert timedelta(minutes=29) < token.expires_at - utcnow() <= timedelta(minutes=30)
+
+
+async def test_netdisk_token_use_writes_the_expiry_at_most_about_once_a_minute(desktop, sessions):
+    """Using the netdisk is not a write per request: the expiry is written only when it would move by more
+    than a minute; otherwise the stored expiry stays as it was."""
+    from eacct.db import utcnow
+
+    member = await desktop("idle03", "小王")
+    recent = utcnow() + timedelta(minutes=29, seconds=30)  # as if written 30 s ago
+    async with sessions() as session, session.begin():
+        await session.execute(update(AccessToken).where(AccessToken.token_hash == hash_token(member.netdisk_token))
+                              .values(expires_at=recent))
+    for _ in range(3):
+        assert (await member.call("GET", "/backups", netdisk=True))[0] == 200
+    async with sessions() as session:
+        token = await session.get(AccessToken, hash_token(member.netdisk_token))
+    assert abs(token.expires_at - recent) < timedelta(milliseconds=1)

@@ -12,7 +12,7 @@ from eacct.db import create_engine, make_session_factory, utcnow
 from eacct.share.notify import MessageCenterNotifier
 from eacct.web import NOTIFIER
 from eacct.wechat.models import WechatToken
-from eacct.wechat.notify import WechatApiClient
+from eacct.wechat.client import WechatApiClient
 from eacct.wechat.tokens import DatabaseTokenStorage
 from tests.conftest import Desktop, new_ledger_id
 from tests.share.conftest import cancel, share

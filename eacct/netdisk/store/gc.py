@@ -40,7 +40,7 @@ async def collect_garbage(sessions: async_sessionmaker[AsyncSession], blobs: Blo
         await blobs.delete(blob_key)
         report["packs"] += 1
     report.update(await reclaim_abandoned_uploads(sessions, blobs, settings))
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         known = set(await session.scalars(select(Pack.blob_key)))
     report["stray_blobs"] = 0
     for info in listed:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
+from eacct.db import unit_of_work
 from eacct.storage import BlobNotFound, BlobStore, BlobStoreError
 from eacct.chunks.manifest import iter_manifest
 from eacct.netdisk.models import Chunk, Pack, Version, VersionManifest
@@ -30,7 +31,7 @@ def read_version(
 async def _read_version(
     sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, version: Version, start: int, end: int | None
 ) -> AsyncIterator[bytes]:
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         entries = await session.scalar(select(VersionManifest.entries).where(VersionManifest.version_id == version.id))
     if entries is None:
         raise errors.NotFound("该版本已不存在")
@@ -73,7 +74,7 @@ async def _read_window(sessions, blobs: BlobStore, owner_id: int, window, local:
         where = {digest: place for digest in digests if (place := local(digest)) is not None}
     indexed = [digest for digest in digests if digest not in where]
     if indexed:
-        async with sessions() as session:
+        async with unit_of_work(sessions, read_only=True) as session:
             rows = (
                 await session.execute(
                     select(Chunk.digest, Pack.blob_key, Chunk.offset, Chunk.stored_length)

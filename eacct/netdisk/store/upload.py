@@ -264,7 +264,7 @@ class Upload:
             return
         unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks}
         if unknown:
-            async with self.sessions() as session:
+            async with unit_of_work(self.sessions, read_only=True) as session:
                 rows = await session.scalars(
                     select(Chunk.digest).where(Chunk.owner_id == self.incoming.owner_id, Chunk.digest.in_(unknown))
                 )
@@ -428,7 +428,7 @@ async def _base_manifest(sessions: async_sessionmaker[AsyncSession], incoming: I
     """The chunk list of the version a delta upload builds on (its If-Match)."""
     if incoming.if_match is None:
         raise errors.BadRequest("增量上传引用基准版本时需要 If-Match")
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         entries = await session.scalar(
             select(VersionManifest.entries)
             .join(Version, Version.id == VersionManifest.version_id)
