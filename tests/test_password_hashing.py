@@ -31,7 +31,10 @@ async def test_item_13_healthz_and_lists_answer_quickly_during_a_login_flood(aio
                                                                               http):
     # Real argon2 work per check (the tests' default is nearly free), so the flood lasts as one would.
     settings = settings.with_overrides(argon2_time_cost=3, argon2_memory_kib=32768, trusted_proxies="127.0.0.1/32")
-    app = create_app(settings, engine=engine, blobs=blobs, collect_garbage_on_start=False, hashing=PasswordHashing())
+    # Every login of the flood is admitted (none shed), so the hashing lasts while the probes run, whatever the
+    # machine's speed; shedding has a test of its own below.
+    app = create_app(settings, engine=engine, blobs=blobs, collect_garbage_on_start=False,
+                     hashing=PasswordHashing(queue=FLOOD))
     base_url = str((await aiohttp_server(app, host="127.0.0.1")).make_url("")).rstrip("/")
     member = await Desktop(http, base_url, "flood01", "小王").register()
 
@@ -79,4 +82,4 @@ async def test_item_13_hashing_is_bounded_to_its_slots_and_sheds_the_rest():
     shed = [r for r in results if isinstance(r, Exception)]
     assert peak <= 2
     assert len(shed) == 10 - 5 and all(type(r).__name__ == "Busy" and r.extra["retry_after"] >= 1 for r in shed)
-    assert PasswordHashing().slots == os.cpu_count()
+    assert PasswordHashing().slots == max(1, os.cpu_count() - 1)  # one core stays with the event loop
