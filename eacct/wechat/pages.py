@@ -10,7 +10,6 @@ with what was typed (never the password).
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlencode
@@ -256,10 +255,7 @@ async def _netdisk_post(ctx: Ctx) -> web.StreamResponse:
     raw_ledger = form_text(ctx, "ledger_id")
     chosen = ctx.form.get("friend_ids", [])
     try:
-        try:
-            ledger_id = str(uuid.UUID(raw_ledger))
-        except ValueError as exc:
-            raise errors.NotFound("云备份中没有这个账套") from exc
+        ledger_id = netdisk.canonical_ledger_id(raw_ledger, errors.NotFound("云备份中没有这个账套"))
         if not chosen:
             raise errors.Invalid("请在好友列表中选中要共享的好友")
         if not all(v.isascii() and v.isdigit() and len(v) <= 10 for v in chosen):
