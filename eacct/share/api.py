@@ -92,11 +92,8 @@ async def list_shares(request: web.Request) -> web.Response:
 @endpoint(status=204, summary="取消共享")
 async def cancel_share(request: web.Request) -> web.Response:
     caller = await require_member(request)
-    share_id = request.match_info["share_id"]
-    if len(share_id) > 32:
-        raise errors.NotFound("没有这个共享")
     async with transaction(request) as session:
-        await service.cancel_share(session, request.app[NOTIFIER], caller.member_id, share_id)
+        await service.cancel_share(session, request.app[NOTIFIER], caller.member_id, request.match_info["share_id"])
     return web.Response(status=204)
 
 

@@ -256,8 +256,6 @@ async def _netdisk_post(ctx: Ctx) -> web.StreamResponse:
     chosen = ctx.form.get("friend_ids", [])
     try:
         ledger_id = netdisk.canonical_ledger_id(raw_ledger, errors.NotFound("云备份中没有这个账套"))
-        if not chosen:
-            raise errors.Invalid("请在好友列表中选中要共享的好友")
         if not all(v.isascii() and v.isdigit() and len(v) <= 10 for v in chosen):
             raise errors.Invalid("好友选择不正确")
         async with transaction(request) as session:
@@ -286,8 +284,6 @@ async def _shares_post(ctx: Ctx) -> web.StreamResponse:
     request = ctx.request
     share_id = form_text(ctx, "share_id", 33)
     try:
-        if not share_id or len(share_id) > 32:
-            raise errors.NotFound("没有这个共享")
         async with transaction(request) as session:
             ended = await share.cancel_share(session, request.app[NOTIFIER], ctx.member.id, share_id)
     except errors.DomainError as exc:
