@@ -105,6 +105,15 @@ class EacctClient:
         token = self.netdisk_token if netdisk else self.token
         return {"Authorization": f"Bearer {token}"} if token else {}
 
+    async def _read_answer(self, response: Response) -> tuple[bytes, Any]:
+        """A whole answer, counted, as (bytes, parsed JSON or _NOT_JSON); an error status is its error class."""
+        raw = await response.read()
+        self.bytes_received += len(raw)
+        data = _parse_json(raw)
+        if response.status >= 400:
+            raise error_for(response.status, None if data is _NOT_JSON else data)
+        return raw, data
+
     async def _call(self, method: str, path: str, *, netdisk: bool = False, body: Any = None,
                     headers: dict[str, str] | None = None) -> Any:
         """One JSON request; the parsed answer, or the error class of its code."""
@@ -117,11 +126,7 @@ class EacctClient:
         self.bytes_sent += len(content or b"")
 
         async def receive(response: Response) -> Any:
-            raw = await response.read()
-            self.bytes_received += len(raw)
-            data = _parse_json(raw)
-            if response.status >= 400:
-                raise error_for(response.status, None if data is _NOT_JSON else data)
+            raw, data = await self._read_answer(response)
             if data is _NOT_JSON or (raw and not response.headers.get("Content-Type", "").startswith("application/json")):
                 raise ProtocolError(f"服务器的回答不是 e会计云服务的数据（HTTP {response.status}），请检查 --server 地址")
             return data
@@ -282,11 +287,7 @@ class EacctClient:
         self.bytes_sent += size
 
         async def receive(response: Response) -> Any:
-            raw = await response.read()
-            self.bytes_received += len(raw)
-            data = _parse_json(raw)
-            if response.status >= 400:
-                raise error_for(response.status, None if data is _NOT_JSON else data)
+            _, data = await self._read_answer(response)
             if not isinstance(data, dict) or "version_id" not in data:
                 raise ProtocolError(f"服务器的回答不是 e会计云服务的数据（HTTP {response.status}）")
             return data
