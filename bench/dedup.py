@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
-import json
 import random
 import shutil
 import sys
@@ -100,17 +99,17 @@ class CountingTransport:
 
     async def send(self, request, receive):
         record = Sent(self.kind(request), 0, 0.0)
-        if request.body is not None:
-            make_blocks = request.body
+        if request.stream is not None:
+            make_blocks = request.stream
 
             def counted():
                 for block in make_blocks():
                     record.body_bytes += len(block)
                     yield block
 
-            request = dataclasses.replace(request, body=counted)
-        elif request.json is not None:
-            record.body_bytes = len(json.dumps(request.json).encode("utf-8"))
+            request = dataclasses.replace(request, stream=counted)
+        elif request.content is not None:
+            record.body_bytes = len(request.content)
 
         async def receive_counted(response):
             record.status = response.status
@@ -121,8 +120,8 @@ class CountingTransport:
             return await self.inner.send(request, receive_counted)
         finally:
             record.seconds = time.perf_counter() - started
-            if request.body is not None and record.status < 400 and record.body_bytes != request.body_size:
-                raise RuntimeError(f"streamed {record.body_bytes} bytes, announced {request.body_size}")
+            if request.stream is not None and record.status < 400 and record.body_bytes != request.size:
+                raise RuntimeError(f"streamed {record.body_bytes} bytes, announced {request.size}")
             self.sent.append(record)
 
     def take(self) -> list[Sent]:
@@ -283,7 +282,7 @@ async def run(args: argparse.Namespace) -> int:
                               f"{seconds:>8.2f}  {record.wire:>6.2f}  {used / MiB:>13.2f}")
                     # Sanity: every version is kept and the latest comes back intact (client.download checks
                     # the sha256 the server announces; compare it with the last archive's too).
-                    listed = await client._json("GET", f"/backups/{ledger_id}/years/{YEAR}", netdisk=True)
+                    listed = await client._call("GET", f"/backups/{ledger_id}/years/{YEAR}", netdisk=True)
                     kept = len(listed["versions"])
                     got = await client.download("backups", ledger_id, YEAR, "latest", work / "restored.tar")
                     intact = got["sha256"] == sha == sha256_file(work / "restored.tar")

@@ -1,4 +1,5 @@
-"""The application factory: wires settings, database, blob store and every area's routes together."""
+"""The application factory: wires settings, database, blob store (from `eacct.providers`, as the commands get
+them) and every area's routes together."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eacct.config import Settings
-from eacct.db import engine_for, make_session_factory, unit_of_work
-from eacct.storage import BlobStore, open_blob_store
+from eacct.db import unit_of_work
+from eacct.providers import provide
+from eacct.storage import BlobStore
 from eacct.openapi import endpoint, openapi_document
 from eacct.netdisk.hooks import NetdiskHooks
 from eacct.secrets import PasswordHashing
@@ -126,30 +128,20 @@ def create_app(
         # Registered at start-up, with the notifier the app ends up with.
         app[NETDISK_HOOKS] = NetdiskHooks()
         share_service.register(app[NETDISK_HOOKS], app[NOTIFIER])
-        own_engine = engine is None
-        app[ENGINE] = engine if engine is not None else engine_for(settings)
-        app[SESSIONS] = make_session_factory(app[ENGINE])
-        if wechat_templates is not None:
-            wechat_templates.share_token_through(app[SESSIONS])
-        own_blobs = blobs is None
-        app[BLOBS] = blobs if blobs is not None else open_blob_store(
-            settings.storage_url,
-            oss_access_key_id=settings.oss_access_key_id,
-            oss_access_key_secret=settings.oss_access_key_secret,
-        )
-        gc_task = None
-        if collect_garbage_on_start:
-            gc_task = asyncio.create_task(_collect_garbage(app))
-        yield
-        if wechat_templates is not None:
-            await wechat_templates.close(timeout=SHUTDOWN_WAIT_SECONDS)
-        if gc_task is not None:
-            gc_task.cancel()
-            await asyncio.gather(gc_task, return_exceptions=True)
-        if own_blobs:
-            await app[BLOBS].close()
-        if own_engine:
-            await app[ENGINE].dispose()
+        # The caller (`eacct serve`, a test) checked the settings and migrated; given resources are not closed.
+        async with provide(settings, engine=engine, blobs=blobs, checked=False) as provided:
+            app[ENGINE], app[SESSIONS], app[BLOBS] = provided.engine, provided.sessions, provided.blobs
+            if wechat_templates is not None:
+                wechat_templates.share_token_through(app[SESSIONS])
+            gc_task = None
+            if collect_garbage_on_start:
+                gc_task = asyncio.create_task(_collect_garbage(app))
+            yield
+            if wechat_templates is not None:
+                await wechat_templates.close(timeout=SHUTDOWN_WAIT_SECONDS)
+            if gc_task is not None:
+                gc_task.cancel()
+                await asyncio.gather(gc_task, return_exceptions=True)
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/healthz", healthz)

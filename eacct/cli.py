@@ -22,8 +22,9 @@ from pydantic import ValidationError
 from eacct import errors
 from eacct.app import create_app
 from eacct.config import Settings
-from eacct.db import make_session_factory, unit_of_work
-from eacct.startup import SettingError, bind_listeners, open_database, open_storage
+from eacct.db import unit_of_work
+from eacct.providers import provide
+from eacct.startup import SettingError, bind_listeners, open_storage
 
 __all__ = ["main"]
 
@@ -35,16 +36,10 @@ M_MMAP_THRESHOLD = -3
 RUNNER_SHUTDOWN_SECONDS = 1.0
 
 
-def _blobs(settings: Settings):
-    return open_storage(settings, probe_writes=False)
-
-
 async def _with_database(settings: Settings, work: Callable) -> object:
-    engine = await open_database(settings)
-    try:
-        return await work(make_session_factory(engine))
-    finally:
-        await engine.dispose()
+    """Run `work(sessions)` on the migrated database, opened by the provider the app uses too."""
+    async with provide(settings, storage=False) as provided:
+        return await work(provided.sessions)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -71,29 +66,23 @@ async def _serve(settings: Settings, *, reuse_port: bool = False, migrate: bool 
     # The port first: nothing is opened or migrated for a service that could not listen anyway.
     listeners = bind_listeners(settings, reuse_port=reuse_port)
     try:
-        blobs = open_storage(settings)
-        try:
-            engine = await open_database(settings, migrate=migrate)
+        async with provide(settings, migrate=migrate, probe_writes=True) as provided:
+            app = create_app(settings, engine=provided.engine, blobs=provided.blobs,
+                             collect_garbage_on_start=collect_garbage)
+            app.on_startup.append(few_worker_threads)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_SECONDS)
+            await runner.setup()
             try:
-                app = create_app(settings, engine=engine, blobs=blobs, collect_garbage_on_start=collect_garbage)
-                app.on_startup.append(few_worker_threads)
-                runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_SECONDS)
-                await runner.setup()
-                try:
-                    addresses = []
-                    for sock in listeners:
-                        await web.SockSite(runner, sock).start()
-                        host, port = sock.getsockname()[:2]
-                        addresses.append(f"http://{f'[{host}]' if ':' in host else host}:{port}")
-                    log.info("%s serving on %s", name, ", ".join(addresses))
-                    await stopping.wait()
-                    log.info("eacct stopping: no new connections; requests under way get a moment to finish")
-                finally:
-                    await runner.cleanup()  # stop listening, finish/cancel requests, close app resources
+                addresses = []
+                for sock in listeners:
+                    await web.SockSite(runner, sock).start()
+                    host, port = sock.getsockname()[:2]
+                    addresses.append(f"http://{f'[{host}]' if ':' in host else host}:{port}")
+                log.info("%s serving on %s", name, ", ".join(addresses))
+                await stopping.wait()
+                log.info("eacct stopping: no new connections; requests under way get a moment to finish")
             finally:
-                await engine.dispose()
-        finally:
-            await blobs.close()
+                await runner.cleanup()  # stop listening, finish/cancel requests, close app resources
     finally:
         for sock in listeners:
             sock.close()
@@ -111,8 +100,8 @@ def serve_workers(settings: Settings, workers: int) -> int:
     worker has its own event loop and database pool. A worker that dies stops the others; SIGTERM or SIGINT
     here is passed on to every worker, which then shuts down as a single `eacct serve` does."""
     async def check_and_migrate() -> None:
-        open_storage(settings)  # a bad setting stops here, in one line, before any worker starts
-        await (await open_database(settings)).dispose()
+        async with provide(settings, probe_writes=True):  # a bad setting stops here, in one line, before any worker
+            pass
 
     asyncio.run(check_and_migrate())
     log = logging.getLogger("eacct")
@@ -163,7 +152,8 @@ def _serve_worker(settings: Settings, index: int, workers: int) -> None:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> None:
-        await (await open_database(settings, args.revision)).dispose()
+        async with provide(settings, storage=False, revision=args.revision):
+            pass
 
     asyncio.run(run())
     print(f"database at {args.revision}")
@@ -203,14 +193,11 @@ def cmd_gc(settings: Settings, args: argparse.Namespace) -> int:
     if args.grace_seconds is not None:
         settings = settings.with_overrides(gc_grace_seconds=args.grace_seconds)
 
-    async def work(sessions):
-        blobs = _blobs(settings)
-        try:
-            return await collect_garbage(sessions, blobs, settings)
-        finally:
-            await blobs.close()
+    async def run():
+        async with provide(settings) as provided:
+            return await collect_garbage(provided.sessions, provided.blobs, settings)
 
-    print(json.dumps(asyncio.run(_with_database(settings, work))))
+    print(json.dumps(asyncio.run(run())))
     return 0
 
 
@@ -231,7 +218,8 @@ def cmd_storage_check(settings: Settings, args: argparse.Namespace) -> int:
     from eacct.storage.check import run_storage_check
 
     async def run():
-        blobs = _blobs(settings)
+        # Storage alone: the check must work before any database exists.
+        blobs = open_storage(settings, probe_writes=False)
         try:
             return await run_storage_check(blobs)
         finally:

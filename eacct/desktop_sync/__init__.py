@@ -15,18 +15,24 @@ from eacct.desktop_sync._exceptions import (
     QuotaError, RateLimited, ServerUnavailable, SyncError, TooManyVersions, TransportError, UnsafeArchive,
     UploadStalled, UsageError, VersionConflict, WrongPath,
 )
+from eacct.desktop_sync._exceptions import (
+    AccountTaken, Busy, CannotAddSelf, InvalidYear, LengthRequired, MissingChunks, NetdiskAlreadyOpened, NotLoggedIn,
+    OwnerUsesBackup, RecipientUsesShare, RetryUpload, StorageUnavailable,
+)
 from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, pack_year, sha256_of
 from eacct.desktop_sync._sync import (
     BACKUP, REMINDER, SHARE, DesktopSync, SyncAction, SyncReport, Transfer, transfer_json,
 )
 
 __all__ = [
-    "AiohttpTransport", "ApiError", "AuthError", "BACKUP", "BadAnswers", "BadCredentials", "BadNetdiskPassword",
-    "BadRequest", "ChecksumError", "ChecksumMismatch", "ConflictError", "DesktopSync", "DiskError", "EacctClient",
-    "ForbiddenError", "InvalidError", "InvalidLedgerId", "LedgerFolder", "LedgerNotFound", "LocalCopyExists",
-    "LocalError", "LocalLedger", "MemberNotFound", "MockTransport", "NetdiskNotOpened", "NetdiskTokenRequired",
-    "NotAFriend", "NotFoundError", "Progress", "ProtocolError", "QuotaError", "REMINDER", "RateLimited", "Request",
-    "Response", "SHARE", "ServerUnavailable", "SyncAction", "SyncError", "SyncReport", "Timeout", "TooManyVersions",
-    "Transfer", "Transport", "TransportError", "UnsafeArchive", "UploadStalled", "UsageError", "VersionConflict",
-    "WrongPath", "pack_year", "sha256_of", "transfer_json",
+    "AccountTaken", "AiohttpTransport", "ApiError", "AuthError", "BACKUP", "BadAnswers", "BadCredentials",
+    "BadNetdiskPassword", "BadRequest", "Busy", "CannotAddSelf", "ChecksumError", "ChecksumMismatch",
+    "ConflictError", "DesktopSync", "DiskError", "EacctClient", "ForbiddenError", "InvalidError", "InvalidLedgerId",
+    "InvalidYear", "LedgerFolder", "LedgerNotFound", "LengthRequired", "LocalCopyExists", "LocalError",
+    "LocalLedger", "MemberNotFound", "MissingChunks", "MockTransport", "NetdiskAlreadyOpened", "NetdiskNotOpened",
+    "NetdiskTokenRequired", "NotAFriend", "NotFoundError", "NotLoggedIn", "OwnerUsesBackup", "Progress",
+    "ProtocolError", "QuotaError", "REMINDER", "RateLimited", "RecipientUsesShare", "Request", "Response",
+    "RetryUpload", "SHARE", "ServerUnavailable", "StorageUnavailable", "SyncAction", "SyncError", "SyncReport",
+    "Timeout", "TooManyVersions", "Transfer", "Transport", "TransportError", "UnsafeArchive", "UploadStalled",
+    "UsageError", "VersionConflict", "WrongPath", "pack_year", "sha256_of", "transfer_json",
 ]

@@ -1,33 +1,29 @@
 """EacctClient: the REST API of API.md as the desktop program calls it, with base URL, timeouts and transport
 injected.
 
-Request building and answer mapping live here; all I/O goes through one `Transport.send`. The default
-transport is aiohttp's client (never its server half); `MockTransport` answers from a function, for tests of
-code built on the client. Lower-library errors are converted where the transport meets the client, so only
-the classes of `_exceptions` ever leave.
+Request building and answer mapping live here; all I/O goes through one `Transport.send` (`_transport`:
+aiohttp's client half, or `MockTransport` for tests), so only the classes of `_exceptions` ever leave.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import inspect
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, unquote
-
-import aiohttp
 
 from eacct.chunks import delta as delta_format
 from eacct.desktop_sync._exceptions import (
-    ApiError, ChecksumError, DiskError, InvalidLedgerId, ProtocolError, SyncError, TransportError, UsageError,
+    ApiError, ChecksumError, DiskError, InvalidLedgerId, ProtocolError, TransportError, UsageError,
     error_for,
+)
+from eacct.desktop_sync._transport import (
+    BLOCK, AiohttpTransport, MockTransport, Progress, Request, Response, Timeout, Transport, _no_progress, file_blocks,
 )
 
 __all__ = [
@@ -35,17 +31,8 @@ __all__ = [
     "check_ledger_id", "check_year",
 ]
 
-BLOCK = 1 << 20
 BACKUP = "backups"
 SHARE = "cloud-shares"
-
-Progress = Callable[[int, int, str], None]
-"""A transfer's progress: (bytes done, bytes in all, phase) with phase one of packing, hashing, sending,
-receiving, verifying."""
-
-
-def _no_progress(done: int, total: int, phase: str) -> None:
-    pass
 
 
 def check_ledger_id(ledger_id: str) -> str:
@@ -62,116 +49,6 @@ def check_year(year: Any) -> int:
     if not (text.isascii() and text.isdigit() and 1990 <= int(text) <= 2100):
         raise UsageError(f"会计年度 “{year}” 无效，应为 1990 到 2100 之间的年份")
     return int(text)
-
-
-@dataclass(frozen=True)
-class Timeout:
-    """Seconds to wait: to connect, and for each read while an answer arrives (a transfer may take longer)."""
-
-    connect: float = 30.0
-    read: float = 300.0
-
-
-@dataclass
-class Request:
-    """One HTTP request: `content` bytes, or `size` bytes streamed from `stream` (called once)."""
-
-    method: str
-    url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    content: bytes | None = None
-    stream: Callable[[], Iterator[bytes]] | None = None
-    size: int = 0
-
-
-@dataclass
-class Response:
-    """An answer: status, headers, and the body as an async iterator of blocks."""
-
-    status: int
-    headers: dict[str, str]
-    stream: AsyncIterator[bytes]
-
-    async def read(self) -> bytes:
-        return b"".join([block async for block in self.stream])
-
-
-class Transport(Protocol):
-    """Sends a request and hands the answer to `receive` while its body can still be streamed."""
-
-    async def send(self, request: Request, receive: Callable[[Response], Awaitable[Any]]) -> Any: ...
-
-    async def close(self) -> None: ...
-
-
-class AiohttpTransport:
-    """The real transport: one aiohttp client session, file bodies streamed from disk."""
-
-    def __init__(self, timeout: Timeout = Timeout()) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def send(self, request: Request, receive: Callable[[Response], Awaitable[Any]]) -> Any:
-        headers = dict(request.headers)
-        data: Any = request.content
-        if request.stream is not None:
-            headers["Content-Length"] = str(request.size)
-            data = _async_blocks(request.stream())
-        try:
-            if self._session is None:
-                self._session = aiohttp.ClientSession(timeout=self._timeout)
-            async with self._session.request(request.method, request.url, headers=headers, data=data) as answer:
-                return await receive(Response(answer.status, dict(answer.headers), answer.content.iter_chunked(BLOCK)))
-        except SyncError:
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            # ValueError: aiohttp's answer to a malformed server URL.
-            raise TransportError(f"无法连接 e会计云服务（{type(exc).__name__}: {exc or '连接中断'}）") from exc
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def file_blocks(path: Path, progress: Progress = _no_progress, phase: str = "sending") -> Iterator[bytes]:
-    """A file in blocks, reporting progress; a disk failure is a DiskError."""
-    total = path.stat().st_size
-    done = 0
-    try:
-        with open(path, "rb") as handle:
-            while block := handle.read(BLOCK):
-                done += len(block)
-                yield block
-                progress(done, total, phase)
-    except OSError as exc:
-        raise DiskError(f"读取 {path} 失败：{exc.strerror or exc}") from exc
-
-
-async def _async_blocks(blocks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    # Disk reads are short next to the network send; reading on a thread keeps the loop free anyway.
-    while (block := await asyncio.to_thread(next, blocks, None)) is not None:
-        yield block
-
-
-class MockTransport:
-    """Answers every request with `handler(request) -> (status, headers, body bytes)`."""
-
-    def __init__(self, handler: Callable[[Request], tuple[int, dict[str, str], bytes]]) -> None:
-        self.handler = handler
-        self.requests: list[Request] = []
-
-    async def send(self, request: Request, receive: Callable[[Response], Awaitable[Any]]) -> Any:
-        self.requests.append(request)
-        status, headers, body = self.handler(request)
-
-        async def stream() -> AsyncIterator[bytes]:
-            yield body
-
-        return await receive(Response(status, headers, stream()))
-
-    async def close(self) -> None:
-        pass
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -228,6 +105,15 @@ class EacctClient:
         token = self.netdisk_token if netdisk else self.token
         return {"Authorization": f"Bearer {token}"} if token else {}
 
+    async def _read_answer(self, response: Response) -> tuple[bytes, Any]:
+        """A whole answer, counted, as (bytes, parsed JSON or _NOT_JSON); an error status is its error class."""
+        raw = await response.read()
+        self.bytes_received += len(raw)
+        data = _parse_json(raw)
+        if response.status >= 400:
+            raise error_for(response.status, None if data is _NOT_JSON else data)
+        return raw, data
+
     async def _call(self, method: str, path: str, *, netdisk: bool = False, body: Any = None,
                     headers: dict[str, str] | None = None) -> Any:
         """One JSON request; the parsed answer, or the error class of its code."""
@@ -240,11 +126,7 @@ class EacctClient:
         self.bytes_sent += len(content or b"")
 
         async def receive(response: Response) -> Any:
-            raw = await response.read()
-            self.bytes_received += len(raw)
-            data = _parse_json(raw)
-            if response.status >= 400:
-                raise error_for(response.status, None if data is _NOT_JSON else data)
+            raw, data = await self._read_answer(response)
             if data is _NOT_JSON or (raw and not response.headers.get("Content-Type", "").startswith("application/json")):
                 raise ProtocolError(f"服务器的回答不是 e会计云服务的数据（HTTP {response.status}），请检查 --server 地址")
             return data
@@ -405,11 +287,7 @@ class EacctClient:
         self.bytes_sent += size
 
         async def receive(response: Response) -> Any:
-            raw = await response.read()
-            self.bytes_received += len(raw)
-            data = _parse_json(raw)
-            if response.status >= 400:
-                raise error_for(response.status, None if data is _NOT_JSON else data)
+            _, data = await self._read_answer(response)
             if not isinstance(data, dict) or "version_id" not in data:
                 raise ProtocolError(f"服务器的回答不是 e会计云服务的数据（HTTP {response.status}）")
             return data

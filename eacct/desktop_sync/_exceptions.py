@@ -12,31 +12,44 @@
     │   └── ProtocolError           the answer was not the API's (a proxy's HTML 502, broken JSON)
     ├── ChecksumError               downloaded bytes do not match the server's sha256 (nothing was installed)
     └── ApiError                    the server refused; `status`, `code` (API.md), `message`, `extra`
-        ├── AuthError               401 unauthenticated
+        ├── AuthError               401 (any code of that status)
+        │   ├── NotLoggedIn             401 unauthenticated
         │   ├── NetdiskTokenRequired    401 netdisk_token_required
         │   ├── BadCredentials          401 bad_credentials
         │   ├── BadNetdiskPassword      401 bad_netdisk_password
         │   └── BadAnswers              401 bad_answers
         ├── ForbiddenError          403 forbidden
         │   ├── NotAFriend              403 not_a_friend
-        │   └── WrongPath               403 owner_uses_backup / recipient_uses_share (also raised by the
-        │                               client itself, before any request, when it knows the role)
+        │   └── WrongPath               403 the other path is the right one (also raised by the client itself,
+        │       │                       before any request, when it knows the role)
+        │       ├── OwnerUsesBackup         403 owner_uses_backup
+        │       └── RecipientUsesShare      403 recipient_uses_share
         ├── NotFoundError           404 not_found
         │   ├── MemberNotFound          404 member_not_found
         │   └── NetdiskNotOpened        404 netdisk_not_opened
-        ├── ConflictError           409 conflict, account_taken, netdisk_already_opened, missing_chunks, retry_upload
+        ├── ConflictError           409 conflict
+        │   ├── AccountTaken            409 account_taken
+        │   ├── NetdiskAlreadyOpened    409 netdisk_already_opened
+        │   ├── MissingChunks           409 missing_chunks
+        │   ├── RetryUpload             409 retry_upload
         │   └── VersionConflict         412 version_conflict
         ├── QuotaError              413 quota_exceeded
         │   └── TooManyVersions         413 too_many_versions
         ├── ChecksumMismatch        400 checksum_mismatch
-        ├── BadRequest              400 bad_request, length_required
-        ├── InvalidError            422 invalid, invalid_year, cannot_add_self
+        ├── BadRequest              400 bad_request
+        │   └── LengthRequired          400 length_required
+        ├── InvalidError            422 invalid
+        │   ├── InvalidYear             422 invalid_year
+        │   └── CannotAddSelf           422 cannot_add_self
         ├── RateLimited             429 too_many_attempts (`retry_after` seconds)
         ├── UploadStalled           408 upload_stalled
-        └── ServerUnavailable       503 busy, storage_unavailable (and any 5xx with an API body)
+        └── ServerUnavailable       any 5xx with an API body
+            ├── Busy                    503 busy
+            └── StorageUnavailable      503 storage_unavailable
 
-The server's codes map to classes in one table (`_BY_CODE`), with `_BY_STATUS` for codes this client does
-not know yet; server errors are converted where the transport meets the client, so callers see only these.
+Every code the server answers has its own class here (`_BY_CODE`), so callers use isinstance, never the code
+string; `_BY_STATUS` covers codes this client does not know yet. Server errors are converted where the
+transport meets the client, so callers see only these.
 """
 
 from __future__ import annotations
@@ -44,12 +57,14 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "ApiError", "AuthError", "BadAnswers", "BadCredentials", "BadNetdiskPassword", "BadRequest", "ChecksumError",
-    "ChecksumMismatch", "ConflictError", "DiskError", "ForbiddenError", "InvalidError", "InvalidLedgerId",
-    "LedgerNotFound", "LocalCopyExists", "LocalError", "MemberNotFound", "NetdiskNotOpened", "NetdiskTokenRequired",
-    "NotAFriend", "NotFoundError", "ProtocolError", "QuotaError", "RateLimited", "ServerUnavailable", "SyncError",
-    "TooManyVersions", "TransportError", "UnsafeArchive", "UploadStalled", "UsageError", "VersionConflict",
-    "WrongPath", "error_for",
+    "AccountTaken", "ApiError", "AuthError", "BadAnswers", "BadCredentials", "BadNetdiskPassword", "BadRequest",
+    "Busy", "CannotAddSelf", "ChecksumError", "ChecksumMismatch", "ConflictError", "DiskError", "ForbiddenError",
+    "InvalidError", "InvalidLedgerId", "InvalidYear", "LedgerNotFound", "LengthRequired", "LocalCopyExists",
+    "LocalError", "MemberNotFound", "MissingChunks", "NetdiskAlreadyOpened", "NetdiskNotOpened",
+    "NetdiskTokenRequired", "NotAFriend", "NotFoundError", "NotLoggedIn", "OwnerUsesBackup", "ProtocolError",
+    "QuotaError", "RateLimited", "RecipientUsesShare", "RetryUpload", "ServerUnavailable", "StorageUnavailable",
+    "SyncError", "TooManyVersions", "TransportError", "UnsafeArchive", "UploadStalled", "UsageError",
+    "VersionConflict", "WrongPath", "error_for",
 ]
 
 
@@ -112,6 +127,10 @@ class AuthError(ApiError):
     """401: not logged in, or a wrong password."""
 
 
+class NotLoggedIn(AuthError):
+    """401 unauthenticated: no session, or it expired (log in again)."""
+
+
 class NetdiskTokenRequired(AuthError):
     """401: the netdisk is locked (or its token expired): unlock it with the netdisk password."""
 
@@ -140,6 +159,14 @@ class WrongPath(ForbiddenError):
     """403: 共享人操作云备份，受共享人操作云共享 — the other path is the right one."""
 
 
+class OwnerUsesBackup(WrongPath):
+    """403 owner_uses_backup: the member owns the ledger, so 云备份 is the path."""
+
+
+class RecipientUsesShare(WrongPath):
+    """403 recipient_uses_share: the ledger is shared with the member, so 云共享 is the path."""
+
+
 class NotFoundError(ApiError):
     """404: no such ledger, year, version or share (or no longer shared with you)."""
 
@@ -154,6 +181,22 @@ class NetdiskNotOpened(NotFoundError):
 
 class ConflictError(ApiError):
     """409: the request clashes with what the server holds."""
+
+
+class AccountTaken(ConflictError):
+    """409 account_taken: another member has that account name."""
+
+
+class NetdiskAlreadyOpened(ConflictError):
+    """409 netdisk_already_opened: the netdisk is open already."""
+
+
+class MissingChunks(ConflictError):
+    """409 missing_chunks: a delta upload named chunks the server no longer has; send the whole year."""
+
+
+class RetryUpload(ConflictError):
+    """409 retry_upload: the upload raced a cleanup; sending it again succeeds."""
 
 
 class VersionConflict(ConflictError):
@@ -176,8 +219,20 @@ class BadRequest(ApiError):
     """400: a malformed request."""
 
 
+class LengthRequired(BadRequest):
+    """400 length_required: an upload without Content-Length."""
+
+
 class InvalidError(ApiError):
     """422: a field the server refuses (year out of range, adding yourself as a friend, …)."""
+
+
+class InvalidYear(InvalidError):
+    """422 invalid_year: a fiscal year outside 1990–2100."""
+
+
+class CannotAddSelf(InvalidError):
+    """422 cannot_add_self: a member cannot be their own friend."""
 
 
 class RateLimited(ApiError):
@@ -196,38 +251,46 @@ class ServerUnavailable(ApiError):
     """503 (busy, storage_unavailable) or another 5xx: try again later; nothing was kept."""
 
 
+class Busy(ServerUnavailable):
+    """503 busy: the server is overloaded right now."""
+
+
+class StorageUnavailable(ServerUnavailable):
+    """503 storage_unavailable: the blob storage failed; nothing was kept."""
+
+
 # The server's error code table (eacct/errors.py and the codes its services add), in one place.
 _BY_CODE: dict[str, type[ApiError]] = {
-    "unauthenticated": AuthError,
+    "unauthenticated": NotLoggedIn,
     "netdisk_token_required": NetdiskTokenRequired,
     "bad_credentials": BadCredentials,
     "bad_netdisk_password": BadNetdiskPassword,
     "bad_answers": BadAnswers,
     "forbidden": ForbiddenError,
     "not_a_friend": NotAFriend,
-    "owner_uses_backup": WrongPath,
-    "recipient_uses_share": WrongPath,
+    "owner_uses_backup": OwnerUsesBackup,
+    "recipient_uses_share": RecipientUsesShare,
     "not_found": NotFoundError,
     "member_not_found": MemberNotFound,
     "netdisk_not_opened": NetdiskNotOpened,
     "conflict": ConflictError,
-    "account_taken": ConflictError,
-    "netdisk_already_opened": ConflictError,
-    "missing_chunks": ConflictError,
-    "retry_upload": ConflictError,
+    "account_taken": AccountTaken,
+    "netdisk_already_opened": NetdiskAlreadyOpened,
+    "missing_chunks": MissingChunks,
+    "retry_upload": RetryUpload,
     "version_conflict": VersionConflict,
     "quota_exceeded": QuotaError,
     "too_many_versions": TooManyVersions,
     "checksum_mismatch": ChecksumMismatch,
     "bad_request": BadRequest,
-    "length_required": BadRequest,
+    "length_required": LengthRequired,
     "invalid": InvalidError,
-    "invalid_year": InvalidError,
-    "cannot_add_self": InvalidError,
+    "invalid_year": InvalidYear,
+    "cannot_add_self": CannotAddSelf,
     "too_many_attempts": RateLimited,
     "upload_stalled": UploadStalled,
-    "busy": ServerUnavailable,
-    "storage_unavailable": ServerUnavailable,
+    "busy": Busy,
+    "storage_unavailable": StorageUnavailable,
 }
 
 # For a code this client does not know yet: the class of its status.

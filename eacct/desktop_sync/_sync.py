@@ -25,7 +25,8 @@ from eacct.chunks import delta as delta_format
 from eacct.chunks.chunker import iter_file_chunks
 from eacct.desktop_sync._client import BACKUP, SHARE, EacctClient, Progress, check_ledger_id, check_year
 from eacct.desktop_sync._exceptions import (
-    ConflictError, LedgerNotFound, NotFoundError, TransportError, WrongPath,
+    ConflictError, LedgerNotFound, MissingChunks, NotFoundError, OwnerUsesBackup, RecipientUsesShare, TransportError,
+    WrongPath,
 )
 from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, _disk_errors, sha256_of
 
@@ -170,9 +171,9 @@ class DesktopSync:
     async def _refuse_wrong_role(self, side: str, ledger: LocalLedger | None) -> None:
         known = await self._known_side(ledger)
         if known is not None and known != side:
-            code = "recipient_uses_share" if side == BACKUP else "owner_uses_backup"
-            what = "这是好友共享给您的账套，请用云共享（share）" if side == BACKUP else "这是您自己的账套，请用云备份（backup）"
-            raise WrongPath(403, code, f"{REMINDER}{what}")
+            if side == BACKUP:
+                raise RecipientUsesShare(403, "recipient_uses_share", f"{REMINDER}这是好友共享给您的账套，请用云共享（share）")
+            raise OwnerUsesBackup(403, "owner_uses_backup", f"{REMINDER}这是您自己的账套，请用云备份（backup）")
 
     # ----------------------------------------------------------------------------------- upload
 
@@ -258,9 +259,8 @@ class DesktopSync:
             try:
                 return await self.client.upload(side, ledger.ledger_id, year, archive, sha256, remark=remark,
                                                 ledger_name=name, if_match=based_on, delta=delta, progress=progress)
-            except ConflictError as exc:
-                if exc.code != "missing_chunks":
-                    raise
+            except MissingChunks:
+                pass  # the server lost a chunk the delta counted on: the whole year goes up instead
         return await self.client.upload(side, ledger.ledger_id, year, archive, sha256, remark=remark,
                                         ledger_name=name, if_match=based_on, progress=progress)
 

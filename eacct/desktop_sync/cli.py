@@ -15,19 +15,17 @@ import getpass
 import json
 import os
 import sys
-import unicodedata
-import uuid
 from pathlib import Path
-from typing import Any
 
 from eacct.desktop_sync._client import EacctClient, check_ledger_id, check_year
 from eacct.desktop_sync._exceptions import (
     AuthError, BadNetdiskPassword, BadRequest, ChecksumError, ChecksumMismatch, ConflictError,
     InvalidError, LedgerNotFound, LocalCopyExists, LocalError, NetdiskNotOpened, NetdiskTokenRequired,
-    NotFoundError, QuotaError, RateLimited, ServerUnavailable, SyncError, TransportError, UploadStalled, UsageError,
+    NotFoundError, NotLoggedIn, QuotaError, RateLimited, ServerUnavailable, SyncError, TransportError, UploadStalled, UsageError,
     VersionConflict, WrongPath,
 )
 from eacct.desktop_sync._ledgers import LedgerFolder
+from eacct.desktop_sync._terminal import Output, ProgressBar, State, default_home, mb, table
 from eacct.desktop_sync._sync import DesktopSync, SyncReport, Transfer, transfer_json
 
 __all__ = ["EXIT_CODES", "main"]
@@ -69,7 +67,7 @@ def hint_for(error: SyncError) -> str:
         return "请检查云盘密码；忘记了可用 eacct-sync netdisk reset --answer 答案 …"
     if isinstance(error, NetdiskNotOpened):
         return "先运行 eacct-sync netdisk open --question 问题 --answer 答案"
-    if isinstance(error, AuthError) and error.code == "unauthenticated":
+    if isinstance(error, NotLoggedIn):
         return "先运行 eacct-sync login --account 账号（然后 eacct-sync netdisk unlock）"
     if isinstance(error, WrongPath):
         how = "自己的账套用 eacct-sync backup …，好友共享的账套用 eacct-sync share …"
@@ -77,114 +75,10 @@ def hint_for(error: SyncError) -> str:
     if isinstance(error, RateLimited) and error.retry_after:
         return f"请 {error.retry_after} 秒后再试"
     if isinstance(error, QuotaError) and "free_bytes" in error.extra:
-        return f"可用空间 {_mb(error.extra['free_bytes'])}，请先删除不需要的账套或年度（eacct-sync backup delete）"
+        return f"可用空间 {mb(error.extra['free_bytes'])}，请先删除不需要的账套或年度（eacct-sync backup delete）"
     if isinstance(error, TransportError):
         return "请检查网络和 --server 地址（或 EACCT_SYNC_SERVER）"
     return ""
-
-
-# ------------------------------------------------------------------------------------------- state
-
-
-def default_home() -> Path:
-    """The per-user folder for eacct-sync's state."""
-    if os.name == "nt" and os.environ.get("APPDATA"):
-        return Path(os.environ["APPDATA"]) / "eacct-sync"
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "eacct-sync"
-
-
-class State:
-    """The session file in EACCT_SYNC_HOME: server, member, session token, netdisk token (0600)."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.path = home / "session.json"
-        self.data: dict[str, Any] = {}
-        if self.path.is_file():
-            try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (ValueError, OSError):
-                self.data = {}  # a damaged file is as good as none: log in again
-
-    def save(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        staged = self.home / f".session.{uuid.uuid4().hex}"
-        try:
-            # Created 0600 from the start: the tokens are never readable by others, not even for a moment.
-            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.data, handle, ensure_ascii=False)
-            os.chmod(staged, 0o600)
-            os.replace(staged, self.path)
-        finally:
-            if staged.exists():
-                staged.unlink()
-
-    def clear(self) -> None:
-        self.data = {}
-        if self.path.exists():
-            self.path.unlink()
-
-
-# ------------------------------------------------------------------------------------------- output
-
-
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A plain text table that lines up Chinese too."""
-    cells = [[str(c) for c in row] for row in [headers, *rows]]
-    widths = [max(_width(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell + " " * (widths[i] - _width(cell)) for i, cell in enumerate(row)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _mb(size: Any) -> str:
-    return f"{int(size or 0) / 1024 / 1024:.2f}MB"
-
-
-class Output:
-    """Human lines on stdout, or a single JSON object as the last line with --json."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def say(self, text: str) -> None:
-        if not self.as_json:
-            print(text)
-
-    def result(self, data: dict, human: str | None = None) -> None:
-        if self.as_json:
-            print(json.dumps(data, ensure_ascii=False))
-        elif human:
-            print(human)
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self.last = ""
-
-    def __call__(self, done: int, total: int, phase: str) -> None:
-        if not self.enabled:
-            return
-        names = {"packing": "打包", "hashing": "校验", "sending": "上传", "receiving": "下载", "verifying": "核对"}
-        share = done / total if total else 1.0
-        line = f"\r{names.get(phase, phase)} [{'#' * int(share * 30):<30}] {share:6.1%} {_mb(done)}"
-        if line != self.last:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            self.last = line
-
-    def done(self) -> None:
-        if self.enabled and self.last:
-            sys.stderr.write("\n")
 
 
 # ------------------------------------------------------------------------------------------- arguments
@@ -310,7 +204,7 @@ class Runner:
             raise UsageError("不知道连接哪个服务器：加 --server URL 或设置 EACCT_SYNC_SERVER")
         data = self.state.data
         if session and not data.get("token"):
-            raise AuthError(0, "unauthenticated", "尚未登录")
+            raise NotLoggedIn(0, "unauthenticated", "尚未登录")
         if netdisk and not data.get("netdisk_token"):
             raise NetdiskTokenRequired(0, "netdisk_token_required", "云盘尚未解锁")
         return EacctClient(self.server, client_version=CLIENT_VERSION, token=data.get("token", ""),
@@ -328,7 +222,7 @@ class Runner:
         try:
             await handler()
         except AuthError as exc:
-            if exc.code != "unauthenticated" or not self.state.data.get("netdisk_token"):
+            if not isinstance(exc, NotLoggedIn) or not self.state.data.get("netdisk_token"):
                 raise
             await self._explain_locked_netdisk(exc)
 
@@ -373,7 +267,7 @@ class Runner:
             status = await client.netdisk()
         status = {**status, "unlocked": bool(self.state.data.get("netdisk_token"))}
         human = "云盘未开通：运行 eacct-sync netdisk open --question 问题 --answer 答案" if not status["opened"] else \
-            f"网盘空间: {_mb(status['quota_bytes'])}  已用空间: {_mb(status['used_bytes'])}  可用空间: {_mb(status['free_bytes'])}"
+            f"网盘空间: {mb(status['quota_bytes'])}  已用空间: {mb(status['used_bytes'])}  可用空间: {mb(status['free_bytes'])}"
         self.out.result(status, human)
 
     async def _unlock(self, client: EacctClient, password: str) -> None:
@@ -415,17 +309,17 @@ class Runner:
         async with self.client(netdisk=True) as client:
             ledgers = await client.backups()
             space = await client.netdisk()
-        rows = [[ledger["name"], ledger["ledger_id"], y["year"], y["latest"]["remark"], _mb(y["latest"]["size"]),
+        rows = [[ledger["name"], ledger["ledger_id"], y["year"], y["latest"]["remark"], mb(y["latest"]["size"]),
                  y["versions_count"]] for ledger in ledgers for y in ledger["years"]]
         human = table(["账套名称", "账套ID", "年度", "备注", "大小", "版本数"], rows) if rows else "网盘列表为空：还没有上传过云备份"
-        human += f"\n网盘空间: {_mb(space['quota_bytes'])}  已用空间: {_mb(space['used_bytes'])}  可用空间: {_mb(space['free_bytes'])}"
+        human += f"\n网盘空间: {mb(space['quota_bytes'])}  已用空间: {mb(space['used_bytes'])}  可用空间: {mb(space['free_bytes'])}"
         self.out.result({"ledgers": ledgers, "quota_bytes": space["quota_bytes"], "used_bytes": space["used_bytes"],
                          "free_bytes": space["free_bytes"]}, human)
 
     async def do_backup_versions(self) -> None:
         async with self.client(netdisk=True) as client:
             versions = await client.versions(self.args.ledger, self.args.year)
-        rows = [[v["version_id"], v["remark"], _mb(v["size"]), v["uploaded_at"],
+        rows = [[v["version_id"], v["remark"], mb(v["size"]), v["uploaded_at"],
                  f"{v['uploaded_by']['account']}（{v['uploaded_by']['nickname']}）", v["via"]] for v in versions]
         self.out.result({"versions": versions}, table(["版本", "备注", "大小", "上传时间", "上传人", "方式"], rows))
 
@@ -443,9 +337,9 @@ class Runner:
         if done.unchanged:
             human = f"{done.size} 字节，与上次同步的版本 {done.version['version_id']} 相同，未上传（unchanged）"
         elif done.received_bytes or "path" in done.version:
-            human = f"已下载 版本 {done.version['version_id']}（{done.version.get('remark', '')}），{_mb(done.size)}"
+            human = f"已下载 版本 {done.version['version_id']}（{done.version.get('remark', '')}），{mb(done.size)}"
         else:
-            human = f"已上传 版本 {done.version['version_id']}，年度大小 {_mb(done.size)}，本次上传 {_mb(done.sent_bytes)}"
+            human = f"已上传 版本 {done.version['version_id']}，年度大小 {mb(done.size)}，本次上传 {mb(done.sent_bytes)}"
         self.out.result(transfer_json(done), human)
 
     async def do_backup_upload(self) -> None:
@@ -479,7 +373,7 @@ class Runner:
                 for year in ledger["years"]:
                     latest = year["versions"][0] if year["versions"] else {}
                     rows.append([f"{member['account']}（{member['nickname']}）", ledger["name"], ledger["ledger_id"],
-                                 year["year"], latest.get("remark", ""), _mb(latest.get("size")),
+                                 year["year"], latest.get("remark", ""), mb(latest.get("size")),
                                  latest.get("uploaded_by", {}).get("nickname", "")])
         human = table(["共享人", "账套名称", "账套ID", "年度", "备注", "大小", "上传人"], rows) if rows else "共享列表为空"
         self.out.result({"sharers": sharers}, human)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote, unquote
 
@@ -44,21 +43,12 @@ RECHECK_EVERY_BYTES = 8 * 1024 * 1024
 
 def ledger_id_of(request: web.Request) -> str:
     """The `{ledger_id}` of the path as a canonical UUID string (422 when it is not a UUID)."""
-    raw = request.match_info["ledger_id"]
-    try:
-        if not raw.isascii():  # uuid.UUID reads "١" as 1: one ledger must not have many spellings
-            raise ValueError(raw)
-        return str(uuid.UUID(raw))
-    except ValueError as exc:
-        raise errors.Invalid("账套ID 格式不正确，应为 UUID") from exc
+    return service.canonical_ledger_id(request.match_info["ledger_id"])
 
 
 def year_of(request: web.Request) -> int:
     """The `{year}` of the path, 1990–2100 (422 invalid_year)."""
-    raw = request.match_info["year"]
-    if not ASCII_DIGITS.fullmatch(raw) or len(raw) > 4 or not 1990 <= int(raw) <= 2100:
-        raise errors.InvalidYear()
-    return int(raw)
+    return service.fiscal_year(request.match_info["year"])
 
 
 # ----------------------------------------------------------------------------------------- transfers

@@ -7,6 +7,7 @@ Wrong passwords and wrong answers are counted per member in the database and loc
 
 from __future__ import annotations
 
+import uuid
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -25,10 +26,33 @@ from eacct.netdisk.versions import clean_ledger_name, lock_owner
 from eacct.secrets import PasswordHashing, hash_secret, normalise_answer, verify_secret
 
 __all__ = [
-    "backup_year", "change_password", "delete_backup", "deletions", "get_ledger", "is_opened", "ledger_info",
+    "FIRST_YEAR", "LAST_YEAR", "backup_year", "canonical_ledger_id", "fiscal_year", "change_password", "delete_backup", "deletions", "get_ledger", "is_opened", "ledger_info",
     "list_ledgers", "netdisk_status", "versions_of_ledgers", "open_netdisk", "questions", "rename_ledger", "reset_password", "unlock",
     "verify_password", "year_versions",
 ]
+
+
+# The fiscal years a ledger can have a backup of (API.md: invalid_year outside them).
+FIRST_YEAR, LAST_YEAR = 1990, 2100
+
+
+def canonical_ledger_id(raw: object, refusal: errors.DomainError | None = None) -> str:
+    """A ledger id as its one canonical UUID string; anything else is `refusal` (default 422 invalid)."""
+    text = str(raw)
+    try:
+        if not text.isascii():  # uuid.UUID reads "١" as 1: one ledger must not have many spellings
+            raise ValueError(text)
+        return str(uuid.UUID(text))
+    except ValueError as exc:
+        raise refusal or errors.Invalid("账套ID 格式不正确，应为 UUID") from exc
+
+
+def fiscal_year(raw: object) -> int:
+    """A fiscal year (an int, or ASCII digits) within FIRST_YEAR–LAST_YEAR, else InvalidYear."""
+    text = str(raw)
+    if not (text.isascii() and text.isdigit() and len(text) <= 4 and FIRST_YEAR <= int(text) <= LAST_YEAR):
+        raise errors.InvalidYear()
+    return int(text)
 
 
 def _password_key(member_id: int) -> str:
@@ -167,6 +191,8 @@ async def _end_netdisk_logins(session: AsyncSession, member_id: int) -> None:
 
 async def year_versions(session: AsyncSession, ledger_id: str, year: int | None = None) -> list[YearVersions]:
     """Every version of a ledger (or of one year), newest first, per year (years ascending)."""
+    if year is not None:
+        year = fiscal_year(year)
     return (await versions_of_ledgers(session, [ledger_id], year))[ledger_id]
 
 
@@ -231,6 +257,8 @@ async def delete_backup(sessions: async_sessionmaker[AsyncSession], settings: Se
                         hashing: PasswordHashing | None = None) -> None:
     """Delete a whole ledger (`year` None: its shares end too) or one year of it, after the netdisk password
     is given again; releases the quota and leaves a deletion record (who, when, what, from which IP)."""
+    if year is not None:
+        year = fiscal_year(year)
     async with unit_of_work(sessions) as session:
         await ledger_for_backup(session, hooks, member_id, ledger_id)
     await verify_password(sessions, settings, member_id, password, hashing)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -11,6 +9,7 @@ from eacct import errors
 from eacct.netdisk.api import (
     ASCII_DIGITS, body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
 )
+from eacct.netdisk import service as netdisk_service
 from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
 from eacct.openapi import DOWNLOAD_HEADERS, UPLOAD_HEADERS, Query, endpoint
 from eacct.share import service
@@ -76,10 +75,7 @@ async def remove_friend(request: web.Request) -> web.Response:
 async def create_shares(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, ShareIn)
-    try:
-        ledger_id = str(uuid.UUID(body.ledger_id))
-    except ValueError as exc:
-        raise errors.Invalid("账套ID 格式不正确，应为 UUID") from exc
+    ledger_id = netdisk_service.canonical_ledger_id(body.ledger_id)
     async with transaction(request) as session:
         shares = await service.create_shares(session, request.app[NOTIFIER], caller.member_id, ledger_id, body.friend_ids)
     return answer(SharesCreated, {"shares": shares}, status=201)
@@ -96,11 +92,8 @@ async def list_shares(request: web.Request) -> web.Response:
 @endpoint(status=204, summary="取消共享")
 async def cancel_share(request: web.Request) -> web.Response:
     caller = await require_member(request)
-    share_id = request.match_info["share_id"]
-    if len(share_id) > 32:
-        raise errors.NotFound("没有这个共享")
     async with transaction(request) as session:
-        await service.cancel_share(session, request.app[NOTIFIER], caller.member_id, share_id)
+        await service.cancel_share(session, request.app[NOTIFIER], caller.member_id, request.match_info["share_id"])
     return web.Response(status=204)
 
 

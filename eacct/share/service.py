@@ -39,6 +39,9 @@ __all__ = [
     "share_version",
 ]
 
+SHARE_ID_LENGTH = 32  # share ids are uuid4 hex; anything longer names no share
+
+
 def today_in_china() -> date:
     """The calendar date our users live in, for "开始共享" dates."""
     return utcnow().astimezone(BEIJING).date()
@@ -135,6 +138,8 @@ async def create_shares(session: AsyncSession, notifier: Notifier, owner_id: int
                         friend_ids: list[int]) -> list[ShareInfo]:
     """共享给好友: share a ledger (all its years) with friends; only friends may be chosen. A friend who
     already has it keeps their share (and its date)."""
+    if not friend_ids:
+        raise errors.Invalid("请在好友列表中选中要共享的好友")
     await versions.lock_owner(session, owner_id)
     ledger = await session.get(Ledger, ledger_id)
     if ledger is None or ledger.owner_id != owner_id:
@@ -193,6 +198,8 @@ async def _end_share(session: AsyncSession, notifier: Notifier, share: Share, re
 
 async def cancel_share(session: AsyncSession, notifier: Notifier, owner_id: int, share_id: str) -> ShareInfo:
     """取消共享: the recipient loses access at once (listing, download and upload); returns the share that ended."""
+    if not share_id or len(share_id) > SHARE_ID_LENGTH:  # names no share: no lock taken, nothing looked up
+        raise errors.NotFound("没有这个共享")
     await versions.lock_owner_if_opened(session, owner_id)
     share = await session.get(Share, share_id)
     if share is None or share.owner_id != owner_id or share.cancelled_at is not None:

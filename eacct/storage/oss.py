@@ -15,10 +15,8 @@ puts and parts only when the header is present and never on plain downloads, so 
 on the header and checks whole-object downloads itself. A put that fails for good is deleted again, so
 nothing half-verified stays visible; a failed multipart upload is aborted.
 
-Retries: oss2 does not retry object operations. Each request here is retried a bounded number of times
-with exponential backoff and jitter after 5xx answers, connection errors, timeouts and CRC mismatches;
-anything else fails at once. oss2 exceptions never leave this module: a missing object is
-`BlobNotFound`, everything else `BlobStoreError`, and no message carries the access key secret.
+Retries: each request is retried (`_back_off`) after failures `oss_errors.is_transient` calls transient;
+oss2 exceptions never leave: a missing object is `BlobNotFound`, the rest `BlobStoreError`, secret scrubbed.
 """
 
 from __future__ import annotations
@@ -27,11 +25,9 @@ import asyncio
 import functools
 import logging
 import os
-import random
 import shutil
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,12 +35,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 import oss2
 import oss2.exceptions
-import requests
-import urllib3.exceptions
 from oss2.models import PartInfo
 from oss2.utils import Crc64, SizedFileAdapter
 
 from eacct.storage.base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, check_key
+from eacct.storage.oss_errors import (
+    CrcMismatch, MissingCrc, RetryPolicy, check_range_answer, describe, is_not_found, is_transient,
+)
 
 __all__ = ["OssBlobStore", "RetryPolicy"]
 
@@ -59,33 +56,6 @@ MAX_PARTS = 10_000  # OSS's limit on parts per upload
 # hand a chunk reader the wrong bytes; "standard" clamps the end and refuses a start past the object.
 _STANDARD_RANGE = {"x-oss-range-behavior": "standard"}
 _PACK_HEADERS = {"Content-Type": "application/octet-stream"}
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often a failed OSS request is tried in all, and how long to wait in between."""
-
-    attempts: int = 4
-    base_delay: float = 0.2
-    max_delay: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError("a retry policy needs at least one attempt")
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the `failures`-th failure: doubling each time, with equal jitter so that
-        concurrent workers that failed together do not come back together."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-class _CrcMismatch(Exception):
-    """Our CRC64 of downloaded bytes differs from the one OSS reported (worth another try)."""
-
-
-class _MissingCrc(Exception):
-    """OSS (or something in between) did not report a CRC64, so the transfer cannot be verified."""
 
 
 class OssBlobStore(BlobStore):
@@ -301,7 +271,7 @@ class OssBlobStore(BlobStore):
             # A file object, so oss2 streams it (and computes the CRC64 while sending).
             result = self._bucket.put_object(full_key, handle, headers=dict(_PACK_HEADERS))
         if result.crc is None:
-            raise _MissingCrc("OSS did not report the CRC64 of the stored object")
+            raise MissingCrc("OSS did not report the CRC64 of the stored object")
 
     async def _put_multipart(self, key: str, full_key: str, path: Path, size: int) -> None:
         # OSS allows at most MAX_PARTS parts, so very large files need larger parts.
@@ -374,7 +344,7 @@ class OssBlobStore(BlobStore):
             handle.seek(offset)
             result = self._bucket.upload_part(full_key, upload_id, number, SizedFileAdapter(handle, length))
         if result.crc is None:
-            raise _MissingCrc(f"OSS did not report the CRC64 of part {number}")
+            raise MissingCrc(f"OSS did not report the CRC64 of part {number}")
         return result
 
     def _complete_sync(
@@ -398,16 +368,16 @@ class OssBlobStore(BlobStore):
                 return
             result.resp.read()
             if result.crc is None:
-                raise _MissingCrc("OSS did not report the CRC64 of the completed object")
+                raise MissingCrc("OSS did not report the CRC64 of the completed object")
             if result.crc != expected_crc:
-                raise _CrcMismatch(f"completed object has CRC {result.crc}, its parts combine to {expected_crc}")
+                raise CrcMismatch(f"completed object has CRC {result.crc}, its parts combine to {expected_crc}")
 
         return complete
 
     def _verify_stored(self, full_key: str, expected_crc: int, size: int) -> None:
         head = self._bucket.head_object(full_key)
         if head.server_crc != expected_crc or head.content_length != size:
-            raise _CrcMismatch(
+            raise CrcMismatch(
                 f"object holds {head.content_length} bytes with CRC {head.server_crc}, "
                 f"expected {size} bytes with CRC {expected_crc}"
             )
@@ -431,14 +401,14 @@ class OssBlobStore(BlobStore):
         with self._bucket.get_object(full_key) as result:
             expected_crc = result.server_crc
             if expected_crc is None:
-                raise _MissingCrc("OSS did not report the object's CRC64")
+                raise MissingCrc("OSS did not report the object's CRC64")
             crc = Crc64()
             blocks = []
             while block := result.resp.read(1 << 20):
                 crc.update(block)
                 blocks.append(block)
         if crc.crc != expected_crc:
-            raise _CrcMismatch(f"downloaded bytes have CRC {crc.crc}, OSS reported {expected_crc}")
+            raise CrcMismatch(f"downloaded bytes have CRC {crc.crc}, OSS reported {expected_crc}")
         return b"".join(blocks)
 
     def _get_range_sync(self, full_key: str, offset: int, length: int | None) -> bytes:
@@ -450,7 +420,7 @@ class OssBlobStore(BlobStore):
                 return b""
             raise
         with result:
-            _check_range_answer(result, offset)
+            check_range_answer(result, offset)
             data = result.resp.read()
         if length is not None and len(data) > length:
             raise BlobStoreError(f"OSS sent {len(data)} bytes for a {length}-byte range")
@@ -465,7 +435,7 @@ class OssBlobStore(BlobStore):
             if exc.status == 416:  # the break came after the last byte
                 return None
             raise
-        _check_range_answer(result, offset)
+        check_range_answer(result, offset)
         return result
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -493,19 +463,19 @@ class OssBlobStore(BlobStore):
 
     async def _back_off(self, op: str, key: str, exc: BaseException, failures: int) -> None:
         """After a request's `failures`-th failure: raise the converted error when it is final, else log and wait."""
-        if not _is_transient(exc) or failures >= self._retry.attempts:
+        if not is_transient(exc) or failures >= self._retry.attempts:
             raise self._convert(op, key, exc, failures) from exc
         delay = self._retry.delay(failures)
         log.warning(
             "OSS %s %r failed (%s); try %d of %d in %.2fs",
-            op, key, self._scrub(_describe(exc)), failures + 1, self._retry.attempts, delay,
+            op, key, self._scrub(describe(exc)), failures + 1, self._retry.attempts, delay,
         )
         await asyncio.sleep(delay)
 
     def _convert(self, op: str, key: str, exc: BaseException, attempts: int) -> BlobStoreError:
-        if _is_not_found(exc):
+        if is_not_found(exc):
             return BlobNotFound(key)
-        message = f"OSS {op} {key!r} failed: {_describe(exc)}"
+        message = f"OSS {op} {key!r} failed: {describe(exc)}"
         if attempts > 1:
             message += f" (gave up after {attempts} attempts)"
         return BlobStoreError(self._scrub(message))
@@ -513,58 +483,6 @@ class OssBlobStore(BlobStore):
     def _scrub(self, message: str) -> str:
         # Nothing we format includes the secret, but an SDK or server message might echo it back.
         return message.replace(self._secret, "***")
-
-
-def _check_range_answer(result: oss2.models.GetObjectResult, offset: int) -> None:
-    # A server (or proxy) that ignored the Range header would hand back the object from byte 0.
-    content_range = result.content_range
-    start = int(content_range.split(" ", 1)[1].split("-", 1)[0]) if content_range else 0
-    if start != offset:
-        result.close()
-        raise BlobStoreError(f"OSS answered a range request from byte {offset} with bytes from {start}")
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, oss2.exceptions.ServerError):
-        return exc.status >= 500
-    return isinstance(
-        exc,
-        (
-            oss2.exceptions.RequestError,  # connection refused or reset, timeouts
-            oss2.exceptions.InconsistentError,  # oss2's CRC check on a put or part
-            _CrcMismatch,
-            requests.RequestException,  # a body broken off while reading it
-            urllib3.exceptions.HTTPError,
-        ),
-    )
-
-
-def _is_not_found(exc: BaseException) -> bool:
-    if isinstance(exc, oss2.exceptions.NoSuchKey):
-        return True
-    # HEAD answers carry no body; without OSS's x-oss-err header a 404 cannot say more than this.
-    return isinstance(exc, oss2.exceptions.ServerError) and exc.status == 404 and not exc.code
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, oss2.exceptions.RequestError):
-        return f"connection error: {exc.exception}"
-    if isinstance(exc, oss2.exceptions.InconsistentError):
-        return f"CRC64 mismatch: {exc.body}"
-    if isinstance(exc, oss2.exceptions.ServerError):
-        detail = f"HTTP {exc.status} {exc.code or 'error'}"
-        if exc.message:
-            detail += f": {exc.message}"
-        return f"{detail} (request id {exc.request_id or 'unknown'})"
-    if isinstance(exc, oss2.exceptions.OssError):
-        return str(exc.body)
-    if isinstance(exc, _CrcMismatch):
-        return f"CRC64 mismatch: {exc}"
-    if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError)):
-        return f"connection error: {exc}"
-    if isinstance(exc, OSError):
-        return f"local I/O error: {exc}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _addressable(key: str) -> bool:

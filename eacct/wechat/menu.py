@@ -63,15 +63,13 @@ def create_menu(settings: Settings, timeout: float = 10.0) -> dict:
 
 
 async def _publish(settings: Settings, menu: dict, timeout: float) -> dict:
-    from eacct.db import engine_for, make_session_factory
+    from eacct.providers import provide
     from eacct.wechat.client import WechatApiClient
     from eacct.wechat.tokens import DatabaseTokenStorage
 
-    engine = engine_for(settings)
-    try:
-        storage = DatabaseTokenStorage(make_session_factory(engine), asyncio.get_running_loop())
+    # The database only (the shared access token lives there), opened as the server opens it, not migrated.
+    async with provide(settings, storage=False, migrate=False) as provided:
+        storage = DatabaseTokenStorage(provided.sessions, asyncio.get_running_loop())
         client = WechatApiClient(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base, timeout,
                                  storage)
         return await asyncio.to_thread(client.with_token_retry, lambda: client.menu.create(menu))
-    finally:
-        await engine.dispose()

@@ -1,5 +1,6 @@
 """The member pages (WeChat H5 and the web console), server-rendered with jinja2: thin handlers over the same
-services the REST API uses (members, share, netdisk); who is visiting is `eacct.wechat.visitors`' business.
+services the REST API uses (members, share, netdisk). The frame they run in (session, OAuth, CSRF, rendering)
+is `page_kit`; who is visiting is `eacct.wechat.visitors`' business.
 
 Every page needs a session: in WeChat's browser a visitor without one goes through WeChat OAuth, anywhere else
 they get the console's login form. A WeChat follower not bound yet is sent to the bind form. Every form carries
@@ -9,11 +10,7 @@ with what was typed (never the password).
 
 from __future__ import annotations
 
-import hmac
-import uuid
 from datetime import datetime
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -22,44 +19,26 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from eacct import errors
-from eacct.config import Settings
 from eacct.formats import BEIJING
 from eacct.members import service as members
 from eacct.netdisk import service as netdisk
 from eacct.schemas import Nickname
-from eacct.secrets import new_token
 from eacct.share import service as share
 from eacct.web import NOTIFIER, SESSIONS, SETTINGS, client_ip, status_for, transaction
 from eacct.wechat import oauth, service, visitors
-from eacct.wechat.visitors import WEB, WECHAT, PageKeys, Visitor
+from eacct.wechat.page_kit import (
+    PAGE_COOKIE, PAGES, PRE_COOKIE, STATIC_ROUTE, Ctx, PageState, cookie_options, csrf_ok, form_text, member_page,
+    notice_page, page_context, redirect, render, safe_next, same_secret, wechat_oauth_on,
+)
+from eacct.wechat.visitors import WEB, WECHAT, Visitor
 
-__all__ = ["PAGES", "page_url", "routes", "setup_pages"]
+__all__ = ["routes", "setup_pages"]
 
 routes = web.RouteTableDef()
 
-PAGE_COOKIE = "eacct_page"
-STATIC_ROUTE = "wx_static"
-# The pages load nothing from anywhere else (no CDN, no outside font or script).
-CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-                           "base-uri 'none'; frame-ancestors 'none'")
-PRE_COOKIE = "eacct_pre"
 PACKAGE_DIR = Path(__file__).parent
 NICKNAME = TypeAdapter(Nickname)
 MIB = 1024 * 1024
-# The pages a visitor can be sent back to after logging in; nothing else (no open redirect).
-PAGE_PATHS = ("/wx/member", "/wx/info", "/wx/friends", "/wx/netdisk", "/wx/shares", "/wx/messages")
-NAV = [("/wx/member", "会员中心"), ("/wx/friends", "我的好友"), ("/wx/netdisk", "我的网盘"), ("/wx/messages", "消息中心")]
-
-
-@dataclass
-class PageState:
-    """What the pages keep per app: the template environment and the signing keys (loaded on first use)."""
-
-    templates: jinja2.Environment
-    keys: PageKeys | None = None
-
-
-PAGES = web.AppKey("pages", PageState)
 
 
 def setup_pages(app: web.Application) -> None:
@@ -77,166 +56,6 @@ def _beijing(value: datetime) -> str:
     return value.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M")
 
 
-# ------------------------------------------------------------------------------------------ visitors
-
-
-@dataclass
-class Ctx:
-    """One request's view of the visitor: keys, the session (if any) and the CSRF anchor."""
-
-    request: web.Request
-    keys: PageKeys
-    visitor: Visitor | None
-    anchor: str
-    new_pre: str | None = None
-    stale_cookie: bool = False
-    form: dict = field(default_factory=dict)
-
-    @property
-    def member(self):
-        return self.visitor.member if self.visitor else None
-
-    @property
-    def csrf(self) -> str:
-        return self.keys.csrf_token(self.anchor)
-
-
-async def _keys(request: web.Request) -> PageKeys:
-    state = request.app[PAGES]
-    if state.keys is None:
-        state.keys = await visitors.load_keys(request.app[SESSIONS])
-    return state.keys
-
-
-async def _ctx(request: web.Request) -> Ctx:
-    keys = await _keys(request)
-    visitor, stale = None, False
-    raw = request.cookies.get(PAGE_COOKIE)
-    if raw:
-        parsed = keys.unsign(raw)
-        if parsed is not None:
-            async with transaction(request) as session:
-                visitor = await visitors.identify(session, request.app[SETTINGS], *parsed)
-        stale = visitor is None
-    pre = request.cookies.get(PRE_COOKIE, "")
-    new_pre = None
-    if not (16 <= len(pre) <= 64):
-        pre = new_pre = new_token()
-    return Ctx(request, keys, visitor, visitor.token if visitor else pre, new_pre, stale)
-
-
-def _in_wechat(request: web.Request) -> bool:
-    return "MicroMessenger" in request.headers.get("User-Agent", "")
-
-
-def _wechat_oauth_on(settings: Settings) -> bool:
-    return bool(settings.wechat_appid and settings.wechat_secret)
-
-
-def _safe_next(value: str | None) -> str:
-    path = (value or "").split("?", 1)[0]
-    return value if path in PAGE_PATHS and "\\" not in value and "//" not in value else "/wx/member"
-
-
-def _base_url(request: web.Request) -> str:
-    public = request.app[SETTINGS].public_url.rstrip("/")
-    return public or f"{request.scheme}://{request.host}"
-
-
-def _cookie_options(request: web.Request) -> dict:
-    secure = request.secure or request.app[SETTINGS].public_url.startswith("https://")
-    return {"path": "/wx", "httponly": True, "samesite": "Lax", "secure": secure}
-
-
-def _finish(ctx: Ctx, response: web.StreamResponse) -> web.StreamResponse:
-    request = ctx.request
-    if ctx.new_pre:
-        response.set_cookie(PRE_COOKIE, ctx.new_pre, **_cookie_options(request))
-    if ctx.stale_cookie and PAGE_COOKIE not in response.cookies:
-        response.del_cookie(PAGE_COOKIE, path="/wx")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    response.headers["X-Frame-Options"] = "DENY"
-    return response
-
-
-def render(ctx: Ctx, template: str, status: int = 200, **values) -> web.StreamResponse:
-    """A page from `template`, with the visitor, the CSRF token and the navigation."""
-    env = ctx.request.app[PAGES].templates
-    text = env.get_template(template).render(
-        visitor=ctx.visitor, member=ctx.member, csrf=ctx.csrf, nav=NAV, path=ctx.request.path,
-        static_url=str(ctx.request.app.router[STATIC_ROUTE].url_for(filename="weui.css")),
-        in_wechat=ctx.visitor.kind == WECHAT if ctx.visitor else _in_wechat(ctx.request), **values)
-    return _finish(ctx, web.Response(status=status, text=text, content_type="text/html", charset="utf-8"))
-
-
-def redirect(ctx: Ctx, location: str, status: int = 302) -> web.StreamResponse:
-    """A redirect that still sets the visitor's cookies."""
-    response = web.Response(status=status, headers={"Location": location})
-    return _finish(ctx, response)
-
-
-def notice_page(ctx: Ctx, title: str, message: str, status: int, links=None) -> web.StreamResponse:
-    """A page with one sentence: what happened or why not."""
-    return render(ctx, "notice.html", status, title=title, message=message, ok=status < 400, links=links or [])
-
-
-async def _no_session(ctx: Ctx) -> web.StreamResponse:
-    """Who are you? WeChat's browser asks WeChat (OAuth); any other browser gets the login form."""
-    request = ctx.request
-    settings = request.app[SETTINGS]
-    next_path = _safe_next(request.path_qs if request.method == "GET" else request.path)
-    if _in_wechat(request) and _wechat_oauth_on(settings):
-        if request.method == "POST":
-            # A form cannot survive the OAuth round trip (and form-action keeps it from leaving the site).
-            return notice_page(ctx, "登录已失效", "登录已失效，请重新打开页面后再操作", 401,
-                               links=[(_safe_next(request.path), "重新打开")])
-        redirect_uri = f"{_base_url(request)}/wx/oauth?{urlencode({'next': next_path})}"
-        return redirect(ctx, oauth.authorize_url(settings, redirect_uri, ctx.keys.oauth_state(ctx.anchor)))
-    message = "登录已失效，请重新登录" if ctx.stale_cookie or request.method == "POST" else ""
-    return render(ctx, "login.html", 401 if request.method == "POST" else 200, next=next_path, error=message,
-                  account="")
-
-
-Handler = Callable[[Ctx], Awaitable[web.StreamResponse]]
-
-
-def member_page(handler: Handler, *, bound: bool = True) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Wrap a page handler: a session is needed (and, with `bound`, a bound member); POSTs need the CSRF token."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        ctx = await _ctx(request)
-        if ctx.visitor is None:
-            return await _no_session(ctx)
-        if bound and ctx.member is None:
-            return redirect(ctx, "/wx/member", 303 if request.method == "POST" else 302)
-        if request.method == "POST":
-            posted = await request.post()
-            ctx.form = {key: value for key, value in posted.items() if isinstance(value, str)}
-            # Repeatable fields keep every value (checkboxes, filters).
-            for name in ("friend_ids", "status", "kind"):
-                ctx.form[name] = [v for v in posted.getall(name, []) if isinstance(v, str)]
-            if not _csrf_ok(ctx):
-                return notice_page(ctx, "页面已过期", "页面已过期或来源不明，请返回刷新页面后重试", 403,
-                                   links=[(request.path, "返回")])
-        return await handler(ctx)
-
-    return wrapped
-
-
-def _same(given: object, expected: str) -> bool:
-    # Bytes: compare_digest refuses non-ASCII text, and a form may carry anything.
-    return hmac.compare_digest(str(given).encode("utf-8", "surrogatepass"), expected.encode())
-
-
-def _csrf_ok(ctx: Ctx) -> bool:
-    return _same(ctx.form.get("csrf_token", ""), ctx.csrf)
-
-
-def _text(ctx: Ctx, name: str, max_length: int = 64) -> str:
-    return str(ctx.form.get(name, "")).strip()[:max_length]
-
-
 # --------------------------------------------------------------------------------- login, OAuth, logout
 
 
@@ -249,13 +68,13 @@ async def home(request: web.Request) -> web.StreamResponse:
 @routes.get("/wx/oauth")
 async def oauth_callback(request: web.Request) -> web.StreamResponse:
     """WeChat's OAuth comes back here: the state must be this browser's, then the code gives the openid."""
-    ctx = await _ctx(request)
+    ctx = await page_context(request)
     settings = request.app[SETTINGS]
-    next_path = _safe_next(request.query.get("next"))
+    next_path = safe_next(request.query.get("next"))
     state, code = request.query.get("state", ""), request.query.get("code", "")
-    if ctx.new_pre or not _same(state, ctx.keys.oauth_state(request.cookies.get(PRE_COOKIE, ""))):
+    if ctx.new_pre or not same_secret(state, ctx.keys.oauth_state(request.cookies.get(PRE_COOKIE, ""))):
         return notice_page(ctx, "授权校验失败", "授权校验失败，请关闭页面后从公众号菜单重新进入", 403)
-    if not code or not _wechat_oauth_on(settings):
+    if not code or not wechat_oauth_on(settings):
         return notice_page(ctx, "未能授权", "没有得到微信授权，请从公众号菜单重新进入", 403)
     try:
         openid = await oauth.openid_for_code(settings, code)
@@ -265,19 +84,19 @@ async def oauth_callback(request: web.Request) -> web.StreamResponse:
         token = await visitors.open_wechat_session(session, openid)
     response = redirect(ctx, next_path)
     response.set_cookie(PAGE_COOKIE, ctx.keys.sign(WECHAT, token), max_age=visitors.WECHAT_SESSION_SECONDS,
-                        **_cookie_options(request))
+                        **cookie_options(request))
     return response
 
 
 @routes.post("/wx/login")
 async def login(request: web.Request) -> web.StreamResponse:
     """The web console's login: member account and password, throttled exactly as POST /sessions."""
-    ctx = await _ctx(request)
+    ctx = await page_context(request)
     form = await request.post()
     ctx.form = {key: value for key, value in form.items() if isinstance(value, str)}
-    account, password = _text(ctx, "account"), str(ctx.form.get("password", ""))
-    next_path = _safe_next(ctx.form.get("next"))
-    if not _csrf_ok(ctx):
+    account, password = form_text(ctx, "account"), str(ctx.form.get("password", ""))
+    next_path = safe_next(ctx.form.get("next"))
+    if not csrf_ok(ctx):
         return render(ctx, "login.html", 403, next=next_path, account=account, error="页面已过期，请重新输入后登录")
     settings = request.app[SETTINGS]
     try:
@@ -289,7 +108,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         return response
     response = redirect(ctx, next_path, 303)
     response.set_cookie(PAGE_COOKIE, ctx.keys.sign(WEB, token), max_age=settings.session_ttl_seconds,
-                        **_cookie_options(request))
+                        **cookie_options(request))
     return response
 
 
@@ -320,7 +139,7 @@ async def _member_post(ctx: Ctx) -> web.StreamResponse:
     if ctx.visitor.kind != WECHAT:
         return notice_page(ctx, "会员中心", "网页版用会员账号登录，无需绑定微信", 400, links=[("/wx/member", "返回会员中心")])
     request = ctx.request
-    account, password, nickname = _text(ctx, "account"), str(ctx.form.get("password", "")), _text(ctx, "nickname", 40)
+    account, password, nickname = form_text(ctx, "account"), str(ctx.form.get("password", "")), form_text(ctx, "nickname", 40)
     try:
         try:
             nickname = NICKNAME.validate_python(nickname)
@@ -364,7 +183,7 @@ async def _friends_get(ctx: Ctx) -> web.StreamResponse:
 
 async def _friends_post(ctx: Ctx) -> web.StreamResponse:
     request = ctx.request
-    account, nickname = _text(ctx, "account"), _text(ctx, "nickname", 40)
+    account, nickname = form_text(ctx, "account"), form_text(ctx, "nickname", 40)
     if not account or not nickname:
         return await _friends_page(ctx, 422, account=account, nickname=nickname, error="请输入好友的会员账号和昵称")
     try:
@@ -433,15 +252,10 @@ async def _netdisk_get(ctx: Ctx) -> web.StreamResponse:
 
 async def _netdisk_post(ctx: Ctx) -> web.StreamResponse:
     request = ctx.request
-    raw_ledger = _text(ctx, "ledger_id")
+    raw_ledger = form_text(ctx, "ledger_id")
     chosen = ctx.form.get("friend_ids", [])
     try:
-        try:
-            ledger_id = str(uuid.UUID(raw_ledger))
-        except ValueError as exc:
-            raise errors.NotFound("云备份中没有这个账套") from exc
-        if not chosen:
-            raise errors.Invalid("请在好友列表中选中要共享的好友")
+        ledger_id = netdisk.canonical_ledger_id(raw_ledger, errors.NotFound("云备份中没有这个账套"))
         if not all(v.isascii() and v.isdigit() and len(v) <= 10 for v in chosen):
             raise errors.Invalid("好友选择不正确")
         async with transaction(request) as session:
@@ -468,10 +282,8 @@ async def _shares_get(ctx: Ctx) -> web.StreamResponse:
 
 async def _shares_post(ctx: Ctx) -> web.StreamResponse:
     request = ctx.request
-    share_id = _text(ctx, "share_id", 33)
+    share_id = form_text(ctx, "share_id", 33)
     try:
-        if not share_id or len(share_id) > 32:
-            raise errors.NotFound("没有这个共享")
         async with transaction(request) as session:
             ended = await share.cancel_share(session, request.app[NOTIFIER], ctx.member.id, share_id)
     except errors.DomainError as exc:
@@ -510,7 +322,7 @@ async def _messages_get(ctx: Ctx) -> web.StreamResponse:
 async def _messages_post(ctx: Ctx) -> web.StreamResponse:
     request = ctx.request
     chosen = _filters({name: ctx.form[name] for name in FILTERS})
-    raw = _text(ctx, "message_id", 12)
+    raw = form_text(ctx, "message_id", 12)
     try:
         if not raw.isascii() or not raw.isdigit():
             raise errors.NotFound("没有这条消息")
@@ -523,10 +335,3 @@ async def _messages_post(ctx: Ctx) -> web.StreamResponse:
 
 routes.get("/wx/messages")(member_page(_messages_get))
 routes.post("/wx/messages")(member_page(_messages_post))
-
-
-def page_url(settings: Settings, path: str) -> str:
-    """The public address of a page (what the bot and the menu link to)."""
-    return f"{settings.public_url.rstrip('/')}{path}"
-
-

@@ -53,7 +53,23 @@ def test_every_server_error_code_maps_to_its_own_class():
         assert code in _exceptions._BY_CODE, code
     raised = _exceptions.error_for(412, {"error": {"code": "version_conflict", "message": "新版本"}})
     assert isinstance(raised, VersionConflict) and raised.message == "新版本"
-    assert type(_exceptions.error_for(403, {"error": {"code": "recipient_uses_share", "message": "x"}})) is WrongPath
+    assert isinstance(_exceptions.error_for(403, {"error": {"code": "recipient_uses_share", "message": "x"}}), WrongPath)
+
+
+def test_every_server_error_code_has_a_client_class_of_its_own():
+    """No two server codes share a client class, so callers tell them apart with isinstance, never by code string."""
+    def codes(cls):
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from codes(sub)
+
+    server_codes = {cls.code for cls in codes(server_errors.DomainError) if cls is not server_errors.DomainError}
+    classes = {code: _exceptions._BY_CODE[code] for code in server_codes}
+    shared = {cls.__name__: sorted(c for c, k in classes.items() if k is cls) for cls in set(classes.values())}
+    assert {name: found for name, found in shared.items() if len(found) > 1} == {}
+    for code in server_codes:
+        raised = _exceptions.error_for(400, {"error": {"code": code, "message": "x"}})
+        assert type(raised) is classes[code] and raised.code == code
 
 
 def _json(status, body):

@@ -55,3 +55,9 @@ def make_year_archive(directory: Path, rows: int = 2000, seed: int = 1) -> bytes
     settings = directory / "settings.ini"
     settings.write_text("[ledger]\nname=123\n", encoding="utf-8")
     return tar_year({"data.db": db, "settings.ini": settings})
+
+
+async def body_of(content: bytes, block: int = 256 * 1024):
+    """An upload body: `content` in blocks, as a request body arrives."""
+    for start in range(0, len(content), block):
+        yield content[start : start + block]

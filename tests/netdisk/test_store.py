@@ -11,24 +11,10 @@ from sqlalchemy import func, select, update
 
 from eacct import errors
 from eacct.db import unit_of_work
-from eacct.members.service import create_member
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
-from eacct.netdisk import service, store, versions
+from eacct.netdisk import store, versions
 from eacct.netdisk.models import Chunk, Ledger, Netdisk, Pack, Version
-from tests.netdisk.ledgers import edit_rows, make_ledger_db, tar_year
-
-
-async def body_of(content: bytes, block: int = 256 * 1024):
-    for start in range(0, len(content), block):
-        yield content[start : start + block]
-
-
-@pytest.fixture
-async def owner(sessions, settings) -> int:
-    async with unit_of_work(sessions) as session:
-        member = await create_member(session, settings, "owner01", "secret-1", "小王")
-        await service.open_netdisk(session, settings, member.id, "disk-pass", [("q", "a")])
-        return member.id
+from tests.netdisk.ledgers import body_of, edit_rows, make_ledger_db, tar_year
 
 
 async def put(sessions, blobs, settings, owner, ledger_id, year, content, *, body=None, **kwargs):

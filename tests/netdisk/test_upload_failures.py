@@ -28,26 +28,13 @@ from sqlalchemy.orm import Session
 
 from eacct import errors
 from eacct.db import unit_of_work, utcnow
-from eacct.members.service import create_member
-from eacct.netdisk import service, store, versions
+from eacct.netdisk import store, versions
 from eacct.storage import LocalBlobStore
 from eacct.netdisk.models import Ledger, Pack, UploadLease, Version
 from tests.conftest import Desktop, new_ledger_id
+from tests.netdisk.ledgers import body_of
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def body_of(content: bytes, block: int = 256 * 1024):
-    for start in range(0, len(content), block):
-        yield content[start : start + block]
-
-
-@pytest.fixture
-async def owner(sessions, settings) -> int:
-    async with unit_of_work(sessions) as session:
-        member = await create_member(session, settings, "owner01", "secret-1", "小王")
-        await service.open_netdisk(session, settings, member.id, "disk-pass", [("q", "a")])
-        return member.id
 
 
 def incoming_for(owner: int, content: bytes, ledger_id: str | None = None) -> store.IncomingVersion:

@@ -220,3 +220,18 @@ async def test_shares_need_a_login(http, base_url):
     for method, path in (("GET", "/shares"), ("POST", "/shares"), ("DELETE", "/shares/abc")):
         async with http.request(method, base_url + "/api/v1" + path) as response:
             assert response.status == 401 and (await response.json())["error"]["code"] == "unauthenticated"
+
+
+async def test_share_id_and_friend_choice_rules_live_in_the_share_service():
+    """REST and the pages both rely on the service for these: it refuses before any lock or look-up."""
+    import pytest
+
+    from eacct import errors
+    from eacct.share import service as share_service
+
+    with pytest.raises(errors.NotFound, match="没有这个共享"):
+        await share_service.cancel_share(None, None, 1, "a" * 33)
+    with pytest.raises(errors.NotFound, match="没有这个共享"):
+        await share_service.cancel_share(None, None, 1, "")
+    with pytest.raises(errors.Invalid, match="选中要共享的好友"):
+        await share_service.create_shares(None, None, 1, "0f897626-027a-4768-934e-abdfb8ba0ebe", [])

@@ -10,7 +10,7 @@ import struct
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from eacct.netdisk.models import Chunk
 
 __all__ = [
-    "BODY_BLOCKS_AHEAD", "DOWNLOAD_BLOCKS_AHEAD", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
+    "BODY_BLOCKS_AHEAD", "CommittableUpload", "DOWNLOAD_BLOCKS_AHEAD", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
     "MAX_COALESCED_READ", "NEW_CHUNK", "PUTS_IN_FLIGHT", "READ_WINDOW", "WAITING_BYTES", "ZSTD_LEVEL", "batched",
     "lease_holder", "log", "pack_blob_key", "read_ahead", "used_bytes",
 ]
@@ -116,3 +116,32 @@ def batched(items: list, size: int) -> Iterable[list]:
 def pack_blob_key(owner_id: int, pack_id: str) -> str:
     """Where a pack lives in the blob store: a new key for every pack, never overwritten."""
     return f"packs/{owner_id}/{pack_id[:2]}/{pack_id}"
+
+
+class VersionClaim(Protocol):
+    """The fields of an upload's `IncomingVersion` the commit writes into the version row."""
+
+    ledger_id: str
+    owner_id: int
+    uploader_id: int
+    year: int
+    remark: str
+    size: int
+    sha256: str
+    via: str
+    client_version: str
+
+
+class CommittableUpload(Protocol):
+    """What `index.commit` reads of a fully received `upload.Upload` (a protocol, so index needs no upload import)."""
+
+    incoming: VersionClaim
+    manifest: bytearray
+    pending_packs: list[tuple[str, str]]
+    lease_id: str
+    lease_taken: bool
+    new_bytes: int
+    commit_sent: bool
+
+    def chunk_rows(self) -> Iterable[dict]:
+        """The chunk rows this upload adds to the index."""

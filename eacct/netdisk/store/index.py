@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -13,10 +13,7 @@ from eacct import errors
 from eacct.chunks.manifest import iter_manifest
 from eacct.db import dialect_insert, unit_of_work, utcnow
 from eacct.netdisk.models import Chunk, Pack, UploadLease, Version, VersionManifest
-from eacct.netdisk.store.common import INSERT_BATCH, LOOKUP_BATCH, batched
-
-if TYPE_CHECKING:
-    from eacct.netdisk.store.upload import Upload
+from eacct.netdisk.store.common import INSERT_BATCH, LOOKUP_BATCH, CommittableUpload, batched
 
 __all__ = ["CommitRules", "commit", "release_versions"]
 
@@ -44,7 +41,7 @@ async def _upsert_chunks(session: AsyncSession, rows: Iterable[dict]) -> None:
         await session.execute(statement, batch)
 
 
-async def commit(sessions: async_sessionmaker[AsyncSession], upload: Upload, rules: CommitRules) -> Version:
+async def commit(sessions: async_sessionmaker[AsyncSession], upload: CommittableUpload, rules: CommitRules) -> Version:
     """Make a fully received, verified upload a version: one transaction inserts the version, its manifest and
     chunk rows, counts references and marks its packs committed, with the service's rules around it."""
     incoming = upload.incoming

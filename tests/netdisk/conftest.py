@@ -1,0 +1,18 @@
+"""Fixtures of the netdisk tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from eacct.db import unit_of_work
+from eacct.members.service import create_member
+from eacct.netdisk import service
+
+
+@pytest.fixture
+async def owner(sessions, settings) -> int:
+    """A member with an opened netdisk (password disk-pass); its id."""
+    async with unit_of_work(sessions) as session:
+        member = await create_member(session, settings, "owner01", "secret-1", "小王")
+        await service.open_netdisk(session, settings, member.id, "disk-pass", [("q", "a")])
+        return member.id
