@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
 from eacct.netdisk.api import (
@@ -16,7 +15,7 @@ from eacct.openapi import DOWNLOAD_HEADERS, UPLOAD_HEADERS, Query, endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
 from eacct.web import (
-    BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, authenticated_read, read_body, read_transaction, require_member,
+    BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, authenticated_read, read_body, require_member,
     require_netdisk, transaction,
 )
 
@@ -120,13 +119,9 @@ async def download_shared(request: web.Request) -> web.StreamResponse:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     version_ref = request.match_info["version_id"]
-    async with read_transaction(request) as session:
-        version = await service.share_version(session, caller.member_id, ledger_id, year, version_ref)
-
-    async def still_allowed(session: AsyncSession) -> object:
-        return await service.share_version(session, caller.member_id, ledger_id, year, version.public_id)
-
-    return await send_version(request, version, still_allowed)
+    download = await service.share_download(request.app[SESSIONS], request.app[BLOBS], caller.member_id, ledger_id,
+                                            year, version_ref)
+    return await send_version(request, download)
 
 
 @routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions", expect_handler=no_automatic_continue)

@@ -22,6 +22,7 @@ from eacct.formats import BEIJING
 from eacct.members.models import Member
 from eacct.netdisk import service as netdisk
 from eacct.netdisk import versions
+from eacct.netdisk.downloads import Download, open_download
 from eacct.netdisk.store import IncomingVersion
 from eacct.storage import BlobStore
 from eacct.netdisk.models import Ledger, Version, VersionInfo
@@ -35,8 +36,8 @@ from eacct.share.notify import SYSTEM, Notifier
 
 __all__ = [
     "add_friend", "broadcast", "register", "cancel_share", "cloud_shares", "create_shares", "end_shares_of_ledger",
-    "list_friends", "list_messages", "list_shares", "mark_read", "remove_friend", "share_missing_chunks", "share_notice", "share_upload",
-    "share_version",
+    "list_friends", "list_messages", "list_shares", "mark_read", "remove_friend", "share_download", "share_missing_chunks", "share_notice",
+    "share_upload", "share_version",
 ]
 
 def today_in_china() -> date:
@@ -243,6 +244,16 @@ async def share_version(session: AsyncSession, member_id: int, ledger_id: str, y
     """A version of a ledger shared with me, to download one year at a time."""
     await ledger_for_share(session, member_id, ledger_id)
     return await versions.find_version(session, ledger_id, year, version_ref)
+
+
+async def share_download(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, member_id: int, ledger_id: str,
+                         year: int, version_ref: str) -> Download:
+    """A download of a year shared with me; a share cancelled meanwhile ends it (rule 11)."""
+
+    async def find(session: AsyncSession, ref: str) -> Version:
+        return await share_version(session, member_id, ledger_id, year, ref)
+
+    return await open_download(sessions, blobs, find, version_ref)
 
 
 async def share_missing_chunks(session: AsyncSession, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
