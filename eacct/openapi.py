@@ -99,6 +99,8 @@ class EndpointSpec:
     auth: bool | str = True
     binary_body: bool = False
     binary_answer: bool = False
+    # A streamed binary answer without ranges or validators (a batch of chunks).
+    stream_answer: bool = False
     query: dict[str, Query] = field(default_factory=dict)
     headers: tuple[Header, ...] = ()
     # Error statuses beyond those implied by the declaration (auth, body, path, upload, download).
@@ -140,6 +142,8 @@ def _error_statuses(spec: EndpointSpec, path_params: list[str]) -> set[int]:
         statuses |= {400, 404, 408, 409, 412, 413, 422, 503}
     if spec.binary_answer:
         statuses |= {404, 416, 503}
+    if spec.stream_answer:
+        statuses |= {404, 503}
     return statuses
 
 
@@ -178,6 +182,8 @@ def _operation(spec: EndpointSpec, path: str, name: str, components: dict[str, A
     elif spec.binary_answer:
         success["content"] = {"application/octet-stream": {"schema": _BINARY}}
         success["headers"] = _download_headers()
+    elif spec.stream_answer:
+        success["content"] = {"application/octet-stream": {"schema": _BINARY}}
     responses[str(spec.status)] = success
     for status, description in spec.also.items():
         responses[str(status)] = {**success, "description": description}

@@ -16,7 +16,7 @@ from eacct.chunks import delta as delta_format
 from eacct.netdisk import downloads, service, store, versions
 from eacct.netdisk.downloads import Download
 from eacct.netdisk.schemas import (
-    ChunkQuery, MissingChunks, DeletionsOut, LedgerOut, LedgerRename, LedgersOut, NetdiskOut, OpenNetdisk, PasswordChange, QuestionsOut, Reset,
+    ChunkBatch, ChunkQuery, ManifestOut, MissingChunks, DeletionsOut, LedgerOut, LedgerRename, LedgersOut, NetdiskOut, OpenNetdisk, PasswordChange, QuestionsOut, Reset,
     Unlock, UnlockOut, VersionOut, YearOut,
 )
 from eacct.openapi import DOWNLOAD_HEADERS, PASSWORD_HEADER, UPLOAD_HEADERS, endpoint
@@ -187,6 +187,16 @@ async def send_version(request: web.Request, download: Download) -> web.StreamRe
     if selected:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{version.size}"
     return await stream_blocks(request, response, download.content(start, end))
+
+
+async def send_chunks(request: web.Request, download: Download, digests: list[str]) -> web.StreamResponse:
+    """Answer a batch of a version's chunks: their raw bytes concatenated in the order asked (the client knows
+    each size from the manifest), each verified by the server as it is read."""
+    total, blocks = await download.chunks(digests)
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                           "X-Version-Id": download.version.public_id})
+    response.content_length = total
+    return await stream_blocks(request, response, blocks)
 
 
 async def stream_blocks(request: web.Request, response: web.StreamResponse, blocks: AsyncIterator[bytes]) -> web.StreamResponse:
@@ -369,6 +379,27 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
     download = await downloads.backup_download(request.app[SESSIONS], request.app[BLOBS], request.app[NETDISK_HOOKS],
                                                caller.member_id, ledger_id, year, version_ref)
     return await send_version(request, download)
+
+
+@routes.get("/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/manifest")
+@endpoint(answer=ManifestOut, auth="netdisk", errors=(403,), summary="块级下载：云备份版本的数据块清单")
+async def backup_manifest(request: web.Request) -> web.Response:
+    download = await _backup_download(request)
+    return answer(ManifestOut, await download.manifest_info())
+
+
+@routes.post("/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/chunks")
+@endpoint(body=ChunkBatch, stream_answer=True, auth="netdisk", errors=(403,), summary="块级下载：按请求顺序取回数据块")
+async def backup_chunks(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request, ChunkBatch)
+    return await send_chunks(request, await _backup_download(request), body.chunks)
+
+
+async def _backup_download(request: web.Request) -> Download:
+    caller = await require_netdisk(request)
+    ledger_id, year = ledger_id_of(request), year_of(request)
+    return await downloads.backup_download(request.app[SESSIONS], request.app[BLOBS], request.app[NETDISK_HOOKS],
+                                           caller.member_id, ledger_id, year, request.match_info["version_id"])
 
 
 @routes.post("/api/v1/backups/{ledger_id}/years/{year}/chunks/missing")

@@ -73,6 +73,13 @@ class Download:
             raise errors.NotFound("该版本已不存在")
         return list(iter_manifest(entries))
 
+    async def manifest_info(self) -> dict:
+        """The version and its chunk list, as the manifest endpoint answers it."""
+        version = self.version
+        return {"version_id": version.public_id, "size": version.size, "sha256": version.sha256,
+                "remark": version.remark, "uploaded_at": version.uploaded_at,
+                "chunks": [{"sha256": digest.hex(), "size": size} for digest, size in await self.manifest()]}
+
     async def chunks(self, digests: list[str]) -> tuple[int, AsyncIterator[bytes]]:
         """The raw chunks named (hex), concatenated in the order asked, each verified as it is read from its
         pack; returns (total bytes, iterator). Only chunks of this version may be asked for."""

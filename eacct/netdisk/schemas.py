@@ -117,3 +117,25 @@ class ChunkQuery(Strict):
 
 class MissingChunks(Out):
     missing: list[Sha256Out]
+
+
+class ManifestChunk(Out):
+    sha256: Sha256Out
+    size: Annotated[int, Field(ge=1)]
+
+
+class ManifestOut(Out):
+    """A version's chunk list in file order, for a chunk-level download."""
+
+    version_id: str
+    size: Annotated[int, Field(ge=0)]
+    sha256: Sha256Out
+    remark: str
+    uploaded_at: TimeOut
+    chunks: list[ManifestChunk]
+
+
+class ChunkBatch(Strict):
+    """Chunks of a version to fetch, answered as their raw bytes concatenated in this order."""
+
+    chunks: Annotated[list[ChunkDigest], Field(min_length=1, max_length=4096)]

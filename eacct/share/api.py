@@ -8,9 +8,11 @@ from aiohttp import web
 
 from eacct import errors
 from eacct.netdisk.api import (
-    ASCII_DIGITS, body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
+    ASCII_DIGITS, body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_chunks, send_version, upload_claim,
+    year_of,
 )
-from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
+from eacct.netdisk.downloads import Download
+from eacct.netdisk.schemas import ChunkBatch, ChunkQuery, ManifestOut, MissingChunks, VersionOut
 from eacct.openapi import DOWNLOAD_HEADERS, UPLOAD_HEADERS, Query, endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
@@ -122,6 +124,27 @@ async def download_shared(request: web.Request) -> web.StreamResponse:
     download = await service.share_download(request.app[SESSIONS], request.app[BLOBS], caller.member_id, ledger_id,
                                             year, version_ref)
     return await send_version(request, download)
+
+
+@routes.get("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/manifest")
+@endpoint(answer=ManifestOut, auth="netdisk", errors=(403,), summary="块级下载：共享账套版本的数据块清单")
+async def shared_manifest(request: web.Request) -> web.Response:
+    download = await _share_download(request)
+    return answer(ManifestOut, await download.manifest_info())
+
+
+@routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/chunks")
+@endpoint(body=ChunkBatch, stream_answer=True, auth="netdisk", errors=(403,), summary="块级下载共享账套：按请求顺序取回数据块")
+async def shared_chunks(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request, ChunkBatch)
+    return await send_chunks(request, await _share_download(request), body.chunks)
+
+
+async def _share_download(request: web.Request) -> Download:
+    caller = await require_netdisk(request)
+    ledger_id, year = ledger_id_of(request), year_of(request)
+    return await service.share_download(request.app[SESSIONS], request.app[BLOBS], caller.member_id, ledger_id, year,
+                                        request.match_info["version_id"])
 
 
 @routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions", expect_handler=no_automatic_continue)
