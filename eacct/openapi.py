@@ -68,6 +68,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "member_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
     "id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
     "share_id": {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,32}$"},
+    "upload_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
 }
 
 # What each error status means; the codes are those of API.md.
@@ -99,6 +100,8 @@ class EndpointSpec:
     auth: bool | str = True
     binary_body: bool = False
     binary_answer: bool = False
+    # The media types of a binary body, when not those of a version upload.
+    body_media: tuple[str, ...] = ()
     # A streamed binary answer without ranges or validators (a batch of chunks).
     stream_answer: bool = False
     query: dict[str, Query] = field(default_factory=dict)
@@ -173,7 +176,7 @@ def _operation(spec: EndpointSpec, path: str, name: str, components: dict[str, A
     elif spec.binary_body:
         operation["requestBody"] = {
             "required": True,
-            "content": {media_type: {"schema": _BINARY} for media_type in UPLOAD_MEDIA_TYPES},
+            "content": {media_type: {"schema": _BINARY} for media_type in spec.body_media or UPLOAD_MEDIA_TYPES},
         }
     responses: dict[str, Any] = operation["responses"]
     success: dict[str, Any] = {"description": "OK"}

@@ -139,3 +139,26 @@ class ChunkBatch(Strict):
     """Chunks of a version to fetch, answered as their raw bytes concatenated in this order."""
 
     chunks: Annotated[list[ChunkDigest], Field(min_length=1, max_length=4096)]
+
+
+class UploadSessionIn(Strict):
+    """What a resumable upload claims (as a streamed upload's headers do)."""
+
+    size: Annotated[int, Field(ge=0, le=10**15)]
+    sha256: ChunkDigest
+    remark: Annotated[str, StringConstraints(max_length=200), PlainText] = ""
+    ledger_name: Annotated[str, StringConstraints(max_length=100)] | None = None
+    client_version: Annotated[str, StringConstraints(max_length=64), PlainText] = ""
+    if_match: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r'^[^"]+$')] | None = None
+
+
+class UploadSessionOut(Out):
+    upload_id: str
+    expires_at: TimeOut
+    size: Annotated[int, Field(ge=0)]
+    sha256: Sha256Out
+    held: list[Sha256Out]
+
+
+class ChunksStored(Out):
+    stored: Annotated[int, Field(ge=0)]

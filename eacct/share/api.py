@@ -11,8 +11,11 @@ from eacct.netdisk.api import (
     ASCII_DIGITS, body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_chunks, send_version, upload_claim,
     year_of,
 )
+from eacct.netdisk import upload_api
 from eacct.netdisk.downloads import Download
-from eacct.netdisk.schemas import ChunkBatch, ChunkQuery, ManifestOut, MissingChunks, VersionOut
+from eacct.netdisk.schemas import (
+    ChunkBatch, ChunkQuery, ChunksStored, ManifestOut, MissingChunks, UploadSessionIn, UploadSessionOut, VersionOut,
+)
 from eacct.openapi import DOWNLOAD_HEADERS, UPLOAD_HEADERS, Query, endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
@@ -157,6 +160,40 @@ async def upload_shared(request: web.Request) -> web.Response:
     version = await service.share_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], app[NOTIFIER], caller.member_id,
                                          claim, body_blocks(request), on_accepted=continue_sender(request))
     return answer(VersionOut, version, status=201)
+
+
+async def _share_path(request: web.Request, caller, ledger_id: str):
+    return await service.share_upload_path(request.app[SESSIONS], request.app[NOTIFIER], caller.member_id, ledger_id)
+
+
+SHARED_UPLOADS = "/api/v1/cloud-shares/{ledger_id}/years/{year}/uploads"
+
+
+@routes.post(SHARED_UPLOADS)
+@endpoint(body=UploadSessionIn, answer=UploadSessionOut, status=201, auth="netdisk", errors=(403, 409, 412, 413),
+          summary="可续传上传云共享：开始（与整体上传相同的检查）")
+async def open_shared_upload(request: web.Request) -> web.Response:
+    return await upload_api.open_upload(request, _share_path)
+
+
+@routes.get(SHARED_UPLOADS + "/{upload_id}")
+@endpoint(answer=UploadSessionOut, auth="netdisk", errors=(403,), summary="可续传上传云共享：云端已收到哪些数据块")
+async def shared_upload_state(request: web.Request) -> web.Response:
+    return await upload_api.upload_state(request, _share_path)
+
+
+@routes.put(SHARED_UPLOADS + "/{upload_id}/chunks")
+@endpoint(binary_body=True, body_media=upload_api.BINARY, answer=ChunksStored, auth="netdisk", errors=(403,),
+          summary="可续传上传云共享：发送一批数据块")
+async def put_shared_chunks(request: web.Request) -> web.Response:
+    return await upload_api.upload_chunks(request, _share_path)
+
+
+@routes.post(SHARED_UPLOADS + "/{upload_id}/commit")
+@endpoint(binary_body=True, body_media=upload_api.BINARY, answer=VersionOut, status=201, auth="netdisk", errors=(403,),
+          summary="可续传上传云共享：提交清单，成为共享人云备份中的新版本")
+async def commit_shared_upload(request: web.Request) -> web.Response:
+    return await upload_api.commit_upload(request, _share_path)
 
 
 @routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/chunks/missing")
