@@ -152,3 +152,18 @@ def test_chunk_level_downloads_document_the_manifest_and_the_chunk_stream(docume
     assert schemas["ChunkBatch"]["properties"]["chunks"]["maxItems"] == 4096
     assert schemas["ManifestOut"]["properties"]["chunks"]["items"] == {"$ref": "#/components/schemas/ManifestChunk"}
     assert schemas["ManifestChunk"]["properties"]["sha256"]["pattern"] == "^[0-9a-f]{64}$"
+
+
+@pytest.mark.parametrize("side", ["/api/v1/backups", "/api/v1/cloud-shares"])
+def test_upload_sessions_are_documented_with_their_bodies_and_refusals(document, side):
+    uploads = side + "/{ledger_id}/years/{year}/uploads"
+    opened = document["paths"][uploads]["post"]
+    assert opened["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/UploadSessionIn"}
+    assert {"201", "401", "403", "404", "409", "412", "413", "422"} <= set(opened["responses"])
+    assert {"200", "401", "403", "404"} <= set(document["paths"][uploads + "/{upload_id}"]["get"]["responses"])
+    for operation in (document["paths"][uploads + "/{upload_id}/chunks"]["put"],
+                      document["paths"][uploads + "/{upload_id}/commit"]["post"]):
+        assert set(operation["requestBody"]["content"]) == {"application/octet-stream"}
+        assert {"400", "401", "403", "404", "408", "409", "413", "422", "503"} <= set(operation["responses"])
+        assert parameter(operation, "path", "upload_id")["schema"] == {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+    assert "201" in document["paths"][uploads + "/{upload_id}/commit"]["post"]["responses"]
