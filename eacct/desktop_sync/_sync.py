@@ -28,6 +28,7 @@ from eacct.desktop_sync._client import BACKUP, SHARE, EacctClient, Progress, che
 from eacct.desktop_sync._exceptions import (
     ConflictError, LedgerNotFound, NotFoundError, TransportError, WrongPath,
 )
+from eacct.desktop_sync._resumable import SESSION_MIN_BYTES, ResumableUpload
 from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, _disk_errors, sha256_of
 
 __all__ = ["BACKUP", "REMINDER", "SHARE", "DesktopSync", "SyncAction", "SyncReport", "Transfer", "manifest_of", "transfer_json"]
@@ -253,6 +254,10 @@ class DesktopSync:
         known = set(base or [])
         candidates = list(dict.fromkeys(d.hex() for d, size in manifest if (d, size) not in known))
         missing = await self.client.missing_chunks(side, ledger.ledger_id, year, candidates) if candidates else set()
+        session = ResumableUpload(self.client, side, ledger.ledger_id, year, self.folder.root / ".eacct-partial")
+        if session.pending(archive, sha256, remark, name, based_on) or sum(s for d, s in dict(manifest).items() if d.hex() in missing) >= SESSION_MIN_BYTES:
+            return await session.run(archive, sha256, manifest, missing, remark=remark, ledger_name=name,
+                                     if_match=based_on, progress=progress)
         ops = delta_format.plan(manifest, base, {bytes.fromhex(d) for d in missing})
         delta = archive.with_name(archive.name + ".delta")
         if await asyncio.to_thread(delta_format.write_delta, archive, manifest, ops, delta) < archive.stat().st_size:
