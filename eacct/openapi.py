@@ -186,7 +186,7 @@ def _operation(spec: EndpointSpec, path: str, name: str, components: dict[str, A
         success["content"] = {"application/octet-stream": {"schema": _BINARY}}
         success["headers"] = _download_headers()
     elif spec.stream_answer:
-        success["content"] = {"application/octet-stream": {"schema": _BINARY}}
+        success["content"] = {media_type: {"schema": _BINARY} for media_type in ("application/octet-stream", "application/zstd")}
     responses[str(spec.status)] = success
     for status, description in spec.also.items():
         responses[str(status)] = {**success, "description": description}

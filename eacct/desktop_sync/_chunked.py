@@ -2,7 +2,7 @@
 
 The local year is packed and cut with `eacct.chunks` exactly as the server cut the version, so every chunk it
 shares with the version is taken from disk; the rest come in batches (`POST …/chunks`, raw chunks concatenated
-in the order asked), each verified here too, spooled beside the target, then the year is rebuilt in file order
+in the order asked, as one zstd stream), each verified here too, spooled beside the target, then the year is rebuilt in file order
 and its sha256 checked against the manifest's before anyone may install it.
 """
 
@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import zstandard
 
 from eacct.chunks.chunker import iter_file_chunks
 from eacct.desktop_sync._client import Progress, Request, Response, _no_progress, _parse_json, _NOT_JSON
@@ -84,7 +86,7 @@ async def download_by_chunks(client: Any, side: str, ledger_id: str, year: int, 
 async def _fetch_batch(client: Any, url_path: str, batch: list[tuple[bytes, int]], out,
                        fetched: dict[bytes, tuple[int, int]]) -> int:
     """POST one batch; split the answer by the manifest's sizes, verify each chunk and append it to `out`."""
-    content = ('{"chunks": [' + ",".join(f'"{digest.hex()}"' for digest, _ in batch) + "]}").encode()
+    content = ('{"encoding": "zstd", "chunks": [' + ",".join(f'"{digest.hex()}"' for digest, _ in batch) + "]}").encode()
     headers = {**client._headers(True), "Content-Type": "application/json"}
     client.bytes_sent += len(content)
 
@@ -92,15 +94,21 @@ async def _fetch_batch(client: Any, url_path: str, batch: list[tuple[bytes, int]
         if response.status >= 400:
             data = _parse_json(await response.read())
             raise error_for(response.status, None if data is _NOT_JSON else data)
-        if response.status != 200 or not response.headers.get("Content-Type", "").startswith("application/octet-stream"):
+        media = response.headers.get("Content-Type", "")
+        if response.status != 200 or not media.startswith(("application/octet-stream", "application/zstd")):
             raise ProtocolError(f"服务器的回答不是 e会计云服务的数据（HTTP {response.status}）")
+        # Asked as one zstd stream (the changed pages compress several times over); plain bytes are taken too.
+        decoder = zstandard.ZstdDecompressor().decompressobj() if media.startswith("application/zstd") else None
         pending = bytearray()
         position = 0
         total = 0
         async for block in response.stream:
             client.bytes_received += len(block)
             total += len(block)
-            pending += block
+            try:
+                pending += decoder.decompress(block) if decoder is not None else block
+            except zstandard.ZstdError as exc:
+                raise ChecksumError("下载的数据块无法解压，请重新下载") from exc
             while position < len(batch) and len(pending) >= batch[position][1]:
                 digest, chunk_size = batch[position]
                 chunk = bytes(pending[:chunk_size])

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote, unquote
 
+import zstandard
 from aiohttp import web
 
 from eacct import errors
@@ -189,14 +190,28 @@ async def send_version(request: web.Request, download: Download) -> web.StreamRe
     return await stream_blocks(request, response, download.content(start, end))
 
 
-async def send_chunks(request: web.Request, download: Download, digests: list[str]) -> web.StreamResponse:
+async def send_chunks(request: web.Request, download: Download, batch: ChunkBatch) -> web.StreamResponse:
     """Answer a batch of a version's chunks: their raw bytes concatenated in the order asked (the client knows
-    each size from the manifest), each verified by the server as it is read."""
-    total, blocks = await download.chunks(digests)
+    each size from the manifest), each verified by the server as it is read; as one zstd stream if asked."""
+    total, blocks = await download.chunks(batch.chunks)
+    if batch.encoding == "zstd":
+        response = web.StreamResponse(headers={"Content-Type": "application/zstd", "X-Version-Id": download.version.public_id})
+        return await stream_blocks(request, response, _zstd_stream(blocks))
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
                                            "X-Version-Id": download.version.public_id})
     response.content_length = total
     return await stream_blocks(request, response, blocks)
+
+
+async def _zstd_stream(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    compressor = zstandard.ZstdCompressor(level=3).compressobj()
+    try:
+        async for block in blocks:
+            if out := await asyncio.to_thread(compressor.compress, block):
+                yield out
+        yield compressor.flush()
+    finally:
+        await blocks.aclose()
 
 
 async def stream_blocks(request: web.Request, response: web.StreamResponse, blocks: AsyncIterator[bytes]) -> web.StreamResponse:
@@ -392,7 +407,7 @@ async def backup_manifest(request: web.Request) -> web.Response:
 @endpoint(body=ChunkBatch, stream_answer=True, auth="netdisk", errors=(403,), summary="块级下载：按请求顺序取回数据块")
 async def backup_chunks(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, ChunkBatch)
-    return await send_chunks(request, await _backup_download(request), body.chunks)
+    return await send_chunks(request, await _backup_download(request), body)
 
 
 async def _backup_download(request: web.Request) -> Download:

@@ -139,6 +139,8 @@ class ChunkBatch(Strict):
     """Chunks of a version to fetch, answered as their raw bytes concatenated in this order."""
 
     chunks: Annotated[list[ChunkDigest], Field(min_length=1, max_length=4096)]
+    # "zstd": the same bytes as one zstd stream (Content-Type application/zstd), for slow links.
+    encoding: Literal["identity", "zstd"] = "identity"
 
 
 class UploadSessionIn(Strict):

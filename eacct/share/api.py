@@ -140,7 +140,7 @@ async def shared_manifest(request: web.Request) -> web.Response:
 @endpoint(body=ChunkBatch, stream_answer=True, auth="netdisk", errors=(403,), summary="块级下载共享账套：按请求顺序取回数据块")
 async def shared_chunks(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, ChunkBatch)
-    return await send_chunks(request, await _share_download(request), body.chunks)
+    return await send_chunks(request, await _share_download(request), body)
 
 
 async def _share_download(request: web.Request) -> Download:

@@ -7,15 +7,16 @@ import hashlib
 import os
 
 import pytest
+import zstandard
 
 from tests.share.conftest import ROLES, cancel
 
 SIDES = {"owner": "backups", "recipient": "cloud-shares"}
 
 
-async def fetch_chunks(member, side: str, ledger: str, year: int, digests: list[str], version: str = "latest"):
+async def fetch_chunks(member, side: str, ledger: str, year: int, digests: list[str], version: str = "latest", **extra):
     async with member.http.post(f"{member.base}/{side}/{ledger}/years/{year}/versions/{version}/chunks",
-                                json={"chunks": digests}, headers=member.headers(True)) as response:
+                                json={"chunks": digests, **extra}, headers=member.headers(True)) as response:
         return response.status, await response.read()
 
 
@@ -71,4 +72,14 @@ async def test_chunks_are_bounded_and_must_belong_to_the_version(world):
     status, body = await fetch_chunks(world.owner, "backups", world.ledger, 2017, ["ab" * 32] * 4097)
     assert status == 422
     status, body = await fetch_chunks(world.owner, "backups", world.ledger, 2017, [])
+    assert status == 422
+
+
+async def test_chunks_asked_as_zstd_come_as_one_zstd_stream_of_the_same_bytes(world):
+    status, manifest, _ = await world.owner.call("GET", f"/backups/{world.ledger}/years/2017/versions/latest/manifest", netdisk=True)
+    digests = [entry["sha256"] for entry in manifest["chunks"]]
+    status, packed = await fetch_chunks(world.owner, "backups", world.ledger, 2017, digests, encoding="zstd")
+    assert status == 200
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(packed) == world.contents[2017]
+    status, _ = await fetch_chunks(world.owner, "backups", world.ledger, 2017, digests, encoding="br")
     assert status == 422
