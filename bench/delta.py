@@ -6,7 +6,7 @@ Starts `eacct serve` as a subprocess (SQLite + local blobs in a temp dir), puts 
 in a desktop_sync ledger folder, and uploads it with `DesktopSync.upload_year` from PC A; PC B downloads it.
 Then a day of bookkeeping on PC A: `--new-vouchers` new vouchers with their entries (INSERTs) and `--edits`
 edited entries (UPDATEs). PC A uploads again (a delta: the changed chunks only); PC B downloads the new
-version with --overwrite. Both year archives (before and after, packed exactly as desktop_sync packs them)
+version with --overwrite (the manifest, then only the chunks its copy lacks). Both year archives (before and after, packed exactly as desktop_sync packs them)
 are then given to `rsync --stats --no-whole-file` (over a pipe-"remote" so the delta algorithm and -z really
 run), with and without `-z`, and to `zstd --patch-from`. Printed per direction: eacct's bytes on the wire
 (request bodies sent and answer bodies received, counted at the client), the changed 4 KiB pages, the full
@@ -151,7 +151,7 @@ async def run(args: argparse.Namespace) -> None:
         for direction, eacct_bytes in (("upload", up.sent_bytes), ("download", down.received_bytes)):
             print(f"{direction:10}{human(eacct_bytes):>12}{human(pages * PAGE_SIZE):>12}{human(full):>12}"
                   f"{human(rsync_plain):>12}{human(rsync_z):>12}{human(patch):>12}")
-        print("eacct download: the whole year until the chunk-level download (manifest + missing chunks) lands")
+        print("eacct download: the manifest and the chunks PC B's copy lacks (chunk-level download)")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -105,6 +105,7 @@ def create_app(
     `hashing` bounds concurrent argon2 work (default: one slot per core)."""
     from eacct.members.api import routes as member_routes
     from eacct.netdisk.api import routes as netdisk_routes
+    from eacct.netdisk.upload_api import routes as upload_session_routes
     from eacct.share.api import routes as share_routes
     from eacct.share import service as share_service
     from eacct.share.notify import MessageCenterNotifier
@@ -148,6 +149,7 @@ def create_app(
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.add_routes(member_routes)
     app.add_routes(netdisk_routes)
+    app.add_routes(upload_session_routes)
     app.add_routes(share_routes)
     app.add_routes(wechat_routes)
     setup_pages(app)

@@ -68,6 +68,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "member_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
     "id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
     "share_id": {"type": "string", "pattern": "^[0-9A-Za-z_-]{1,32}$"},
+    "upload_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
 }
 
 # What each error status means; the codes are those of API.md.
@@ -99,6 +100,10 @@ class EndpointSpec:
     auth: bool | str = True
     binary_body: bool = False
     binary_answer: bool = False
+    # The media types of a binary body, when not those of a version upload.
+    body_media: tuple[str, ...] = ()
+    # A streamed binary answer without ranges or validators (a batch of chunks).
+    stream_answer: bool = False
     query: dict[str, Query] = field(default_factory=dict)
     headers: tuple[Header, ...] = ()
     # Error statuses beyond those implied by the declaration (auth, body, path, upload, download).
@@ -140,6 +145,8 @@ def _error_statuses(spec: EndpointSpec, path_params: list[str]) -> set[int]:
         statuses |= {400, 404, 408, 409, 412, 413, 422, 503}
     if spec.binary_answer:
         statuses |= {404, 416, 503}
+    if spec.stream_answer:
+        statuses |= {404, 503}
     return statuses
 
 
@@ -169,7 +176,7 @@ def _operation(spec: EndpointSpec, path: str, name: str, components: dict[str, A
     elif spec.binary_body:
         operation["requestBody"] = {
             "required": True,
-            "content": {media_type: {"schema": _BINARY} for media_type in UPLOAD_MEDIA_TYPES},
+            "content": {media_type: {"schema": _BINARY} for media_type in spec.body_media or UPLOAD_MEDIA_TYPES},
         }
     responses: dict[str, Any] = operation["responses"]
     success: dict[str, Any] = {"description": "OK"}
@@ -178,6 +185,8 @@ def _operation(spec: EndpointSpec, path: str, name: str, components: dict[str, A
     elif spec.binary_answer:
         success["content"] = {"application/octet-stream": {"schema": _BINARY}}
         success["headers"] = _download_headers()
+    elif spec.stream_answer:
+        success["content"] = {media_type: {"schema": _BINARY} for media_type in ("application/octet-stream", "application/zstd")}
     responses[str(spec.status)] = success
     for status, description in spec.also.items():
         responses[str(status)] = {**success, "description": description}

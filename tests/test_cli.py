@@ -70,7 +70,8 @@ def test_migrate_and_gc(cli_env, capsys):
     assert main(["gc", "--grace-seconds", "0"]) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
     # issue 7 item 5: gc also reports the lapsed upload leases and the leftover working files it removed
-    assert set(report) == {"chunks", "packs", "pending_packs", "stray_blobs", "leases", "leftovers"}
+    # issue 9: and the upload sessions past their day
+    assert set(report) == {"chunks", "packs", "pending_packs", "stray_blobs", "leases", "leftovers", "upload_sessions"}
 
 
 def test_bad_configuration_is_reported(monkeypatch, capsys):

@@ -27,6 +27,7 @@ API_MD_OPERATIONS = {
     "post /api/v1/messages/{id}/read", "post /api/v1/backups/{ledger_id}/years/{year}/chunks/missing",
     "post /api/v1/cloud-shares/{ledger_id}/years/{year}/chunks/missing", "get /healthz",
 }
+CHUNK_DOWNLOADS = [side + "/{ledger_id}/years/{year}/versions/{version_id}" for side in ("/api/v1/backups", "/api/v1/cloud-shares")]
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +136,34 @@ def test_answers_are_typed_as_they_are_written(document):
     assert version["year"] == {"maximum": 2100, "minimum": 1990, "title": "Year", "type": "integer"}
     assert version["via"]["enum"] == ["backup", "share"]
     assert schemas["MessageOut"]["properties"]["kind"]["enum"] == ["system", "personal"]
+
+
+@pytest.mark.parametrize("path", CHUNK_DOWNLOADS)
+def test_chunk_level_downloads_document_the_manifest_and_the_chunk_stream(document, path):
+    manifest = document["paths"][path + "/manifest"]["get"]
+    assert manifest["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ManifestOut"}
+    assert {"200", "401", "403", "404", "422"} <= set(manifest["responses"])
+    chunks = document["paths"][path + "/chunks"]["post"]
+    assert chunks["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ChunkBatch"}
+    assert set(chunks["responses"]["200"]["content"]) == {"application/octet-stream", "application/zstd"}
+    assert {"200", "400", "401", "403", "404", "413", "422", "503"} <= set(chunks["responses"])
+    assert "206" not in chunks["responses"]  # a batch of chunks has no ranges
+    schemas = document["components"]["schemas"]
+    assert schemas["ChunkBatch"]["properties"]["chunks"]["maxItems"] == 4096
+    assert schemas["ManifestOut"]["properties"]["chunks"]["items"] == {"$ref": "#/components/schemas/ManifestChunk"}
+    assert schemas["ManifestChunk"]["properties"]["sha256"]["pattern"] == "^[0-9a-f]{64}$"
+
+
+@pytest.mark.parametrize("side", ["/api/v1/backups", "/api/v1/cloud-shares"])
+def test_upload_sessions_are_documented_with_their_bodies_and_refusals(document, side):
+    uploads = side + "/{ledger_id}/years/{year}/uploads"
+    opened = document["paths"][uploads]["post"]
+    assert opened["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/UploadSessionIn"}
+    assert {"201", "401", "403", "404", "409", "412", "413", "422"} <= set(opened["responses"])
+    assert {"200", "401", "403", "404"} <= set(document["paths"][uploads + "/{upload_id}"]["get"]["responses"])
+    for operation in (document["paths"][uploads + "/{upload_id}/chunks"]["put"],
+                      document["paths"][uploads + "/{upload_id}/commit"]["post"]):
+        assert set(operation["requestBody"]["content"]) == {"application/octet-stream"}
+        assert {"400", "401", "403", "404", "408", "409", "413", "422", "503"} <= set(operation["responses"])
+        assert parameter(operation, "path", "upload_id")["schema"] == {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+    assert "201" in document["paths"][uploads + "/{upload_id}/commit"]["post"]["responses"]

@@ -23,11 +23,13 @@ from typing import Any
 
 from eacct.chunks import delta as delta_format
 from eacct.chunks.chunker import iter_file_chunks
+from eacct.desktop_sync._chunked import download_by_chunks
 from eacct.desktop_sync._client import BACKUP, SHARE, EacctClient, Progress, check_ledger_id, check_year
 from eacct.desktop_sync._exceptions import (
     ConflictError, LedgerNotFound, MissingChunks, NotFoundError, OwnerUsesBackup, RecipientUsesShare, TransportError,
     WrongPath,
 )
+from eacct.desktop_sync._resumable import SESSION_MIN_BYTES, ResumableUpload
 from eacct.desktop_sync._ledgers import LedgerFolder, LocalLedger, _disk_errors, sha256_of
 
 __all__ = ["BACKUP", "REMINDER", "SHARE", "DesktopSync", "SyncAction", "SyncReport", "Transfer", "manifest_of", "transfer_json"]
@@ -253,6 +255,10 @@ class DesktopSync:
         known = set(base or [])
         candidates = list(dict.fromkeys(d.hex() for d, size in manifest if (d, size) not in known))
         missing = await self.client.missing_chunks(side, ledger.ledger_id, year, candidates) if candidates else set()
+        session = ResumableUpload(self.client, side, ledger.ledger_id, year, self.folder.root / ".eacct-partial")
+        if session.pending(archive, sha256, remark, name, based_on) or sum(s for d, s in dict(manifest).items() if d.hex() in missing) >= SESSION_MIN_BYTES:
+            return await session.run(archive, sha256, manifest, missing, remark=remark, ledger_name=name,
+                                     if_match=based_on, progress=progress)
         ops = delta_format.plan(manifest, base, {bytes.fromhex(d) for d in missing})
         delta = archive.with_name(archive.name + ".delta")
         if await asyncio.to_thread(delta_format.write_delta, archive, manifest, ops, delta) < archive.stat().st_size:
@@ -320,20 +326,36 @@ class DesktopSync:
         partials = self.folder.root / ".eacct-partial"
         archive = partials / f"{ledger_id}-{year}{'' if target is None else '-' + target.name}.tar"
         partials.mkdir(exist_ok=True)
+        # With a local copy of the year, only the chunks it lacks are fetched; a broken whole-file download
+        # is resumed instead.
+        by_chunks = self.folder.year_dir(ledger_id, year).is_dir() and not archive.is_file()
         try:
-            try:
-                got = await self.client.download(side, ledger_id, year, version, archive, progress=progress, resume=True)
-            except WrongPath:
-                if forced is not None:
-                    raise
-                side, reminder = (SHARE if side == BACKUP else BACKUP), REMINDER
-                if side == SHARE:
-                    listed = await self._shared_ledger(ledger_id)
-                got = await self.client.download(side, ledger_id, year, version, archive, progress=progress, resume=True)
+            with self._scratch() as scratch:
+                local = Path(scratch) / "local.tar"
+                if by_chunks:
+                    await asyncio.to_thread(self.folder.pack, ledger_id, year, local, progress)
+
+                async def fetch(side: str) -> dict:
+                    if by_chunks:
+                        return await download_by_chunks(self.client, side, ledger_id, year, version, local, archive,
+                                                        progress=progress)
+                    return await self.client.download(side, ledger_id, year, version, archive, progress=progress, resume=True)
+
+                try:
+                    got = await fetch(side)
+                except WrongPath:
+                    if forced is not None:
+                        raise
+                    side, reminder = (SHARE if side == BACKUP else BACKUP), REMINDER
+                    if side == SHARE:
+                        listed = await self._shared_ledger(ledger_id)
+                    got = await fetch(side)
             installed = await asyncio.to_thread(self.folder.install, ledger_id, year, archive, overwrite,
                                                 uploaded_at=got["uploaded_at"], target=target)
             if target is None:
-                self.folder.save_manifest(ledger_id, year, got["version_id"], await asyncio.to_thread(manifest_of, archive))
+                manifest = got.pop("manifest", None) or await asyncio.to_thread(manifest_of, archive)
+                self.folder.save_manifest(ledger_id, year, got["version_id"], manifest)
+            got.pop("manifest", None)
         except TransportError:
             raise
         except BaseException:

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote, unquote
 
+import zstandard
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
 from eacct.chunks import delta as delta_format
-from eacct.db import unit_of_work
-from eacct.netdisk import service, store, versions
-from eacct.netdisk.models import Version
+from eacct.netdisk import downloads, service, store, versions
+from eacct.netdisk.downloads import Download
 from eacct.netdisk.schemas import (
-    ChunkQuery, MissingChunks, DeletionsOut, LedgerOut, LedgerRename, LedgersOut, NetdiskOut, OpenNetdisk, PasswordChange, QuestionsOut, Reset,
+    ChunkBatch, ChunkQuery, ManifestOut, MissingChunks, DeletionsOut, LedgerOut, LedgerRename, LedgersOut, NetdiskOut, OpenNetdisk, PasswordChange, QuestionsOut, Reset,
     Unlock, UnlockOut, VersionOut, YearOut,
 )
 from eacct.openapi import DOWNLOAD_HEADERS, PASSWORD_HEADER, UPLOAD_HEADERS, endpoint
 from eacct.web import (
     BLOBS, HASHING, NETDISK_HOOKS, SESSIONS, SETTINGS, abort_connection, answer, authenticated_read, bearer_token,
-    client_ip, header_text, read_body, read_transaction, require_member, require_netdisk, transaction,
+    client_ip, header_text, read_body, require_member, require_netdisk, transaction,
 )
 
 routes = web.RouteTableDef()
+log = logging.getLogger("eacct.netdisk")
 
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 ETAG = re.compile(r'^\s*(?:W/)?"([^"]{1,64})"\s*$')
@@ -36,7 +37,6 @@ ASCII_DIGITS = re.compile(r"[0-9]+")
 POSITION_DIGITS = 18
 BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 BODY_BLOCK = 1024 * 1024
-RECHECK_EVERY_BYTES = 8 * 1024 * 1024
 
 # -------------------------------------------------------------------------------------- path values
 
@@ -151,13 +151,12 @@ def _position(digits: str) -> int:
     return int(digits) if len(digits) <= POSITION_DIGITS else 10**POSITION_DIGITS
 
 
-async def send_version(
-    request: web.Request, version: Version, still_allowed: Callable[[AsyncSession], Awaitable[object]]
-) -> web.StreamResponse:
+async def send_version(request: web.Request, download: Download) -> web.StreamResponse:
     """Stream a version's bytes (whole or a range) with ETag, checksum and remark headers.
 
-    Access is checked again every few MiB, so a share cancelled during a download ends it.
+    The service's iterator re-checks access as it goes; a refusal after the headers cuts the connection.
     """
+    version = download.version
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match and if_none_match.strip() in (f'"{version.sha256}"', "*"):
         return web.Response(status=304, headers={"ETag": f'"{version.sha256}"'})
@@ -178,26 +177,50 @@ async def send_version(
     response.content_length = end - start
     if selected:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{version.size}"
-    sessions = request.app[SESSIONS]
-    blocks = store.read_version(sessions, request.app[BLOBS], version, start, end)
+    return await stream_blocks(request, response, download.content(start, end))
+
+
+async def send_chunks(request: web.Request, download: Download, batch: ChunkBatch) -> web.StreamResponse:
+    """Answer a batch of a version's chunks: their raw bytes concatenated in the order asked (the client knows
+    each size from the manifest), each verified by the server as it is read; as one zstd stream if asked."""
+    total, blocks = await download.chunks(batch.chunks)
+    if batch.encoding == "zstd":
+        response = web.StreamResponse(headers={"Content-Type": "application/zstd", "X-Version-Id": download.version.public_id})
+        return await stream_blocks(request, response, _zstd_stream(blocks))
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                           "X-Version-Id": download.version.public_id})
+    response.content_length = total
+    return await stream_blocks(request, response, blocks)
+
+
+async def _zstd_stream(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    compressor = zstandard.ZstdCompressor(level=3).compressobj()
     try:
-        first = await anext(blocks, None)  # errors before the first byte still get a JSON answer
-        # After this a failure (a pack gone or corrupt, storage down) cuts the connection: see error_middleware.
+        async for block in blocks:
+            if out := await asyncio.to_thread(compressor.compress, block):
+                yield out
+        yield compressor.flush()
+    finally:
+        await blocks.aclose()
+
+
+async def stream_blocks(request: web.Request, response: web.StreamResponse, blocks: AsyncIterator[bytes]) -> web.StreamResponse:
+    """Send `blocks` as the body of the prepared-on-first-block `response`.
+
+    An error before the first byte still gets its JSON answer; after it, a refusal (access withdrawn) cuts
+    the connection at once, the only honest signal left, and any other failure does so via error_middleware.
+    """
+    try:
+        first = await anext(blocks, None)
         await response.prepare(request)
-        since_check = 0
         while first is not None:
             await response.write(first)
-            since_check += len(first)
-            if since_check >= RECHECK_EVERY_BYTES:
-                since_check = 0
-                async with unit_of_work(sessions, read_only=True) as session:
-                    try:
-                        await still_allowed(session)
-                    except errors.DomainError:
-                        # Headers are gone; the only honest signal left is a cut connection.
-                        abort_connection(request)
-                        return response
-            first = await anext(blocks, None)
+            try:
+                first = await anext(blocks, None)
+            except errors.DomainError as exc:
+                log.info("download of %s ended: %s", request.path, exc.code)
+                abort_connection(request)
+                return response
     finally:
         await blocks.aclose()  # now, not whenever the generator is collected
     await response.write_eof()
@@ -358,13 +381,30 @@ async def download_backup(request: web.Request) -> web.StreamResponse:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     version_ref = request.match_info["version_id"]
-    async with read_transaction(request) as session:
-        version = await versions.backup_version(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year, version_ref)
+    download = await downloads.backup_download(request.app[SESSIONS], request.app[BLOBS], request.app[NETDISK_HOOKS],
+                                               caller.member_id, ledger_id, year, version_ref)
+    return await send_version(request, download)
 
-    async def still_allowed(session: AsyncSession) -> object:
-        return await versions.backup_version(session, request.app[NETDISK_HOOKS], caller.member_id, ledger_id, year, version.public_id)
 
-    return await send_version(request, version, still_allowed)
+@routes.get("/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/manifest")
+@endpoint(answer=ManifestOut, auth="netdisk", errors=(403,), summary="块级下载：云备份版本的数据块清单")
+async def backup_manifest(request: web.Request) -> web.Response:
+    download = await _backup_download(request)
+    return answer(ManifestOut, await download.manifest_info())
+
+
+@routes.post("/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/chunks")
+@endpoint(body=ChunkBatch, stream_answer=True, auth="netdisk", errors=(403,), summary="块级下载：按请求顺序取回数据块")
+async def backup_chunks(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request, ChunkBatch)
+    return await send_chunks(request, await _backup_download(request), body)
+
+
+async def _backup_download(request: web.Request) -> Download:
+    caller = await require_netdisk(request)
+    ledger_id, year = ledger_id_of(request), year_of(request)
+    return await downloads.backup_download(request.app[SESSIONS], request.app[BLOBS], request.app[NETDISK_HOOKS],
+                                           caller.member_id, ledger_id, year, request.match_info["version_id"])
 
 
 @routes.post("/api/v1/backups/{ledger_id}/years/{year}/chunks/missing")

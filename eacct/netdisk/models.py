@@ -215,3 +215,42 @@ class LedgerInfo:
     name: str
     owner: Member
     years: list[YearSummary]
+
+
+class UploadSession(Base):
+    """A resumable upload: what its first request claimed, and the lease its pending chunks live under.
+
+    Its chunks are pending data (packs with `lease_id`), charged to no one until the commit makes them a
+    version; the lease's heartbeat is set a day ahead, so gc reclaims an abandoned session's data after that.
+    """
+
+    __tablename__ = "upload_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    uploader_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    ledger_id: Mapped[str] = mapped_column(String(36))
+    year: Mapped[int] = mapped_column(Integer)
+    via: Mapped[str] = mapped_column(String(8))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    remark: Mapped[str] = mapped_column(String(200), default="")
+    ledger_name: Mapped[str | None] = mapped_column(String(100), default=None)
+    client_version: Mapped[str] = mapped_column(String(64), default="")
+    if_match: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class UploadSessionChunk(Base):
+    """A chunk an upload session holds: where it lies in one of the session's pending packs."""
+
+    __tablename__ = "upload_session_chunks"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("upload_sessions.id", ondelete="CASCADE"), primary_key=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    pack_id: Mapped[str] = mapped_column(String(32))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    stored_length: Mapped[int] = mapped_column(Integer)
+    raw_size: Mapped[int] = mapped_column(Integer)

@@ -117,3 +117,50 @@ class ChunkQuery(Strict):
 
 class MissingChunks(Out):
     missing: list[Sha256Out]
+
+
+class ManifestChunk(Out):
+    sha256: Sha256Out
+    size: Annotated[int, Field(ge=1)]
+
+
+class ManifestOut(Out):
+    """A version's chunk list in file order, for a chunk-level download."""
+
+    version_id: str
+    size: Annotated[int, Field(ge=0)]
+    sha256: Sha256Out
+    remark: str
+    uploaded_at: TimeOut
+    chunks: list[ManifestChunk]
+
+
+class ChunkBatch(Strict):
+    """Chunks of a version to fetch, answered as their raw bytes concatenated in this order."""
+
+    chunks: Annotated[list[ChunkDigest], Field(min_length=1, max_length=4096)]
+    # "zstd": the same bytes as one zstd stream (Content-Type application/zstd), for slow links.
+    encoding: Literal["identity", "zstd"] = "identity"
+
+
+class UploadSessionIn(Strict):
+    """What a resumable upload claims (as a streamed upload's headers do)."""
+
+    size: Annotated[int, Field(ge=0, le=10**15)]
+    sha256: ChunkDigest
+    remark: Annotated[str, StringConstraints(max_length=200), PlainText] = ""
+    ledger_name: Annotated[str, StringConstraints(max_length=100)] | None = None
+    client_version: Annotated[str, StringConstraints(max_length=64), PlainText] = ""
+    if_match: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r'^[^"]+$')] | None = None
+
+
+class UploadSessionOut(Out):
+    upload_id: str
+    expires_at: TimeOut
+    size: Annotated[int, Field(ge=0)]
+    sha256: Sha256Out
+    held: list[Sha256Out]
+
+
+class ChunksStored(Out):
+    stored: Annotated[int, Field(ge=0)]

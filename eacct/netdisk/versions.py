@@ -28,7 +28,7 @@ from eacct.storage import BlobStore
 from eacct.text import has_unsafe_characters
 
 __all__ = [
-    "UploadRules", "backup_missing_chunks", "backup_upload", "backup_version", "check_before_upload",
+    "UploadRules", "admission", "admit_claim", "backup_missing_chunks", "backup_upload", "backup_version", "check_before_upload",
     "check_expected_version", "check_version_cap", "clean_ledger_name", "find_version", "latest_version",
     "lock_owner", "lock_owner_if_opened", "missing_chunks", "prune", "upload",
 ]
@@ -182,6 +182,23 @@ async def upload(
     so access withdrawn during the transfer (a cancelled share) refuses the version. `on_accepted` runs
     when every check that needs no body byte has passed (the HTTP side answers 100 Continue there).
     """
+    incoming, free = await admit_claim(sessions, settings, claim, owner_id=owner_id, uploader_id=uploader_id, via=via,
+                                       authorize=authorize)
+    if on_accepted is not None:
+        await on_accepted()
+    admit = admission(incoming, authorize, after_commit)
+    rules = UploadRules(settings, incoming, admit)
+    version = await store.receive_version(sessions, blobs, settings, incoming, body, rules, free_bytes=free)
+    async with sessions() as session:
+        uploader = await session.get(Member, uploader_id)
+    return VersionInfo.of(version, uploader)
+
+
+async def admit_claim(sessions: async_sessionmaker[AsyncSession], settings: Settings, claim: IncomingVersion, *,
+                      owner_id: int, uploader_id: int, via: str,
+                      authorize: Callable[[AsyncSession], Awaitable[Ledger | None]]) -> tuple[IncomingVersion, int]:
+    """The checks an upload passes before any body byte (access, ledger name, expected version, version cap,
+    quota); the claim as the commit will see it, and the owner's free bytes."""
     if claim.ledger_name is not None:
         claim = replace(claim, ledger_name=clean_ledger_name(claim.ledger_name))
     incoming = replace(claim, owner_id=owner_id, uploader_id=uploader_id, via=via)
@@ -190,28 +207,30 @@ async def upload(
         if ledger is None and not claim.ledger_name:
             raise errors.Invalid("首次上传新账套时需要提供账套名称（X-Ledger-Name）")
         free = await check_before_upload(session, settings, incoming)
-    if on_accepted is not None:
-        await on_accepted()
+    return incoming, free
+
+
+def admission(incoming: IncomingVersion, authorize: Callable[[AsyncSession], Awaitable[Ledger | None]],
+              after_commit: Callable[[AsyncSession, Ledger, Version], Awaitable[None]] | None = None,
+              ) -> Callable[[AsyncSession, Version], Awaitable[None]]:
+    """What the commit re-checks about the uploader (`UploadRules.admit`): access still holds, the ledger is
+    created on its first upload (renamed by the owner's), then `after_commit` adds its rows."""
 
     async def admit(session: AsyncSession, version: Version) -> None:
         ledger = await authorize(session)
-        if ledger is None and not claim.ledger_name:
+        if ledger is None and not incoming.ledger_name:
             # The ledger existed when the upload began and was deleted while its bytes arrived.
             raise errors.NotFound("云备份中没有这个账套（上传期间已被删除）")
         if ledger is None:
-            ledger = Ledger(id=claim.ledger_id, owner_id=owner_id, name=claim.ledger_name)
+            ledger = Ledger(id=incoming.ledger_id, owner_id=incoming.owner_id, name=incoming.ledger_name)
             session.add(ledger)
             await session.flush()
-        elif claim.ledger_name and via == "backup":
-            ledger.name = claim.ledger_name
+        elif incoming.ledger_name and incoming.via == "backup":
+            ledger.name = incoming.ledger_name
         if after_commit is not None:
             await after_commit(session, ledger, version)
 
-    rules = UploadRules(settings, incoming, admit)
-    version = await store.receive_version(sessions, blobs, settings, incoming, body, rules, free_bytes=free)
-    async with sessions() as session:
-        uploader = await session.get(Member, uploader_id)
-    return VersionInfo.of(version, uploader)
+    return admit
 
 
 async def missing_chunks(session: AsyncSession, owner_id: int, digests: list[str]) -> list[str]:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct import errors
 from eacct.netdisk.api import (
-    ASCII_DIGITS, body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_version, upload_claim, year_of,
+    ASCII_DIGITS, body_blocks, continue_sender, ledger_id_of, no_automatic_continue, send_chunks, send_version, upload_claim,
+    year_of,
+)
+from eacct.netdisk import upload_api
+from eacct.netdisk.downloads import Download
+from eacct.netdisk.schemas import (
+    ChunkBatch, ChunkQuery, ChunksStored, ManifestOut, MissingChunks, UploadSessionIn, UploadSessionOut, VersionOut,
 )
 from eacct.netdisk import service as netdisk_service
-from eacct.netdisk.schemas import ChunkQuery, MissingChunks, VersionOut
 from eacct.openapi import DOWNLOAD_HEADERS, UPLOAD_HEADERS, Query, endpoint
 from eacct.share import service
 from eacct.share.schemas import CloudShares, FriendIn, FriendOut, FriendsOut, MessagesOut, ShareIn, ShareList, SharesCreated
 from eacct.web import (
-    BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, authenticated_read, read_body, read_transaction, require_member,
+    BLOBS, NOTIFIER, SESSIONS, SETTINGS, answer, authenticated_read, read_body, require_member,
     require_netdisk, transaction,
 )
 
@@ -113,13 +117,30 @@ async def download_shared(request: web.Request) -> web.StreamResponse:
     caller = await require_netdisk(request)
     ledger_id, year = ledger_id_of(request), year_of(request)
     version_ref = request.match_info["version_id"]
-    async with read_transaction(request) as session:
-        version = await service.share_version(session, caller.member_id, ledger_id, year, version_ref)
+    download = await service.share_download(request.app[SESSIONS], request.app[BLOBS], caller.member_id, ledger_id,
+                                            year, version_ref)
+    return await send_version(request, download)
 
-    async def still_allowed(session: AsyncSession) -> object:
-        return await service.share_version(session, caller.member_id, ledger_id, year, version.public_id)
 
-    return await send_version(request, version, still_allowed)
+@routes.get("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/manifest")
+@endpoint(answer=ManifestOut, auth="netdisk", errors=(403,), summary="块级下载：共享账套版本的数据块清单")
+async def shared_manifest(request: web.Request) -> web.Response:
+    download = await _share_download(request)
+    return answer(ManifestOut, await download.manifest_info())
+
+
+@routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/chunks")
+@endpoint(body=ChunkBatch, stream_answer=True, auth="netdisk", errors=(403,), summary="块级下载共享账套：按请求顺序取回数据块")
+async def shared_chunks(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request, ChunkBatch)
+    return await send_chunks(request, await _share_download(request), body)
+
+
+async def _share_download(request: web.Request) -> Download:
+    caller = await require_netdisk(request)
+    ledger_id, year = ledger_id_of(request), year_of(request)
+    return await service.share_download(request.app[SESSIONS], request.app[BLOBS], caller.member_id, ledger_id, year,
+                                        request.match_info["version_id"])
 
 
 @routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions", expect_handler=no_automatic_continue)
@@ -132,6 +153,40 @@ async def upload_shared(request: web.Request) -> web.Response:
     version = await service.share_upload(app[SESSIONS], app[BLOBS], app[SETTINGS], app[NOTIFIER], caller.member_id,
                                          claim, body_blocks(request), on_accepted=continue_sender(request))
     return answer(VersionOut, version, status=201)
+
+
+async def _share_path(request: web.Request, caller, ledger_id: str):
+    return await service.share_upload_path(request.app[SESSIONS], request.app[NOTIFIER], caller.member_id, ledger_id)
+
+
+SHARED_UPLOADS = "/api/v1/cloud-shares/{ledger_id}/years/{year}/uploads"
+
+
+@routes.post(SHARED_UPLOADS)
+@endpoint(body=UploadSessionIn, answer=UploadSessionOut, status=201, auth="netdisk", errors=(403, 409, 412, 413),
+          summary="可续传上传云共享：开始（与整体上传相同的检查）")
+async def open_shared_upload(request: web.Request) -> web.Response:
+    return await upload_api.open_upload(request, _share_path)
+
+
+@routes.get(SHARED_UPLOADS + "/{upload_id}")
+@endpoint(answer=UploadSessionOut, auth="netdisk", errors=(403,), summary="可续传上传云共享：云端已收到哪些数据块")
+async def shared_upload_state(request: web.Request) -> web.Response:
+    return await upload_api.upload_state(request, _share_path)
+
+
+@routes.put(SHARED_UPLOADS + "/{upload_id}/chunks")
+@endpoint(binary_body=True, body_media=upload_api.BINARY, answer=ChunksStored, auth="netdisk", errors=(403,),
+          summary="可续传上传云共享：发送一批数据块")
+async def put_shared_chunks(request: web.Request) -> web.Response:
+    return await upload_api.upload_chunks(request, _share_path)
+
+
+@routes.post(SHARED_UPLOADS + "/{upload_id}/commit")
+@endpoint(binary_body=True, body_media=upload_api.BINARY, answer=VersionOut, status=201, auth="netdisk", errors=(403,),
+          summary="可续传上传云共享：提交清单，成为共享人云备份中的新版本")
+async def commit_shared_upload(request: web.Request) -> web.Response:
+    return await upload_api.commit_upload(request, _share_path)
 
 
 @routes.post("/api/v1/cloud-shares/{ledger_id}/years/{year}/chunks/missing")

@@ -22,6 +22,8 @@ from eacct.formats import BEIJING
 from eacct.members.models import Member
 from eacct.netdisk import service as netdisk
 from eacct.netdisk import versions
+from eacct.netdisk.downloads import Download, open_download
+from eacct.netdisk.upload_sessions import UploadPath
 from eacct.netdisk.store import IncomingVersion
 from eacct.storage import BlobStore
 from eacct.netdisk.models import Ledger, Version, VersionInfo
@@ -35,8 +37,8 @@ from eacct.share.notify import SYSTEM, Notifier
 
 __all__ = [
     "add_friend", "broadcast", "register", "cancel_share", "cloud_shares", "create_shares", "end_shares_of_ledger",
-    "list_friends", "list_messages", "list_shares", "mark_read", "remove_friend", "share_missing_chunks", "share_notice", "share_upload",
-    "share_version",
+    "list_friends", "list_messages", "list_shares", "mark_read", "remove_friend", "share_download", "share_missing_chunks", "share_notice",
+    "share_upload", "share_upload_path", "share_version",
 ]
 
 SHARE_ID_LENGTH = 32  # share ids are uuid4 hex; anything longer names no share
@@ -252,22 +254,31 @@ async def share_version(session: AsyncSession, member_id: int, ledger_id: str, y
     return await versions.find_version(session, ledger_id, year, version_ref)
 
 
+async def share_download(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, member_id: int, ledger_id: str,
+                         year: int, version_ref: str) -> Download:
+    """A download of a year shared with me; a share cancelled meanwhile ends it (rule 11)."""
+
+    async def find(session: AsyncSession, ref: str) -> Version:
+        return await share_version(session, member_id, ledger_id, year, ref)
+
+    return await open_download(sessions, blobs, find, version_ref)
+
+
 async def share_missing_chunks(session: AsyncSession, member_id: int, ledger_id: str, digests: list[str]) -> list[str]:
     """Before a delta 上传云共享: the chunks the owner's store lacks."""
     ledger, _ = await ledger_for_share(session, member_id, ledger_id)
     return await versions.missing_chunks(session, ledger.owner_id, digests)
 
 
-async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
-                       notifier: Notifier, member_id: int, claim: IncomingVersion, body: AsyncIterator[bytes],
-                       on_accepted=None) -> VersionInfo:
-    """上传云共享: the recipient's upload becomes a new version in the **owner's** cloud backup (and quota)."""
+async def share_upload_path(sessions: async_sessionmaker[AsyncSession], notifier: Notifier, member_id: int,
+                            ledger_id: str) -> UploadPath:
+    """上传云共享's path: into the **owner's** backup (and quota), access re-checked at commit, owner told."""
     async with unit_of_work(sessions, read_only=True) as session:
-        ledger, _ = await ledger_for_share(session, member_id, claim.ledger_id)
+        ledger, _ = await ledger_for_share(session, member_id, ledger_id)
         owner_id = ledger.owner_id
 
     async def authorize(session: AsyncSession) -> Ledger:
-        ledger, _ = await ledger_for_share(session, member_id, claim.ledger_id)
+        ledger, _ = await ledger_for_share(session, member_id, ledger_id)
         return ledger
 
     async def tell_owner(session: AsyncSession, ledger: Ledger, version: Version) -> None:
@@ -279,8 +290,17 @@ async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
             "请在【云备份】中查看和下载",
         )
 
-    return await versions.upload(sessions, blobs, settings, claim, body, owner_id=owner_id, uploader_id=member_id,
-                                via="share", authorize=authorize, after_commit=tell_owner, on_accepted=on_accepted)
+    return UploadPath(owner_id, member_id, "share", authorize, tell_owner)
+
+
+async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
+                       notifier: Notifier, member_id: int, claim: IncomingVersion, body: AsyncIterator[bytes],
+                       on_accepted=None) -> VersionInfo:
+    """上传云共享: the recipient's upload becomes a new version in the **owner's** cloud backup (and quota)."""
+    path = await share_upload_path(sessions, notifier, member_id, claim.ledger_id)
+    return await versions.upload(sessions, blobs, settings, claim, body, owner_id=path.owner_id, uploader_id=member_id,
+                                via="share", authorize=path.authorize, after_commit=path.after_commit,
+                                on_accepted=on_accepted)
 
 
 # ----------------------------------------------------------------------------------- message center

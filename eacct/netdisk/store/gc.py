@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.storage import BlobStore, Leftover
-from eacct.netdisk.models import Chunk, Pack, UploadLease
+from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession, UploadSessionChunk
 
 
 async def collect_garbage(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings) -> dict[str, int]:
@@ -80,9 +80,13 @@ async def reclaim_abandoned_uploads(sessions: async_sessionmaker[AsyncSession], 
             )
         ).scalars().all()
         leases = (await session.execute(delete(UploadLease).where(UploadLease.id.in_(lapsed)))).rowcount or 0
+        # Upload sessions past their day: their lease lapsed with them (its packs are reclaimed just above).
+        expired = select(UploadSession.id).where(UploadSession.expires_at < now)
+        await session.execute(delete(UploadSessionChunk).where(UploadSessionChunk.session_id.in_(expired)))
+        sessions_ended = (await session.execute(delete(UploadSession).where(UploadSession.expires_at < now))).rowcount or 0
         live_leases = set(await session.scalars(select(UploadLease.id)))
         pending_keys = set(await session.scalars(select(Pack.blob_key).where(Pack.committed.is_(False))))
-    report = {"pending_packs": 0, "leases": leases, "leftovers": 0}
+    report = {"pending_packs": 0, "leases": leases, "leftovers": 0, "upload_sessions": sessions_ended}
     for blob_key in stale:  # their rows are gone for good
         await blobs.delete(blob_key)
         report["pending_packs"] += 1

@@ -1,0 +1,79 @@
+"""Resumable uploads' mechanics: store a batch of verified chunks as pending data under a session's lease, and
+commit a session's manifest as a version (the same commit as a streamed upload's)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import zstandard
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from eacct import errors
+from eacct.config import Settings
+from eacct.db import unit_of_work
+from eacct.netdisk.models import Pack, Version
+from eacct.netdisk.store.common import NEW_CHUNK, ZSTD_LEVEL, log
+from eacct.netdisk.store.index import CommitRules, commit
+from eacct.netdisk.store.read import read_entries
+from eacct.netdisk.store.upload import IncomingVersion, Upload, _PackWriter
+from eacct.storage import BlobStore, BlobStoreError
+
+__all__ = ["commit_session", "store_chunks"]
+
+# (digest, pack id, offset, stored length, raw size) of a chunk a session holds.
+Held = tuple[bytes, str, int, int, int]
+
+
+async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, owner_id: int, lease_id: str,
+                       chunks: list[tuple[bytes, bytes]]) -> list[Held]:
+    """Compress verified chunks into one pack registered as pending under `lease_id` (before its blob is put,
+    so gc can always find it), then put it durably; where each chunk now lies."""
+    pack = _PackWriter(blobs.spool_dir(), owner_id, lease_id)
+    placed: list[Held] = []
+
+    def spool() -> None:
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        for digest, piece in chunks:
+            frame = compressor.compress(piece)
+            placed.append((digest, pack.pack_id, pack.append(frame), len(frame), len(piece)))
+        pack.close()
+
+    try:
+        await asyncio.to_thread(spool)
+        async with unit_of_work(sessions) as session:
+            session.add(Pack(id=pack.pack_id, owner_id=owner_id, blob_key=pack.blob_key, size=pack.size, lease_id=lease_id))
+        try:
+            await blobs.put(pack.blob_key, pack.path)
+        except BlobStoreError as exc:
+            log.warning("pack %s could not be stored: %s", pack.pack_id, exc)
+            raise errors.StorageUnavailable() from exc
+    finally:
+        await asyncio.to_thread(pack.discard)
+    return placed
+
+
+async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
+                         incoming: IncomingVersion, lease_id: str, manifest: bytes, held: list[Held],
+                         pending_packs: list[tuple[str, str]], rules: CommitRules) -> Version:
+    """Verify the year a manifest describes (its size and whole-file sha256, read back from the store) and
+    commit it: the session's packs become committed, its chunks indexed, with `rules` inside the commit."""
+    upload = Upload(sessions, blobs, settings, incoming, free_bytes=0)
+    upload.lease_id, upload.lease_taken = lease_id, True
+    upload.pending_packs = list(pending_packs)
+    upload.pack_ids = [pack_id for pack_id, _ in pending_packs]
+    number = {pack_id: index for index, pack_id in enumerate(upload.pack_ids)}
+    for digest, pack_id, offset, stored, raw in held:
+        upload.new_chunks[digest] = NEW_CHUNK.pack(number[pack_id], offset, stored, raw)
+        upload.new_bytes += raw
+    upload.manifest = bytearray(manifest)
+    digest = hashlib.sha256()
+    size = 0
+    async for block in read_entries(sessions, blobs, incoming.owner_id, manifest, 0, None, upload._new_location):
+        size += len(block)
+        await asyncio.to_thread(digest.update, block)
+    if size != incoming.size:
+        raise errors.BadRequest("清单中的数据块大小之和与声明的年度数据大小不符")
+    if digest.hexdigest() != incoming.sha256:
+        raise errors.ChecksumMismatch(received_sha256=digest.hexdigest())
+    return await commit(sessions, upload, rules)

@@ -1,0 +1,185 @@
+"""Resumable uploads (issue 9): upload sessions on both paths — the checks of a streamed upload at open and at
+commit, batches of verified chunks kept as pending data (charged to no one), and gc after a day."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from eacct.chunks.manifest import ENTRY
+from eacct.db import unit_of_work, utcnow
+from eacct.netdisk.models import UploadLease, UploadSession
+from eacct.netdisk.store import collect_garbage
+from tests.conftest import new_ledger_id
+from tests.share.conftest import cancel, error_code, used_bytes, versions_of
+from tests.share.test_races import blob_keys, committed_pack_keys, nothing_left_behind, pending_packs
+
+PIECE = 64 * 1024
+
+
+def cut(content: bytes) -> list[bytes]:
+    return [content[i : i + PIECE] for i in range(0, len(content), PIECE)]
+
+
+def batch(pieces: list[bytes]) -> bytes:
+    return b"".join(ENTRY.pack(hashlib.sha256(p).digest(), len(p)) + p for p in pieces)
+
+
+def manifest(pieces: list[bytes]) -> bytes:
+    return b"".join(ENTRY.pack(hashlib.sha256(p).digest(), len(p)) for p in pieces)
+
+
+async def open_upload(member, side, ledger, year, content, **claims):
+    body = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest(), **claims}
+    return await member.call("POST", f"/{side}/{ledger}/years/{year}/uploads", netdisk=True, json=body)
+
+
+async def put(member, side, ledger, year, upload_id, data: bytes):
+    return await member.call("PUT", f"/{side}/{ledger}/years/{year}/uploads/{upload_id}/chunks", netdisk=True, data=data,
+                             headers={"Content-Type": "application/octet-stream"})
+
+
+async def commit(member, side, ledger, year, upload_id, data: bytes):
+    return await member.call("POST", f"/{side}/{ledger}/years/{year}/uploads/{upload_id}/commit", netdisk=True, data=data,
+                             headers={"Content-Type": "application/octet-stream"})
+
+
+async def test_a_session_upload_in_batches_becomes_a_version_and_resumes_from_what_is_held(world, sessions, blobs):
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(20 * PIECE + 1000)
+    pieces = cut(content)
+    status, opened, _ = await open_upload(owner, "backups", ledger, 2019, content, remark="续传")
+    assert status == 201 and opened["held"] == [] and opened["size"] == len(content)
+    upload_id = opened["upload_id"]
+    used_before = await used_bytes(owner)
+    status, stored, _ = await put(owner, "backups", ledger, 2019, upload_id, batch(pieces[:8]))
+    assert (status, stored) == (200, {"stored": 8})
+    assert await used_bytes(owner) == used_before  # pending data is charged to no one until the commit
+    # The connection broke here; the client asks what the session holds and sends only the rest.
+    status, state, _ = await owner.call("GET", f"/backups/{ledger}/years/2019/uploads/{upload_id}", netdisk=True)
+    assert status == 200 and set(state["held"]) == {hashlib.sha256(p).hexdigest() for p in pieces[:8]}
+    status, stored, _ = await put(owner, "backups", ledger, 2019, upload_id, batch(pieces[6:]))
+    assert (status, stored) == (200, {"stored": len(pieces) - 8})  # the two sent again are not stored twice
+    status, version, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
+    assert status == 201, version
+    assert version["size"] == len(content) and version["remark"] == "续传" and version["via"] == "backup"
+    status, data, _ = await owner.download("backups", ledger, 2019)
+    assert status == 200 and data == content
+    assert await used_bytes(owner) == used_before + len(content)
+    # The session ended with its commit.
+    status, body, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
+    assert (status, error_code(body)) == (404, "not_found")
+    await nothing_left_behind(sessions, blobs)
+
+
+async def test_a_recipients_session_upload_goes_into_the_owners_backup(world):
+    content = os.urandom(5 * PIECE)
+    pieces = cut(content)
+    status, opened, _ = await open_upload(world.recipient, "cloud-shares", world.ledger, 2018, content,
+                                          if_match=world.versions[2018]["version_id"])
+    assert status == 201, opened
+    upload_id = opened["upload_id"]
+    assert (await put(world.recipient, "cloud-shares", world.ledger, 2018, upload_id, batch(pieces)))[0] == 200
+    status, version, _ = await commit(world.recipient, "cloud-shares", world.ledger, 2018, upload_id, manifest(pieces))
+    assert status == 201 and version["via"] == "share" and version["uploaded_by"]["id"] == world.recipient.id
+    assert (await versions_of(world.owner, world.ledger, 2018))[0]["version_id"] == version["version_id"]
+
+
+async def test_a_session_is_refused_at_open_as_a_streamed_upload_is(world):
+    content = os.urandom(1000)
+    status, body, _ = await open_upload(world.owner, "backups", world.ledger, 2018, content, if_match="0" * 32)
+    assert (status, error_code(body)) == (412, "version_conflict")
+    status, body, _ = await open_upload(world.owner, "cloud-shares", world.ledger, 2018, content)
+    assert (status, error_code(body)) == (403, "owner_uses_backup")
+    status, body, _ = await open_upload(world.recipient, "backups", world.ledger, 2018, content)
+    assert (status, error_code(body)) == (403, "recipient_uses_share")
+    status, body, _ = await open_upload(world.owner, "backups", new_ledger_id(), 2018, content)
+    assert (status, error_code(body)) == (422, "invalid")  # a new ledger needs its name
+    status, body, _ = await open_upload(world.owner, "backups", world.ledger, 2018, b"x" * 10, size=10**13)
+    assert (status, error_code(body)) == (413, "quota_exceeded")
+
+
+async def test_a_chunk_that_does_not_match_its_digest_is_refused_and_nothing_is_held(world):
+    content = os.urandom(3 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(world.owner, "backups", world.ledger, 2019, content))[1]["upload_id"]
+    bad = bytearray(batch(pieces))
+    bad[-1] ^= 1
+    status, body, _ = await put(world.owner, "backups", world.ledger, 2019, upload_id, bytes(bad))
+    assert (status, error_code(body)) == (400, "checksum_mismatch")
+    status, state, _ = await world.owner.call("GET", f"/backups/{world.ledger}/years/2019/uploads/{upload_id}", netdisk=True)
+    assert state["held"] == []
+    status, body, _ = await put(world.owner, "backups", world.ledger, 2019, upload_id, batch(pieces) * 2)
+    assert status == 200  # the same chunks twice in one batch: stored once
+    status, body, _ = await put(world.owner, "backups", world.ledger, 2019, upload_id, batch([os.urandom(100)]))
+    assert (status, error_code(body)) == (422, "invalid")  # more than the size it claimed
+
+
+async def test_a_commit_checks_the_manifest_the_whole_file_sha256_and_the_rules(world):
+    content = os.urandom(4 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(world.owner, "backups", world.ledger, 2019, content))[1]["upload_id"]
+    await put(world.owner, "backups", world.ledger, 2019, upload_id, batch(pieces[:3]))
+    status, body, _ = await commit(world.owner, "backups", world.ledger, 2019, upload_id, manifest(pieces))
+    assert (status, error_code(body)) == (409, "missing_chunks")
+    assert body["error"]["missing"] == [hashlib.sha256(pieces[3]).hexdigest()]
+    await put(world.owner, "backups", world.ledger, 2019, upload_id, batch(pieces[3:]))
+    swapped = [pieces[1], pieces[0], *pieces[2:]]
+    status, body, _ = await commit(world.owner, "backups", world.ledger, 2019, upload_id, manifest(swapped))
+    assert (status, error_code(body)) == (400, "checksum_mismatch")
+    # Someone else's version landed meanwhile: the If-Match claimed at open is checked again at commit.
+    based_on = world.versions[2018]["version_id"]
+    upload_id = (await open_upload(world.owner, "backups", world.ledger, 2018, content, if_match=based_on))[1]["upload_id"]
+    await put(world.owner, "backups", world.ledger, 2018, upload_id, batch(pieces))
+    assert (await world.recipient.upload("cloud-shares", world.ledger, 2018, b"li's edit"))[0] == 201
+    status, body, _ = await commit(world.owner, "backups", world.ledger, 2018, upload_id, manifest(pieces))
+    assert (status, error_code(body)) == (412, "version_conflict")
+
+
+async def test_rule_11_a_cancelled_share_ends_the_recipients_upload_session(world):
+    content = os.urandom(2 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(world.recipient, "cloud-shares", world.ledger, 2018, content))[1]["upload_id"]
+    assert (await put(world.recipient, "cloud-shares", world.ledger, 2018, upload_id, batch(pieces)))[0] == 200
+    await cancel(world.owner, world.share_id)
+    status, body, _ = await commit(world.recipient, "cloud-shares", world.ledger, 2018, upload_id, manifest(pieces))
+    assert (status, error_code(body)) == (404, "not_found")
+    assert len(await versions_of(world.owner, world.ledger, 2018)) == 1
+
+
+async def test_a_session_belongs_to_the_member_who_opened_it(world):
+    content = os.urandom(PIECE)
+    upload_id = (await open_upload(world.owner, "backups", world.ledger, 2019, content))[1]["upload_id"]
+    status, body, _ = await world.stranger.call("GET", f"/backups/{world.ledger}/years/2019/uploads/{upload_id}", netdisk=True)
+    assert status == 404
+    status, body, _ = await world.owner.call("GET", f"/backups/{world.ledger}/years/2020/uploads/{upload_id}", netdisk=True)
+    assert status == 404
+
+
+async def test_gc_reclaims_an_expired_sessions_data_and_never_a_live_ones(world, sessions, blobs, settings):
+    content = os.urandom(3 * PIECE)
+    pieces = cut(content)
+    old = (await open_upload(world.owner, "backups", world.ledger, 2019, content))[1]["upload_id"]
+    live = (await open_upload(world.owner, "backups", world.ledger, 2017, content))[1]["upload_id"]
+    for year, upload_id in ((2019, old), (2017, live)):
+        assert (await put(world.owner, "backups", world.ledger, year, upload_id, batch(pieces)))[0] == 200
+    assert await pending_packs(sessions) == 2
+    await collect_garbage(sessions, blobs, settings)
+    assert await pending_packs(sessions) == 2  # a day has not passed: nothing reclaimed
+    async with unit_of_work(sessions) as session:
+        lease_id = await session.scalar(select(UploadSession.lease_id).where(UploadSession.id == old))
+        past = utcnow() - timedelta(seconds=1)
+        await session.execute(update(UploadSession).where(UploadSession.id == old).values(expires_at=past))
+        await session.execute(update(UploadLease).where(UploadLease.id == lease_id).values(
+            heartbeat_at=past - timedelta(seconds=settings.upload_lease_seconds)))
+    report = await collect_garbage(sessions, blobs, settings)
+    assert report["upload_sessions"] == 1 and report["pending_packs"] == 1
+    assert await pending_packs(sessions) == 1
+    status, body, _ = await commit(world.owner, "backups", world.ledger, 2019, old, manifest(pieces))
+    assert (status, error_code(body)) == (404, "not_found")
+    status, version, _ = await commit(world.owner, "backups", world.ledger, 2017, live, manifest(pieces))
+    assert status == 201, version
+    assert await blob_keys(blobs) == await committed_pack_keys(sessions)
