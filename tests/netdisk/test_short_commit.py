@@ -61,13 +61,13 @@ async def test_chunk_rows_are_indexed_pending_before_the_commit_and_gc_keeps_the
         return await index.commit(sessions_, upload, rules)
 
     monkeypatch.setattr(upload_module, "commit", commit_after_looking)
-    content = os.urandom(3_000_000)
+    content = os.urandom(12_000_000)  # about 12 packs of 1 MB: all but the last are indexed while streaming
     version = await put(sessions, blobs, settings, owner, content)
-    # Before the commit every row is there, unreferenced, in a pending pack; gc left all of them.
+    # Before the commit the rows are there, unreferenced, in pending packs; gc left all of them.
     assert seen_before_commit and all(refs == 0 and not committed for refs, committed in seen_before_commit)
     assert gc_reports[0]["chunks"] == 0 and gc_reports[0]["pending_packs"] == 0
     after = await chunk_refs(sessions, owner)
-    assert len(after) == len(seen_before_commit)
+    assert len(seen_before_commit) >= len(after) // 2
     assert all(refs == 1 and committed for refs, committed in after)
     assert await read_all(sessions, blobs, version.version_id) == content
 

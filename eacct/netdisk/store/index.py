@@ -45,10 +45,15 @@ async def index_pending_chunks(sessions: async_sessionmaker[AsyncSession], rows:
     other members' writes interleave with a large upload's indexing."""
     for batch in batched(list(rows), PENDING_BATCH):
         async with unit_of_work(sessions) as session:
-            # A concurrent upload of the same owner may have stored the same chunk first; its row wins, and
-            # the commit counts on it only once its pack is committed.
-            statement = dialect_insert(session, Chunk).on_conflict_do_nothing(index_elements=["owner_id", "digest"])
-            await session.execute(statement, batch)  # executemany: compiled once
+            await _insert_rows(session, batch)
+
+
+async def _insert_rows(session: AsyncSession, rows: list[dict]) -> None:
+    # A concurrent upload of the same owner may have stored the same chunk first; its row wins, and the
+    # commit counts on it only once its pack is committed.
+    statement = dialect_insert(session, Chunk).on_conflict_do_nothing(index_elements=["owner_id", "digest"])
+    for batch in batched(rows, PENDING_BATCH):
+        await session.execute(statement, batch)  # executemany: compiled once
 
 
 async def commit(sessions: async_sessionmaker[AsyncSession], upload: Upload, rules: CommitRules) -> Version:
@@ -86,6 +91,7 @@ async def commit(sessions: async_sessionmaker[AsyncSession], upload: Upload, rul
             result = await session.execute(delete(UploadLease).where(UploadLease.id == upload.lease_id))
             if result.rowcount != 1:  # gc reclaimed this upload's lease: its spool files may be gone
                 raise errors.RetryUpload()
+        await _insert_rows(session, list(upload.chunk_rows(upload.index_at_commit)))
         own_packs = [pack_id for pack_id, _ in upload.pending_packs]
         counted = 0
         for batch in batched(own_packs, LOOKUP_BATCH):

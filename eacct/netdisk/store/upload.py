@@ -125,6 +125,10 @@ class Upload:
         self.new_chunks: dict[bytes, bytes] = {}
         self.pack_ids: list[str] = []
         self.unindexed: list[bytes] = []  # digests spooled into the current pack, indexed when it is sealed
+        # The last pack's rows (at most one pack's worth) go in with the commit: a small upload then takes no
+        # extra write transaction; a large one has indexed all but its last pack while streaming.
+        self.finishing = False
+        self.index_at_commit: list[bytes] = []
         self.new_bytes = 0
         # (digest, bytes, raw size) in file order; bytes is None for a chunk a delta upload did not send.
         self.waiting: list[tuple[bytes, bytes | None, int]] = []
@@ -235,6 +239,7 @@ class Upload:
         if not self.incoming.delta:
             await self._take(await self._cut_result())
             self.waiting += await asyncio.to_thread(self._cut, b"", True)
+        self.finishing = True
         await self.flush()
         if self.received != self.incoming.body_bytes:
             raise errors.BadRequest("上传的数据不完整：收到的字节数与 Content-Length 不符")
@@ -322,8 +327,11 @@ class Upload:
         self.pack = self._new_pack()
         self.puts.add(asyncio.create_task(self._put(pack)))
         digests, self.unindexed = self.unindexed, []
-        # Indexed now, as pending rows, while the pack travels: the commit then only counts references.
-        await index_pending_chunks(self.sessions, self.chunk_rows(digests))
+        if self.finishing:
+            self.index_at_commit += digests
+        else:
+            # Indexed now, as pending rows, while the pack travels: the commit then only counts references.
+            await index_pending_chunks(self.sessions, self.chunk_rows(digests))
         await self._wait_for_puts(PUTS_IN_FLIGHT - 1)
 
     async def _put(self, pack: _PackWriter) -> None:
