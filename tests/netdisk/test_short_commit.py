@@ -85,7 +85,7 @@ async def test_an_abandoned_upload_leaves_no_pending_chunk_rows(sessions, blobs,
 
 
 async def test_an_upload_does_not_count_on_another_uploads_pending_chunks(sessions, blobs, settings, owner):
-    content = os.urandom(2_000_000)
+    content = os.urandom(12_000_000)
     # A first upload of the same content has stored everything and not committed yet (its rows are pending) ...
     claim = store.IncomingVersion(ledger_id=str(uuid.uuid4()), year=2018, size=len(content),
                                   sha256=hashlib.sha256(content).hexdigest(), ledger_name="账套", owner_id=owner,
