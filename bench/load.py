@@ -98,7 +98,7 @@ class Bare(_Child):
 def _delta_bodies(scratch: Path, seed: int, variants: int = 3) -> tuple[bytes, list[tuple[bytes, str, int]]]:
     """A base year archive and `variants` edited copies as delta upload bodies (only changed chunks sent)."""
     from eacct.desktop_sync._sync import manifest_of
-    from eacct.netdisk import delta
+    from eacct.chunks import delta
 
     rng = random.Random(seed)
     base = bytes(rng.getrandbits(8) for _ in range(ARCHIVE_BYTES))

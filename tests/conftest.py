@@ -3,7 +3,9 @@ app on a free port, and a small HTTP client that speaks API.md the way the deskt
 
 Set EACCT_TEST_DATABASE_URL=postgresql+asyncpg://… to run every database test on PostgreSQL; each run gets
 its own schema (dropped at the end) and each test starts from empty tables. Set EACCT_TEST_STORAGE=oss to
-keep the blobs in the OSS backend (against a local OSS-protocol server) instead of a local folder.
+keep the blobs in the OSS backend (against a local OSS-protocol server) instead of a local folder. Set
+EACCT_TEST_SERVERS=2 to serve every live-server test from two real `eacct serve` processes behind a round-robin
+proxy, with `eacct gc` looping in a third (tests/several_servers.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from eacct.storage import LocalBlobStore
 
 POSTGRES_URL = os.environ.get("EACCT_TEST_DATABASE_URL", "")
 STORAGE = os.environ.get("EACCT_TEST_STORAGE", "local")
+SERVERS = int(os.environ.get("EACCT_TEST_SERVERS", "1"))
+# The environment a server subprocess needs to reach a test's OSS blob store, by id() of the store object.
+OSS_ENV: dict[int, dict[str, str]] = {}
 
 
 def run(coro):
@@ -144,9 +149,15 @@ async def blobs(tmp_path):
     store = OssBlobStore.from_url(server.storage_url(region="cn-hangzhou", prefix="eacct/"), "LTAI5tTestKey",
                                   "test-secret", retry=RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.01),
                                   multipart_threshold=512 * 1024, part_size=256 * 1024)
+    OSS_ENV[id(store)] = {
+        "EACCT_STORAGE_URL": server.storage_url(region="cn-hangzhou", prefix="eacct/"),
+        "EACCT_OSS_ACCESS_KEY_ID": "LTAI5tTestKey",
+        "EACCT_OSS_ACCESS_KEY_SECRET": "test-secret",
+    }
     try:
         yield store
     finally:
+        OSS_ENV.pop(id(store), None)
         await store.close()
         await server.close()
 
@@ -163,15 +174,27 @@ def settings(database_url, tmp_path) -> Settings:
 
 
 @pytest.fixture
-async def make_server(aiohttp_server, engine):
-    """Start the real app on 127.0.0.1 and a free port; returns its base URL."""
+async def make_server(aiohttp_server, engine, db_schema, tmp_path, blobs):
+    """Start the real app on 127.0.0.1 and a free port; returns its base URL. With EACCT_TEST_SERVERS=N, N
+    `eacct serve` processes on the same database and blob store behind a round-robin proxy, gc looping."""
+    started = []
 
     async def start(settings: Settings, blobs=None) -> str:
+        if SERVERS > 1:
+            from tests.several_servers import SeveralServers
+
+            group = SeveralServers(settings, count=SERVERS, schema=db_schema, storage_env=OSS_ENV.get(id(blobs)),
+                                   log_dir=tmp_path / f"servers{len(started)}")
+            started.append(group)
+            return await group.start()
         app = create_app(settings, engine=engine, blobs=blobs, collect_garbage_on_start=False)
         server = await aiohttp_server(app, host="127.0.0.1")
         return str(server.make_url("")).rstrip("/")
 
-    return start
+    yield start
+    for group in started:
+        await group.stop()
+        assert group.gc.failures() == 0, (group.gc.log_path.read_text())[-2000:]
 
 
 @pytest.fixture

@@ -142,6 +142,10 @@ class CommittableUpload(Protocol):
     lease_taken: bool
     new_bytes: int
     commit_sent: bool
+    # Chunks this upload stored itself (digest → where in its packs), and those whose index rows wait for the
+    # commit (the last pack's; earlier packs' rows were indexed pending as they were sealed).
+    new_chunks: dict[bytes, bytes]
+    index_at_commit: list[bytes]
 
-    def chunk_rows(self) -> Iterable[dict]:
-        """The chunk rows this upload adds to the index."""
+    def chunk_rows(self, digests: list[bytes]) -> Iterable[dict]:
+        """The index rows of these chunks of this upload."""

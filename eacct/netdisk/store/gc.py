@@ -24,7 +24,10 @@ async def collect_garbage(sessions: async_sessionmaker[AsyncSession], blobs: Blo
     listed = [info async for info in blobs.list("packs/")]
     report = {"chunks": 0, "packs": 0}
     async with unit_of_work(sessions) as session:
-        result = await session.execute(delete(Chunk).where(Chunk.refs <= 0))
+        # Rows of pending packs belong to running uploads (refs 0 until their commit): they go with their pack.
+        result = await session.execute(
+            delete(Chunk).where(Chunk.refs <= 0, Chunk.pack_id.in_(select(Pack.id).where(Pack.committed.is_(True))))
+        )
         report["chunks"] = result.rowcount or 0
         # A committed pack no chunk row points at can never be used again (commits only add chunk rows
         # that point at the committing upload's own packs): row first, blob after the commit.

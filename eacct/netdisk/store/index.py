@@ -1,4 +1,10 @@
-"""The chunk index inside the commit transaction: insert chunk rows, count references, release versions."""
+"""The chunk index: pending chunk rows written while an upload streams, references counted by the short commit
+transaction, versions released.
+
+A chunk row whose pack is still pending (not committed) belongs to a running upload: it has refs 0, no lookup
+counts on it, and it goes with its pack (ON DELETE CASCADE) when the upload is abandoned or gc reclaims the
+pack after its lease lapsed. The commit only marks the packs committed and counts references, so a large
+year no longer holds the database's write lock while ~130k rows are inserted."""
 
 from __future__ import annotations
 
@@ -6,16 +12,20 @@ import uuid
 from collections.abc import Iterable
 from typing import Protocol
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
 from eacct.chunks.manifest import iter_manifest
 from eacct.db import dialect_insert, unit_of_work, utcnow
 from eacct.netdisk.models import Chunk, Pack, UploadLease, Version, VersionManifest
-from eacct.netdisk.store.common import INSERT_BATCH, LOOKUP_BATCH, CommittableUpload, batched
+from eacct.netdisk.store.common import LOOKUP_BATCH, CommittableUpload, batched
 
-__all__ = ["CommitRules", "commit", "release_versions"]
+# Rows per pending-index transaction (about one 8 MB pack): each holds SQLite's write lock for some ten
+# milliseconds, and a 1 GB upload takes the lock ~65 times instead of once for seconds.
+PENDING_BATCH = 2000
+
+__all__ = ["CommitRules", "commit", "index_pending_chunks", "release_versions"]
 
 
 class CommitRules(Protocol):
@@ -28,22 +38,26 @@ class CommitRules(Protocol):
         """Apply what follows from the new version (retention) and refuse it when it breaks a limit (quota)."""
 
 
-async def _upsert_chunks(session: AsyncSession, rows: Iterable[dict]) -> None:
-    # A concurrent upload of the same owner may have stored the same chunk first; its copy wins.
+async def index_pending_chunks(sessions: async_sessionmaker[AsyncSession], rows: Iterable[dict]) -> None:
+    """Insert the chunk rows of a sealed pending pack, in short transactions of `PENDING_BATCH` rows each, so
+    other members' writes interleave with a large upload's indexing."""
+    for batch in batched(list(rows), PENDING_BATCH):
+        async with unit_of_work(sessions) as session:
+            await _insert_rows(session, batch)
+
+
+async def _insert_rows(session: AsyncSession, rows: list[dict]) -> None:
+    # A concurrent upload of the same owner may have stored the same chunk first; its row wins, and the
+    # commit counts on it only once its pack is committed.
     statement = dialect_insert(session, Chunk).on_conflict_do_nothing(index_elements=["owner_id", "digest"])
-    batch = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == INSERT_BATCH:
-            await session.execute(statement, batch)  # executemany: compiled once, a bounded batch in memory
-            batch = []
-    if batch:
-        await session.execute(statement, batch)
+    for batch in batched(rows, PENDING_BATCH):
+        await session.execute(statement, batch)  # executemany: compiled once
 
 
 async def commit(sessions: async_sessionmaker[AsyncSession], upload: CommittableUpload, rules: CommitRules) -> Version:
-    """Make a fully received, verified upload a version: one transaction inserts the version, its manifest and
-    chunk rows, counts references and marks its packs committed, with the service's rules around it."""
+    """Make a fully received, verified upload a version: one short transaction inserts the version and its
+    manifest, marks its packs committed and counts references (its chunk rows are already indexed, pending),
+    with the service's rules around it."""
     incoming = upload.incoming
     async with unit_of_work(sessions) as session:
         version = Version(
@@ -75,20 +89,63 @@ async def commit(sessions: async_sessionmaker[AsyncSession], upload: Committable
             result = await session.execute(delete(UploadLease).where(UploadLease.id == upload.lease_id))
             if result.rowcount != 1:  # gc reclaimed this upload's lease: its spool files may be gone
                 raise errors.RetryUpload()
-        await _upsert_chunks(session, upload.chunk_rows())
-        distinct = list({digest for digest, _ in iter_manifest(upload.manifest)})
-        await _add_refs(session, incoming.owner_id, distinct, +1)
+        await _insert_rows(session, list(upload.chunk_rows(upload.index_at_commit)))
+        own_packs = [pack_id for pack_id, _ in upload.pending_packs]
+        counted = 0
+        for batch in batched(own_packs, LOOKUP_BATCH):
+            # Every row in this upload's packs is a distinct chunk of its manifest: one reference each.
+            result = await session.execute(update(Chunk).where(Chunk.pack_id.in_(batch)).values(refs=Chunk.refs + 1))
+            counted += result.rowcount or 0
+        others = {digest for digest, _ in iter_manifest(upload.manifest)} - upload.new_chunks.keys()
+        if counted != len(upload.new_chunks):
+            elsewhere = await _stored_elsewhere(session, incoming.owner_id, list(upload.new_chunks), own_packs)
+            await _take_over_pending(session, upload, elsewhere)
+            others |= elsewhere
+        await _add_refs(session, incoming.owner_id, list(others), +1)
         await rules.after_insert(session, version, upload.new_bytes)
         upload.commit_sent = True  # leaving the block sends COMMIT
     upload.pending_packs.clear()
     return version
 
 
-async def _add_refs(session: AsyncSession, owner_id: int, digests: list[bytes], delta: int) -> None:
+async def _stored_elsewhere(session: AsyncSession, owner_id: int, digests: list[bytes],
+                            own_packs: list[str]) -> set[bytes]:
+    """Of the chunks this upload stored, those whose row a concurrent upload inserted first (its copy wins)."""
+    found: set[bytes] = set()
     for batch in batched(digests, LOOKUP_BATCH):
-        result = await session.execute(
-            update(Chunk).where(Chunk.owner_id == owner_id, Chunk.digest.in_(batch)).values(refs=Chunk.refs + delta)
-        )
+        found.update(await session.scalars(
+            select(Chunk.digest).where(Chunk.owner_id == owner_id, Chunk.digest.in_(batch),
+                                       Chunk.pack_id.not_in(own_packs))
+        ))
+    return found
+
+
+async def _take_over_pending(session: AsyncSession, upload: CommittableUpload, digests: set[bytes]) -> None:
+    """Point rows that sit in another upload's pending pack at this upload's copy (now committed): that upload
+    may still be abandoned, and a retry must not fail while a dead attempt of it waits for gc."""
+    table = Chunk.__table__
+    statement = (
+        table.update()
+        .where(table.c.owner_id == bindparam("owner"), table.c.digest == bindparam("chunk_digest"),
+               table.c.pack_id.in_(select(Pack.id).where(Pack.committed.is_(False))))
+        .values(pack_id=bindparam("new_pack"), offset=bindparam("new_offset"),
+                stored_length=bindparam("new_stored"), raw_size=bindparam("new_raw"))
+    )
+    rows = [{"owner": row["owner_id"], "chunk_digest": row["digest"], "new_pack": row["pack_id"],
+             "new_offset": row["offset"], "new_stored": row["stored_length"], "new_raw": row["raw_size"]}
+            for row in upload.chunk_rows(sorted(digests))]
+    for batch in batched(rows, LOOKUP_BATCH):
+        await session.execute(statement, batch)
+
+
+async def _add_refs(session: AsyncSession, owner_id: int, digests: list[bytes], delta: int) -> None:
+    committed = select(Pack.id).where(Pack.committed.is_(True))
+    for batch in batched(digests, LOOKUP_BATCH):
+        where = [Chunk.owner_id == owner_id, Chunk.digest.in_(batch)]
+        if delta > 0:
+            # Never count on a row of another upload's pending pack: that upload may still be abandoned.
+            where.append(Chunk.pack_id.in_(committed))
+        result = await session.execute(update(Chunk).where(*where).values(refs=Chunk.refs + delta))
         if delta > 0 and result.rowcount != len(batch):
             # gc removed an unreferenced chunk this upload counted on; the client simply uploads again.
             raise errors.RetryUpload()

@@ -66,6 +66,8 @@ async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: Blob
     for digest, pack_id, offset, stored, raw in held:
         upload.new_chunks[digest] = NEW_CHUNK.pack(number[pack_id], offset, stored, raw)
         upload.new_bytes += raw
+    # The session's chunks were stored batch by batch without index rows: all are indexed by the commit.
+    upload.index_at_commit = [digest for digest, *_ in held]
     upload.manifest = bytearray(manifest)
     digest = hashlib.sha256()
     size = 0

@@ -26,7 +26,7 @@ from eacct.netdisk.store.common import (
     BODY_BLOCKS_AHEAD, HEARTBEATS_PER_LEASE, LOOKUP_BATCH, NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL,
     lease_holder, log, pack_blob_key, read_ahead,
 )
-from eacct.netdisk.store.index import CommitRules, commit
+from eacct.netdisk.store.index import CommitRules, commit, index_pending_chunks
 from eacct.netdisk.store.read import read_entries
 
 __all__ = ["IncomingVersion", "Upload", "receive_version"]
@@ -124,6 +124,11 @@ class Upload:
         # raw size); packed because a 1 GB year has ~100k of them and tuples of ints cost three times as much.
         self.new_chunks: dict[bytes, bytes] = {}
         self.pack_ids: list[str] = []
+        self.unindexed: list[bytes] = []  # digests spooled into the current pack, indexed when it is sealed
+        # The last pack's rows (at most one pack's worth) go in with the commit: a small upload then takes no
+        # extra write transaction; a large one has indexed all but its last pack while streaming.
+        self.finishing = False
+        self.index_at_commit: list[bytes] = []
         self.new_bytes = 0
         # (digest, bytes, raw size) in file order; bytes is None for a chunk a delta upload did not send.
         self.waiting: list[tuple[bytes, bytes | None, int]] = []
@@ -234,6 +239,7 @@ class Upload:
         if not self.incoming.delta:
             await self._take(await self._cut_result())
             self.waiting += await asyncio.to_thread(self._cut, b"", True)
+        self.finishing = True
         await self.flush()
         if self.received != self.incoming.body_bytes:
             raise errors.BadRequest("上传的数据不完整：收到的字节数与 Content-Length 不符")
@@ -265,8 +271,10 @@ class Upload:
         unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks}
         if unknown:
             async with unit_of_work(self.sessions, read_only=True) as session:
+                # Only chunks in committed packs count: another upload's pending rows may still be abandoned.
                 rows = await session.scalars(
-                    select(Chunk.digest).where(Chunk.owner_id == self.incoming.owner_id, Chunk.digest.in_(unknown))
+                    select(Chunk.digest).join(Pack, Pack.id == Chunk.pack_id)
+                    .where(Chunk.owner_id == self.incoming.owner_id, Chunk.digest.in_(unknown), Pack.committed.is_(True))
                 )
                 unknown.difference_update(rows)
         to_store = []
@@ -298,6 +306,7 @@ class Upload:
             frame = self.compressor.compress(piece)
             offset = self.pack.append(frame)
             self.new_chunks[digest] = NEW_CHUNK.pack(len(self.pack_ids), offset, len(frame), len(piece))
+            self.unindexed.append(digest)
 
     async def _seal_pack(self) -> None:
         """Send the current pack to the blob store in the background, registered as pending first so gc
@@ -317,6 +326,12 @@ class Upload:
         self.sealed.append(pack)
         self.pack = self._new_pack()
         self.puts.add(asyncio.create_task(self._put(pack)))
+        digests, self.unindexed = self.unindexed, []
+        if self.finishing:
+            self.index_at_commit += digests
+        else:
+            # Indexed now, as pending rows, while the pack travels: the commit then only counts references.
+            await index_pending_chunks(self.sessions, self.chunk_rows(digests))
         await self._wait_for_puts(PUTS_IN_FLIGHT - 1)
 
     async def _put(self, pack: _PackWriter) -> None:
@@ -336,9 +351,10 @@ class Upload:
             for task in done:
                 task.result()
 
-    def chunk_rows(self) -> Iterator[dict]:
-        """The `chunks` rows of what this upload stored, made as they are inserted."""
-        for digest, packed in self.new_chunks.items():
+    def chunk_rows(self, digests: list[bytes]) -> Iterator[dict]:
+        """The pending `chunks` rows (refs 0) of these chunks this upload stored."""
+        for digest in digests:
+            packed = self.new_chunks[digest]
             pack_number, offset, stored, raw = NEW_CHUNK.unpack(packed)
             yield {"owner_id": self.incoming.owner_id, "digest": digest, "pack_id": self.pack_ids[pack_number],
                    "offset": offset, "stored_length": stored, "raw_size": raw, "refs": 0}

@@ -1,0 +1,155 @@
+"""Other members while one member's large upload commits (issue 11: p99 < 200 ms on both databases).
+
+`.venv/bin/python -m bench.commit_block [--db sqlite,postgres] [--size 256] [--rate 40] [--others 10]
+[--server-src DIR]` starts `eacct serve`, sets up `--others` members with a small year each, then runs an
+open-loop load (requests at a fixed rate; latency counts from the scheduled moment) of those members listing
+their backups and uploading a small year, while one more member uploads a `--size` MiB year of incompressible
+data (every chunk new: the most chunk rows one commit can index). It prints p50 / p99 / max / errors per
+request kind over the whole big upload and over its commit window (from the last body byte sent to the
+answer). `--server-src DIR` runs the server from another source tree (e.g. a `git archive` of an older commit)
+for before/after figures in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+
+from bench._data import write_random_file
+from bench._harness import MiB, OUT, Desktop, Server, exit_on_sigterm, sha256_file
+from bench.load import POSTGRES_URL, _postgres_schema, percentile
+
+SMALL_BYTES = 16 * 1024
+
+
+async def small_upload(http, member: Desktop, ledger: str, rng: random.Random) -> int:
+    content = rng.randbytes(SMALL_BYTES)
+    headers = {"Authorization": f"Bearer {member.netdisk_token}", "X-Content-SHA256": hashlib.sha256(content).hexdigest(),
+               "X-Ledger-Name": quote("小账套"), "Content-Type": "application/octet-stream"}
+    async with http.post(member.version_url(ledger, 2018), data=content, headers=headers) as response:
+        await response.read()
+        return response.status
+
+
+async def list_backups(http, member: Desktop) -> int:
+    async with http.get(member.api + "/backups", headers={"Authorization": f"Bearer {member.netdisk_token}"}) as response:
+        await response.read()
+        return response.status
+
+
+async def big_upload(http, member: Desktop, path: Path, sha: str, marks: dict[str, float]) -> int:
+    async def body():
+        with open(path, "rb") as handle:
+            while block := await asyncio.to_thread(handle.read, MiB):
+                yield block
+        marks["sent"] = time.monotonic()
+
+    headers = {"Authorization": f"Bearer {member.netdisk_token}", "X-Content-SHA256": sha,
+               "X-Ledger-Name": quote("大账套"), "Content-Type": "application/octet-stream",
+               "Content-Length": str(path.stat().st_size)}
+    marks["start"] = time.monotonic()
+    async with http.post(member.version_url(str(uuid.uuid4()), 2018), data=body(), headers=headers) as response:
+        await response.read()
+        marks["done"] = time.monotonic()
+        return response.status
+
+
+async def scenario(db: str, args: argparse.Namespace, path: Path, sha: str) -> None:
+    env = {"EACCT_ARGON2_TIME_COST": "1", "EACCT_ARGON2_MEMORY_KIB": "8192"}
+    if args.server_src:
+        env["PYTHONPATH"] = str(Path(args.server_src).resolve())
+    schema = ""
+    if db == "postgres":
+        schema = f"eacct_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        await _postgres_schema(True, schema)
+        env.update(EACCT_DATABASE_URL=POSTGRES_URL, EACCT_DATABASE_SCHEMA=schema)
+    label = f"server from {args.server_src}" if args.server_src else "this tree"
+    print(f"\n== {db} ({label}): {args.others} members at {args.rate:g} req/s while one uploads {args.size} MiB")
+    try:
+        with Server(extra_env=env) as server:
+            await server.start()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                             timeout=aiohttp.ClientTimeout(total=None, sock_read=600)) as http:
+                rng = random.Random(1)
+                others = [await Desktop(http, server.base, f"o{i:03d}").setup() for i in range(args.others)]
+                ledgers = {member.account: str(uuid.uuid4()) for member in others}
+                for member in others:
+                    assert await small_upload(http, member, ledgers[member.account], rng) == 201
+                big = await Desktop(http, server.base, "big").setup()
+                marks: dict[str, float] = {}
+                results: list[tuple[str, float, float, int]] = []  # (kind, scheduled, latency, status)
+
+                async def one(kind: str, member: Desktop, scheduled: float) -> None:
+                    try:
+                        if kind == "GET /backups":
+                            status = await list_backups(http, member)
+                        else:
+                            status = await small_upload(http, member, ledgers[member.account], rng)
+                    except aiohttp.ClientError:
+                        status = 0
+                    results.append((kind, scheduled, time.monotonic() - scheduled, status))
+
+                uploading = asyncio.create_task(big_upload(http, big, path, sha, marks))
+                start = time.monotonic()
+                tasks = []
+                i = 0
+                while not uploading.done() or time.monotonic() < marks.get("done", 0) + 1.0:
+                    scheduled = start + i / args.rate
+                    await asyncio.sleep(max(0.0, scheduled - time.monotonic()))
+                    kind = "GET /backups" if i % 2 == 0 else "POST small upload"
+                    tasks.append(asyncio.create_task(one(kind, others[i % len(others)], scheduled)))
+                    i += 1
+                await asyncio.gather(*tasks)
+                status = await uploading
+                print(f"  big upload: {status}, body sent in {marks['sent'] - marks['start']:.1f} s, "
+                      f"then {marks['done'] - marks['sent']:.2f} s to the answer (commit window)")
+                windows = {"during the whole upload": (marks["start"], marks["done"]),
+                           "during its commit window": (marks["sent"], marks["done"])}
+                for name, (low, high) in windows.items():
+                    print(f"  {name}:")
+                    for kind in ("GET /backups", "POST small upload"):
+                        picked = [r for r in results if r[0] == kind and low <= r[1] <= high]
+                        latencies = [r[2] * 1000 for r in picked]
+                        errors = sum(1 for r in picked if r[3] not in (200, 201))
+                        if not latencies:
+                            print(f"    {kind:20} no requests")
+                            continue
+                        print(f"    {kind:20} n={len(latencies):5}  p50 {percentile(latencies, 50):7.1f} ms  "
+                              f"p99 {percentile(latencies, 99):7.1f} ms  max {max(latencies):7.1f} ms  errors {errors}")
+    finally:
+        if schema:
+            await _postgres_schema(False, schema)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"random-{args.size}.bin"
+    if not path.exists():
+        await asyncio.to_thread(write_random_file, path, args.size * MiB)
+    sha = await asyncio.to_thread(sha256_file, path)
+    for db in args.db.split(","):
+        await scenario(db, args, path, sha)
+
+
+def main() -> None:
+    exit_on_sigterm()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default="sqlite,postgres")
+    parser.add_argument("--size", type=int, default=256, help="MiB of the big upload")
+    parser.add_argument("--rate", type=float, default=40.0, help="requests per second of the other members")
+    parser.add_argument("--others", type=int, default=10)
+    parser.add_argument("--server-src", default="", help="run the server from this source tree (PYTHONPATH)")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""A big commit does not block other members: an upload indexes its chunk rows as pending rows (refs 0, in its
+pending packs) while it streams, in short transactions; the commit only counts references (issue 11)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+
+from eacct.db import unit_of_work
+from eacct.members.service import create_member
+from eacct.netdisk import service, store, versions
+from eacct.netdisk.hooks import NetdiskHooks
+from eacct.netdisk.models import Chunk, Pack, Version
+from eacct.netdisk.store import index, upload as upload_module
+
+
+async def body_of(content: bytes, block: int = 256 * 1024):
+    for start in range(0, len(content), block):
+        yield content[start : start + block]
+
+
+@pytest.fixture
+async def owner(sessions, settings) -> int:
+    async with unit_of_work(sessions) as session:
+        member = await create_member(session, settings, "owner01", "secret-1", "小王")
+        await service.open_netdisk(session, settings, member.id, "disk-pass", [("q", "a")])
+        return member.id
+
+
+async def put(sessions, blobs, settings, owner, content, ledger_id=None):
+    claim = store.IncomingVersion(ledger_id=ledger_id or str(uuid.uuid4()), year=2018, size=len(content),
+                                  sha256=hashlib.sha256(content).hexdigest(), ledger_name="账套")
+    return await versions.backup_upload(sessions, blobs, settings, NetdiskHooks(), owner, claim, body_of(content))
+
+
+async def chunk_refs(sessions, owner) -> list[tuple[int, bool]]:
+    async with sessions() as session:
+        rows = await session.execute(select(Chunk.refs, Pack.committed).join(Pack, Pack.id == Chunk.pack_id)
+                                     .where(Chunk.owner_id == owner))
+        return [tuple(row) for row in rows]
+
+
+async def read_all(sessions, blobs, version_id: str) -> bytes:
+    async with sessions() as session:
+        version = await session.scalar(select(Version).where(Version.public_id == version_id))
+    return b"".join([block async for block in store.read_version(sessions, blobs, version, 0, None)])
+
+
+async def test_chunk_rows_are_indexed_pending_before_the_commit_and_gc_keeps_them(sessions, blobs, settings, owner,
+                                                                                  monkeypatch):
+    seen_before_commit = []
+    gc_reports = []
+
+    async def commit_after_looking(sessions_, upload, rules):
+        seen_before_commit.extend(await chunk_refs(sessions, owner))
+        gc_reports.append(await store.collect_garbage(sessions, blobs, settings))
+        return await index.commit(sessions_, upload, rules)
+
+    monkeypatch.setattr(upload_module, "commit", commit_after_looking)
+    content = os.urandom(12_000_000)  # about 12 packs of 1 MB: all but the last are indexed while streaming
+    version = await put(sessions, blobs, settings, owner, content)
+    # Before the commit the rows are there, unreferenced, in pending packs; gc left all of them.
+    assert seen_before_commit and all(refs == 0 and not committed for refs, committed in seen_before_commit)
+    assert gc_reports[0]["chunks"] == 0 and gc_reports[0]["pending_packs"] == 0
+    after = await chunk_refs(sessions, owner)
+    assert len(seen_before_commit) >= len(after) // 2
+    assert all(refs == 1 and committed for refs, committed in after)
+    assert await read_all(sessions, blobs, version.version_id) == content
+
+
+async def test_an_abandoned_upload_leaves_no_pending_chunk_rows(sessions, blobs, settings, owner, monkeypatch):
+    async def failing_commit(sessions_, upload, rules):
+        raise OSError("connection lost before the commit")
+
+    monkeypatch.setattr(upload_module, "commit", failing_commit)
+    with pytest.raises(OSError):
+        await put(sessions, blobs, settings, owner, os.urandom(3_000_000))
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Chunk)) == 0
+        assert await session.scalar(select(func.count()).select_from(Pack)) == 0
+
+
+async def test_an_upload_does_not_count_on_another_uploads_pending_chunks(sessions, blobs, settings, owner):
+    content = os.urandom(12_000_000)
+    # A first upload of the same content has stored everything and not committed yet (its rows are pending) ...
+    claim = store.IncomingVersion(ledger_id=str(uuid.uuid4()), year=2018, size=len(content),
+                                  sha256=hashlib.sha256(content).hexdigest(), ledger_name="账套", owner_id=owner,
+                                  uploader_id=owner)
+    first = upload_module.Upload(sessions, blobs, settings, claim, free_bytes=1 << 40)
+    async for block in body_of(content):
+        await first.feed(block)
+    await first.finish()
+    assert await chunk_refs(sessions, owner)
+    # ... while a second upload of the same content commits.
+    version = await put(sessions, blobs, settings, owner, content)
+    # The first upload is abandoned after all: its pending packs and rows go, the second version must not.
+    await first.abandon()
+    await store.collect_garbage(sessions, blobs, settings)
+    assert await read_all(sessions, blobs, version.version_id) == content
