@@ -378,12 +378,7 @@ async def upload_backup(request: web.Request) -> web.Response:
 @routes.get("/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/content")
 @endpoint(auth="netdisk", binary_answer=True, headers=DOWNLOAD_HEADERS, errors=(403,), summary="下载云备份的一个版本（latest 为最新）")
 async def download_backup(request: web.Request) -> web.StreamResponse:
-    caller = await require_netdisk(request)
-    ledger_id, year = ledger_id_of(request), year_of(request)
-    version_ref = request.match_info["version_id"]
-    download = await downloads.backup_download(request.app[SESSIONS], request.app[BLOBS], request.app[NETDISK_HOOKS],
-                                               caller.member_id, ledger_id, year, version_ref)
-    return await send_version(request, download)
+    return await send_version(request, await _backup_download(request))
 
 
 @routes.get("/api/v1/backups/{ledger_id}/years/{year}/versions/{version_id}/manifest")

@@ -114,12 +114,7 @@ async def cloud_shares(request: web.Request) -> web.Response:
 @routes.get("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/content")
 @endpoint(auth="netdisk", binary_answer=True, headers=DOWNLOAD_HEADERS, errors=(403,), summary="下载共享账套的一个年度（latest 为最新）")
 async def download_shared(request: web.Request) -> web.StreamResponse:
-    caller = await require_netdisk(request)
-    ledger_id, year = ledger_id_of(request), year_of(request)
-    version_ref = request.match_info["version_id"]
-    download = await service.share_download(request.app[SESSIONS], request.app[BLOBS], caller.member_id, ledger_id,
-                                            year, version_ref)
-    return await send_version(request, download)
+    return await send_version(request, await _share_download(request))
 
 
 @routes.get("/api/v1/cloud-shares/{ledger_id}/years/{year}/versions/{version_id}/manifest")

@@ -19,9 +19,8 @@ from playwright.async_api import Page, async_playwright, expect
 from eacct.db import unit_of_work
 from eacct.share import service as share_service
 from tests.conftest import new_ledger_id
-from tests.share.conftest import befriend, messages
+from tests.share.conftest import messages
 from tests.wechat.pages_client import DESKTOP_UA, WECHAT_UA
-from tests.wechat_api_server import start_wechat_api
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -30,20 +29,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 APPID = "wxbrowser0000000001"
 SECRET = "browser-secret-51a9"
 AUTHORIZE = "https://open.weixin.qq.com/connect/oauth2/authorize?"
-
-
-@pytest.fixture
-async def wechat_api():
-    api = await start_wechat_api(APPID, SECRET)
-    yield api
-    await api.close()
-
-
-@pytest.fixture
-async def site(make_server, settings, blobs, wechat_api):
-    settings = settings.with_overrides(wechat_appid=APPID, wechat_secret=SECRET, wechat_token="tok",
-                                       wechat_api_base=wechat_api.base_url)
-    return await make_server(settings, blobs)
 
 
 @asynccontextmanager

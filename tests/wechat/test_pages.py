@@ -16,24 +16,9 @@ from eacct.wechat.models import WechatPageSession
 from tests.conftest import new_ledger_id
 from tests.share.conftest import befriend, messages, share
 from tests.wechat.pages_client import DESKTOP_UA, WECHAT_UA, Browser, authorize_params
-from tests.wechat_api_server import start_wechat_api
 
 APPID = "wxpages000000000001"
 SECRET = "pages-secret-7d2c91"
-
-
-@pytest.fixture
-async def wechat_api():
-    api = await start_wechat_api(APPID, SECRET)
-    yield api
-    await api.close()
-
-
-@pytest.fixture
-async def site(make_server, settings, blobs, wechat_api):
-    settings = settings.with_overrides(wechat_appid=APPID, wechat_secret=SECRET, wechat_token="tok",
-                                       wechat_api_base=wechat_api.base_url)
-    return await make_server(settings, blobs)
 
 
 @pytest.fixture
