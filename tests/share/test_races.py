@@ -62,7 +62,9 @@ async def nothing_left_behind(sessions, blobs) -> None:
 
 async def test_share_racing_a_delete_of_the_same_ledger_ends_in_one_order_or_the_other(world, sessions):
     owner, li = world.owner, world.recipient
-    names = [f"账套{i}" for i in range(6)]
+    # Four pairs: every delete gives the netdisk password again, and each check is counted before it is evaluated
+    # (issue 7 item 11), so more simultaneous checks than the lockout allows (5) would be refused by design.
+    names = [f"账套{i}" for i in range(4)]
     ledgers = []
     for name in names:
         ledgers.append(new_ledger_id())
