@@ -1,9 +1,13 @@
-"""Database wiring: the declarative base, engine creation for SQLite and PostgreSQL, the unit of work, and
-`after_commit` for work that must happen only once a transaction's changes are durable."""
+"""Database wiring: the declarative base, engine creation for SQLite and PostgreSQL, the session factory with
+SQLite's in-process write queue, the unit of work, and `after_commit` for work that must happen only once a
+transaction's changes are durable."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -17,8 +21,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
-    "READ_ONLY", "Base", "UtcDateTime", "after_commit", "create_engine", "dialect_insert", "engine_for",
-    "make_session_factory", "unit_of_work", "utcnow",
+    "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue", "after_commit",
+    "create_engine", "dialect_insert", "engine_for", "make_session_factory", "unit_of_work", "utcnow",
 ]
 
 log = logging.getLogger("eacct.db")
@@ -72,6 +76,8 @@ def create_engine(database_url: str, *, schema: str | None = None) -> AsyncEngin
 
     With SQLite every transaction that may write starts with BEGIN IMMEDIATE, so two writers queue instead of
     failing halfway with "database is locked"; transactions here are short (no transaction spans a transfer).
+    Writers of one process queue before that, in the session factory's `WriteQueue`; the busy timeout is for
+    writers of other processes.
     Read-only units of work (`unit_of_work(..., read_only=True)`) start with a deferred BEGIN instead: under WAL
     they read a snapshot without taking, or waiting for, the write lock.
     `schema` (PostgreSQL only) puts every table in that schema, which lets test runs not see each other.
@@ -109,24 +115,111 @@ def engine_for(settings) -> AsyncEngine:
     return create_engine(settings.database_url, schema=settings.database_schema or None)
 
 
-def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that keep loaded objects usable after commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+class NestedWriteError(RuntimeError):
+    """A task opened a writing unit of work inside another of its own: on SQLite that waits for itself."""
+
+
+class WriteQueue:
+    """SQLite's writers of one process, served one at a time in arrival order (a FIFO asyncio lock per event
+    loop), so they never busy-sleep against each other.
+
+    SQLite lets one transaction write at a time; a BEGIN IMMEDIATE that finds the lock taken sleeps in the
+    busy handler with growing back-off (up to 100 ms a try) and can lose the race to a later writer again and
+    again, so a small write could wait hundreds of ms behind a stream of others. Writers queued here wait on
+    an asyncio future instead, holding no pooled connection, and start the moment the one before them ends.
+    Other processes (another `eacct serve` worker, the CLI) still meet at SQLite's lock and its busy timeout.
+    """
+
+    def __init__(self) -> None:
+        # One lock per event loop: an asyncio lock belongs to one loop, and an engine is normally used by
+        # one; loops of other threads queue among themselves and meet at SQLite's lock like other processes.
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopLock] = weakref.WeakKeyDictionary()
+        self._guard = threading.Lock()
+
+    def _lock(self) -> _LoopLock:
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            lock = self._locks.get(loop)
+            if lock is None:
+                lock = self._locks[loop] = _LoopLock()
+        return lock
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait for this task's turn to write and hold it for the block; NestedWriteError when the task
+        already holds it (it would wait for itself for ever)."""
+        lock, task = self._lock(), asyncio.current_task()
+        if lock.holder is task:
+            raise NestedWriteError("a writing unit of work was opened inside another one of the same task; "
+                                   "finish the first before opening the second")
+        # asyncio.Lock is FIFO and does not let a newcomer barge past waiters; a waiter cancelled (even just
+        # after being woken) leaves the queue and passes the turn on.
+        lock.waiting += 1
+        try:
+            await lock.lock.acquire()
+        finally:
+            lock.waiting -= 1
+        lock.holder = task
+        try:
+            yield
+        finally:
+            lock.holder = None
+            lock.lock.release()
+
+    def waiting(self) -> int:
+        """How many writers of the running loop wait for their turn (for tests and diagnostics)."""
+        return self._lock().waiting
+
+
+class _LoopLock:
+    __slots__ = ("lock", "holder", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.holder: asyncio.Task | None = None
+        self.waiting = 0
+
+
+class SessionFactory(async_sessionmaker[AsyncSession]):
+    """The session factory, carrying the write queue its writing units of work wait in (SQLite only; None on
+    PostgreSQL, whose writers wait for row locks, not for one database-wide lock)."""
+
+    def __init__(self, engine: AsyncEngine, write_queue: WriteQueue | None, **kw) -> None:
+        super().__init__(engine, **kw)
+        self.write_queue = write_queue
+
+
+def make_session_factory(engine: AsyncEngine) -> SessionFactory:
+    """Sessions that keep loaded objects usable after commit; on SQLite their writers queue in arrival order."""
+    queue = WriteQueue() if engine.dialect.name == "sqlite" else None
+    return SessionFactory(engine, queue, expire_on_commit=False)
 
 
 @asynccontextmanager
-async def unit_of_work(factory: async_sessionmaker[AsyncSession], *, read_only: bool = False
+async def unit_of_work(factory: SessionFactory, *, read_only: bool = False
                        ) -> AsyncIterator[AsyncSession]:
     """One transaction: commit when the block ends normally, roll back on any exception. Work registered
     with `after_commit` runs once the commit has succeeded, and is dropped on rollback.
 
     `read_only=True` is for units that only read: on SQLite they do not take the write lock, so they neither
     wait for writers nor make writers wait; any attempt to write in one raises RuntimeError (a deferred SQLite
-    transaction that starts writing late can fail with "database is locked", so it must not happen)."""
-    session_kw = {"execution_options": {READ_ONLY: True}, "info": {READ_ONLY: True}} if read_only else {}
-    async with factory(**session_kw) as session:
-        async with session.begin():
-            yield session
+    transaction that starts writing late can fail with "database is locked", so it must not happen).
+    A writing unit on SQLite first waits for its turn in the factory's `WriteQueue` (from before BEGIN
+    IMMEDIATE until the commit or rollback has ended): keep it short, and never open a second writing unit
+    inside one in the same task (NestedWriteError)."""
+    if read_only:
+        async with factory(execution_options={READ_ONLY: True}, info={READ_ONLY: True}) as session:
+            async with session.begin():
+                yield session
+    elif factory.write_queue is None:
+        async with factory() as session:
+            async with session.begin():
+                yield session
+    else:
+        async with factory.write_queue.turn():
+            async with factory() as session:
+                async with session.begin():
+                    yield session
 
 
 @event.listens_for(Session, "before_flush")

@@ -86,7 +86,7 @@ class DatabaseTokenStorage(SessionStorage):
             time.sleep(self.poll_seconds)
 
     async def _read(self, key: str) -> tuple[str | None, datetime | None]:
-        async with self.sessions() as session:
+        async with unit_of_work(self.sessions, read_only=True) as session:
             row = (await session.execute(
                 select(WechatToken.value, WechatToken.expires_at).where(WechatToken.key == key))).first()
         return (row[0], row[1]) if row else (None, None)
