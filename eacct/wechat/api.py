@@ -1,6 +1,10 @@
 """The WeChat callback (`/wechat`) and the H5 bind page, both thin: WeChat's protocol here, rules in service.
 
-Callback order: check the signature → decrypt (safe mode) → parse → de-duplicate → route → reply.
+Callback order: check the signature → decrypt (safe mode) → parse → route → reply. Every answer only reads
+(one read-only unit of work, which refuses writes), so the callback never takes or waits for SQLite's write
+lock, and a redelivery (WeChat retries a MsgId up to 3 times when an answer takes over 5 s) is simply answered
+again: the same answer, with nothing done twice. A command with effects would need its MsgId claimed, with its
+answer kept, in the transaction of the effect.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from eacct import errors
 from eacct.config import Settings
 from eacct.schemas import Nickname
-from eacct.web import HASHING, SESSIONS, SETTINGS, status_for, transaction
+from eacct.web import HASHING, SESSIONS, SETTINGS, read_transaction, status_for
 from eacct.wechat import service
 
 routes = web.RouteTableDef()
@@ -69,12 +73,6 @@ def _incoming(message) -> service.Incoming | None:
     return service.Incoming(message.source, "other")
 
 
-def _delivery_key(message) -> str:
-    if message.type == "event" or not message.id:
-        return f"{message.source}:{int(message.create_time.timestamp())}"
-    return f"msg:{message.id}"
-
-
 @routes.post("/wechat")
 async def callback(request: web.Request) -> web.Response:
     """Messages and events from followers, in plain or safe (encrypted) mode."""
@@ -103,10 +101,11 @@ async def callback(request: web.Request) -> web.Response:
         message = parse_message(body)
     except Exception as exc:
         raise errors.BadRequest("无法解析的消息") from exc
-    async with transaction(request) as session:
-        if not await service.first_delivery(session, _delivery_key(message)):
-            return web.Response(text="success")
-        text = await service.answer(session, settings, _incoming(message))
+    incoming = _incoming(message)
+    text = None
+    if service.answers(incoming):
+        async with read_transaction(request) as session:
+            text = await service.answer(session, settings, incoming)
     if text is None:
         return web.Response(text="success")
     reply = create_reply(cdata_safe(text), message=message, render=True)

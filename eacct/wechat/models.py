@@ -13,7 +13,8 @@ __all__ = ["ServerSecret", "WechatDelivery", "WechatPageSession", "WechatToken"]
 
 
 class WechatDelivery(Base):
-    """One message or event WeChat delivered (MsgId, or FromUserName+CreateTime for events)."""
+    """One message or event WeChat delivered (MsgId, or FromUserName+CreateTime for events). No longer written:
+    the bot's answers only read, so redeliveries are answered again; kept until a migration drops the table."""
 
     __tablename__ = "wechat_deliveries"
 

@@ -2,7 +2,8 @@
 
 Answers are plain text built from the same services the REST API uses (friends, shares, netdisk), so the
 phone and the desktop program always agree. Followers who are not bound are told how to bind and nothing
-else (rule 3).
+else (rule 3). Answers only read: the callback runs them in a read-only unit of work, so a follower's message
+never queues for SQLite's write lock, and WeChat's redeliveries of a slow answer get the same answer again.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors, throttle
@@ -28,14 +27,12 @@ from eacct.members.service import claim_login_attempt, verified_member
 from eacct.secrets import PasswordHashing
 from eacct.netdisk import service as netdisk
 from eacct.share import service as share
-from eacct.wechat.models import WechatDelivery
 
 __all__ = [
-    "BIND_LINK_SECONDS", "Incoming", "answer", "bind", "bind_link_token", "first_delivery", "openid_of_bind_token",
+    "BIND_LINK_SECONDS", "Incoming", "answer", "answers", "bind", "bind_link_token", "openid_of_bind_token",
 ]
 
 BIND_LINK_SECONDS = 30 * 60
-DELIVERY_MEMORY = timedelta(hours=1)
 
 
 # ------------------------------------------------------------------------------------------ binding
@@ -105,17 +102,6 @@ async def bound_member(session: AsyncSession, openid: str) -> Member | None:
     return await session.scalar(
         select(Member).join(WechatBinding, WechatBinding.member_id == Member.id).where(WechatBinding.openid == openid)
     )
-
-
-async def first_delivery(session: AsyncSession, key: str) -> bool:
-    """Remember a delivery; False when WeChat already delivered it (a retry of a slow answer)."""
-    await session.execute(delete(WechatDelivery).where(WechatDelivery.received_at < utcnow() - DELIVERY_MEMORY))
-    try:
-        async with session.begin_nested():
-            session.add(WechatDelivery(key=key[:128], received_at=utcnow()))
-    except IntegrityError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------ answers
@@ -229,14 +215,20 @@ _TABLE: list[tuple[tuple[str, ...], Command]] = [
 COMMANDS: dict[str, Command] = {word: command for words, command in _TABLE for word in words}
 
 
+def answers(incoming: Incoming) -> bool:
+    """Whether the bot says anything to this (texts, menu clicks and a new follower do; other events not)."""
+    return incoming.kind in ("text", "click", "subscribe")
+
+
 async def answer(session: AsyncSession, settings: Settings, incoming: Incoming) -> str | None:
     """The bot's text reply to a follower, or None when nothing should be said. A bound follower also gets
-    the link to the page where the same thing can be done (unbound ones only learn how to bind, rule 3)."""
+    the link to the page where the same thing can be done (unbound ones only learn how to bind, rule 3).
+    It only reads (handlers included): the same message always gets the same answer."""
+    if not answers(incoming):
+        return None
     member = await bound_member(session, incoming.openid)
     if incoming.kind == "subscribe":
         return await _help(session, settings, incoming.openid, member)
-    if incoming.kind not in ("text", "click"):
-        return None
     command = COMMANDS.get(incoming.content.strip(), COMMANDS["HELP"])
     text = await command.handler(session, settings, incoming.openid, member)
     if member is not None and command.page and settings.public_url:
