@@ -24,6 +24,7 @@ from eacct.app import create_app
 from eacct.config import Settings
 from eacct.db import unit_of_work
 from eacct.providers import provide
+from eacct.secrets import hash_secret
 from eacct.startup import SettingError, bind_listeners, open_storage
 
 __all__ = ["main"]
@@ -179,8 +180,9 @@ def cmd_member_create(settings: Settings, args: argparse.Namespace) -> int:
         return 2
 
     async def work(sessions):
+        password_hash = await hash_secret(settings, body.password)  # before the transaction, not inside it
         async with unit_of_work(sessions) as session:
-            member = await service.create_member(session, settings, body.account, body.password, body.nickname)
+            member = await service.create_member(session, body.account, password_hash, body.nickname)
             return MemberOut.model_validate(member).model_dump(mode="json")
 
     print(json.dumps(asyncio.run(_with_database(settings, work)), ensure_ascii=False))

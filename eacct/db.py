@@ -10,6 +10,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue", "after_commit",
-    "create_engine", "dialect_insert", "engine_for", "make_session_factory", "unit_of_work", "utcnow",
+    "create_engine", "dialect_insert", "engine_for", "in_writing_unit", "make_session_factory", "unit_of_work",
+    "utcnow",
 ]
 
 log = logging.getLogger("eacct.db")
@@ -119,6 +121,18 @@ class NestedWriteError(RuntimeError):
     """A task opened a writing unit of work inside another of its own: on SQLite that waits for itself."""
 
 
+# The task inside a writing unit of work. A context variable is inherited by tasks started inside the unit,
+# so `in_writing_unit` also compares the task: only the one that opened the unit is in it.
+_WRITING: ContextVar[asyncio.Task | None] = ContextVar("eacct_writing_task", default=None)
+
+
+def in_writing_unit() -> bool:
+    """Whether the running task is inside a writing unit of work (where nothing slow may be awaited: argon2,
+    a transfer; on SQLite the unit holds the process's write turn)."""
+    task = _WRITING.get()
+    return task is not None and task is asyncio.current_task()
+
+
 class WriteQueue:
     """SQLite's writers of one process, served one at a time in arrival order (a FIFO asyncio lock per event
     loop), so they never busy-sleep against each other.
@@ -206,20 +220,28 @@ async def unit_of_work(factory: SessionFactory, *, read_only: bool = False
     transaction that starts writing late can fail with "database is locked", so it must not happen).
     A writing unit on SQLite first waits for its turn in the factory's `WriteQueue` (from before BEGIN
     IMMEDIATE until the commit or rollback has ended): keep it short, and never open a second writing unit
-    inside one in the same task (NestedWriteError)."""
+    inside one in the same task (NestedWriteError, on PostgreSQL too, so tests on either database find it)."""
     if read_only:
         async with factory(execution_options={READ_ONLY: True}, info={READ_ONLY: True}) as session:
             async with session.begin():
                 yield session
-    elif factory.write_queue is None:
-        async with factory() as session:
-            async with session.begin():
-                yield session
-    else:
-        async with factory.write_queue.turn():
+        return
+    if in_writing_unit():
+        raise NestedWriteError("a writing unit of work was opened inside another one of the same task; "
+                               "finish the first before opening the second")
+    marker = _WRITING.set(asyncio.current_task())
+    try:
+        if factory.write_queue is None:
             async with factory() as session:
                 async with session.begin():
                     yield session
+        else:
+            async with factory.write_queue.turn():
+                async with factory() as session:
+                    async with session.begin():
+                        yield session
+    finally:
+        _WRITING.reset(marker)
 
 
 @event.listens_for(Session, "before_flush")

@@ -17,6 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from eacct import errors
 from eacct.config import Settings
+from eacct.db import in_writing_unit
 
 __all__ = ["PasswordHashing", "hash_secret", "hash_token", "new_token", "normalise_answer", "verify_secret"]
 
@@ -90,6 +91,10 @@ def _for(settings: Settings) -> PasswordHasher:
 
 
 async def _off_loop(hashing: PasswordHashing | None, work: Callable[[], T]) -> T:
+    if in_writing_unit():
+        # It would hold the write lock (SQLite: the process's write turn) for the whole hash, and deadlock when
+        # it waits for a hashing slot that a login holds while waiting for its own turn to write.
+        raise RuntimeError("argon2 inside a writing unit of work: hash before the transaction begins")
     # Without a PasswordHashing (command-line tools: one hash at a time) there is nothing to bound.
     return await (hashing.run(work) if hashing is not None else asyncio.to_thread(work))
 

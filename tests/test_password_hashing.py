@@ -8,8 +8,11 @@ import asyncio
 import os
 import time
 
+import pytest
+
 from eacct.app import create_app
-from eacct.secrets import PasswordHashing
+from eacct.db import unit_of_work
+from eacct.secrets import PasswordHashing, hash_secret, verify_secret
 from tests.conftest import Desktop
 
 FLOOD = 60
@@ -83,3 +86,15 @@ async def test_item_13_hashing_is_bounded_to_its_slots_and_sheds_the_rest():
     assert peak <= 2
     assert len(shed) == 10 - 5 and all(type(r).__name__ == "Busy" and r.extra["retry_after"] >= 1 for r in shed)
     assert PasswordHashing().slots == max(1, os.cpu_count() - 1)  # one core stays with the event loop
+
+
+async def test_argon2_inside_a_writing_unit_of_work_is_refused(sessions, settings):
+    """Hashing inside a writing unit would hold the write lock for the whole hash, and on SQLite deadlock with a
+    login that holds the hashing slot while it waits for its turn to write: it fails at once instead."""
+    hashing = PasswordHashing(slots=1)
+    for bounded in (hashing, None):
+        with pytest.raises(RuntimeError, match="argon2 inside a writing unit of work"):
+            async with unit_of_work(sessions):
+                await hash_secret(settings, "secret", bounded)
+    async with unit_of_work(sessions, read_only=True):  # reads hold no write lock: hashing there is allowed
+        assert await verify_secret(settings, await hash_secret(settings, "secret", hashing), "secret", hashing)

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from eacct.db import utcnow
 from eacct.members import service as members
 from eacct.members.service import ADDRESS_FREE_FAILURES, LOGIN_ACCOUNT_MAX_LOCK_SECONDS, LOGIN_FREE_FAILURES
+from eacct.secrets import hash_secret
 from eacct.throttle import AttemptCounter
 from eacct.wechat import service as wechat
 from tests.conftest import Desktop
@@ -106,8 +107,9 @@ async def test_item_11_a_success_takes_its_attempt_back(desktop):
 
 
 async def test_item_11_parallel_wrong_wechat_binds_evaluate_at_most_five(sessions, settings, argon2_verifications):
+    password_hash = await hash_secret(settings, "secret-1")
     async with sessions() as session, session.begin():
-        await members.create_member(session, settings, "race05", "secret-1", "小王")
+        await members.create_member(session, "race05", password_hash, "小王")
     argon2_verifications.clear()
     answers = await asyncio.gather(
         *[wechat.bind(sessions, settings, "openid-attacker", "race05", f"wrong-{n}", "坏人") for n in range(PARALLEL)],

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 from sqlalchemy import event, text
 
-from eacct.db import NestedWriteError, create_engine, make_session_factory, unit_of_work
+from eacct.db import NestedWriteError, create_engine, in_writing_unit, make_session_factory, unit_of_work
 
 QUICK = 3.0  # seconds; anything waiting wrongly here waits for ever (or for the 60 s busy timeout)
 
@@ -217,3 +217,28 @@ def test_postgresql_writers_do_not_queue_in_process():
     """PostgreSQL writers wait for the rows they lock, not for one database-wide lock: no queue there."""
     engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1/none")  # never connects
     assert make_session_factory(engine).write_queue is None
+
+
+async def test_a_writing_unit_nested_in_the_same_task_raises_on_the_suites_database_too(database_url, db_schema):
+    """PostgreSQL has no write queue, but a nested writing unit is refused there as well, so a nesting that only
+    PostgreSQL runs reach is found by its test run before it deadlocks a SQLite server."""
+    suite_engine = create_engine(database_url, schema=db_schema)
+    try:
+        suite = make_session_factory(suite_engine)
+        with pytest.raises(NestedWriteError):
+            async with unit_of_work(suite):
+                async with unit_of_work(suite):
+                    pass
+    finally:
+        await suite_engine.dispose()
+
+
+async def test_a_task_started_inside_a_writing_unit_is_not_inside_it(sessions):
+    """Work a unit starts in the background (after-commit notices, pack uploads) writes in units of its own."""
+    async with unit_of_work(sessions) as session:
+        await log(session, "outer")
+        background = asyncio.create_task(writer(sessions, "background"))
+        assert in_writing_unit()
+    await asyncio.wait_for(background, QUICK)
+    assert not in_writing_unit()
+    assert await logged(sessions) == ["outer", "background"]

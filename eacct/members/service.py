@@ -17,7 +17,7 @@ from eacct.members.models import AccessToken, Member, Profile, TokenKind, Wechat
 from eacct.secrets import PasswordHashing, hash_secret, hash_token, new_token, verify_secret
 
 __all__ = [
-    "Caller", "authenticate", "check_credentials", "claim_login_attempt", "create_member", "get_member", "issue_token",
+    "Caller", "authenticate", "claim_login_attempt", "create_member", "get_member", "issue_token",
     "log_in", "profile", "register", "rename", "revoke_token", "session_of", "slide_expiry", "verified_member",
 ]
 
@@ -55,14 +55,13 @@ async def _dummy_hash(settings: Settings, hashing: PasswordHashing | None = None
     return _dummy_hashes[key]
 
 
-async def create_member(session: AsyncSession, settings: Settings, account: str, password: str, nickname: str,
-                        *, password_hash: str | None = None) -> Member:
-    """Register a member; the account must be free (409 account_taken). `password_hash`: already hashed."""
+async def create_member(session: AsyncSession, account: str, password_hash: str, nickname: str) -> Member:
+    """Register a member; the account must be free (409 account_taken). The password comes hashed
+    (`hash_secret`, before the transaction: argon2 must not run inside a writing unit of work)."""
     existing = await session.scalar(select(Member.id).where(Member.account == account))
     if existing is not None:
         raise errors.AccountTaken()
-    member = Member(account=account, password_hash=password_hash or await hash_secret(settings, password),
-                    nickname=nickname)
+    member = Member(account=account, password_hash=password_hash, nickname=nickname)
     session.add(member)
     try:
         async with session.begin_nested():
@@ -91,7 +90,7 @@ async def register(sessions: async_sessionmaker[AsyncSession], settings: Setting
     password_hash = await hash_secret(settings, password, hashing)
     try:
         async with unit_of_work(sessions) as session:
-            return await create_member(session, settings, account, password, nickname, password_hash=password_hash)
+            return await create_member(session, account, password_hash, nickname)
     except errors.Conflict:
         # Registered by someone else meanwhile: this answer reveals the account too.
         await throttle.record_failure(sessions, key, _address_policy(settings), ADDRESS_WINDOW_SECONDS)
@@ -116,13 +115,6 @@ async def issue_token(session: AsyncSession, member_id: int, kind: str, ttl_seco
                             session_token_hash=session_token_hash))
     await session.flush()
     return token, expires_at
-
-
-async def check_credentials(session: AsyncSession, settings: Settings, account: str, password: str,
-                            hashing: PasswordHashing | None = None) -> Member | None:
-    """The member with this account and password, or None; a wrong account costs as long as a wrong password."""
-    member = await session.scalar(select(Member).where(Member.account == account))
-    return await verified_member(settings, hashing, member, password)
 
 
 async def verified_member(settings: Settings, hashing: PasswordHashing | None, member: Member | None,

@@ -243,10 +243,9 @@ async def open_netdisk(request: web.Request) -> web.Response:
     caller = await require_member(request)
     body = await read_body(request, OpenNetdisk)
     settings = request.app[SETTINGS]
-    async with transaction(request) as session:
-        await service.open_netdisk(session, settings, caller.member_id, body.password,
-                                   [(q.question, q.answer) for q in body.questions], request.app[HASHING])
-        return answer(NetdiskOut, await service.netdisk_status(session, settings, caller.member_id), status=201)
+    status = await service.open_netdisk(request.app[SESSIONS], settings, caller.member_id, body.password,
+                                        [(q.question, q.answer) for q in body.questions], request.app[HASHING])
+    return answer(NetdiskOut, status, status=201)
 
 
 @routes.get("/api/v1/netdisk/questions")

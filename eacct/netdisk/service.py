@@ -87,24 +87,28 @@ async def is_opened(session: AsyncSession, member_id: int) -> bool:
     return await session.get(Netdisk, member_id) is not None
 
 
-async def open_netdisk(session: AsyncSession, settings: Settings, member_id: int, password: str,
-                       questions: list[tuple[str, str]], hashing: PasswordHashing | None = None) -> None:
-    """First use: set the netdisk password and 1–3 security questions (answers trimmed, case-folded, hashed)."""
+async def open_netdisk(sessions: async_sessionmaker[AsyncSession], settings: Settings, member_id: int, password: str,
+                       questions: list[tuple[str, str]], hashing: PasswordHashing | None = None) -> NetdiskStatus:
+    """First use: set the netdisk password and 1–3 security questions (answers trimmed, case-folded, hashed);
+    the new netdisk's status."""
     if len({q.strip() for q, _ in questions}) != len(questions):
         raise errors.Invalid("密保问题不能重复")
     if any(not normalise_answer(a) for _, a in questions):
         raise errors.Invalid("密保答案不能为空")
-    # Hashed before the first statement: `session` takes its connection lazily, so none is held meanwhile.
+    # Hashed before the transaction: argon2 waits for a hashing slot, which a login holds while it waits for
+    # its turn to write, so hashing inside a writing unit would deadlock (and hold the write lock meanwhile).
     password_hash = await hash_secret(settings, password, hashing)
     answer_hashes = [await hash_secret(settings, normalise_answer(answer), hashing) for _, answer in questions]
-    if await session.get(Netdisk, member_id) is not None:
-        raise errors.NetdiskAlreadyOpened()
-    session.add(Netdisk(member_id=member_id, password_hash=password_hash, quota_bytes=settings.netdisk_quota_bytes))
-    await session.flush()
-    for position, ((question, _), answer_hash) in enumerate(zip(questions, answer_hashes)):
-        session.add(SecurityQuestion(member_id=member_id, position=position, question=question.strip(),
-                                     answer_hash=answer_hash))
-    await session.flush()
+    async with unit_of_work(sessions) as session:
+        if await session.get(Netdisk, member_id) is not None:
+            raise errors.NetdiskAlreadyOpened()
+        session.add(Netdisk(member_id=member_id, password_hash=password_hash, quota_bytes=settings.netdisk_quota_bytes))
+        await session.flush()
+        for position, ((question, _), answer_hash) in enumerate(zip(questions, answer_hashes)):
+            session.add(SecurityQuestion(member_id=member_id, position=position, question=question.strip(),
+                                         answer_hash=answer_hash))
+        await session.flush()
+        return await netdisk_status(session, settings, member_id)
 
 
 async def questions(session: AsyncSession, member_id: int) -> list[str]:

@@ -10,9 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from eacct.db import unit_of_work
-from eacct.members.service import create_member
-from eacct.netdisk import service, store, versions
+from eacct.netdisk import store, versions
 from eacct.netdisk.hooks import NetdiskHooks
 from eacct.netdisk.models import Chunk, Pack, Version
 from eacct.netdisk.store import index, upload as upload_module
@@ -21,14 +19,6 @@ from eacct.netdisk.store import index, upload as upload_module
 async def body_of(content: bytes, block: int = 256 * 1024):
     for start in range(0, len(content), block):
         yield content[start : start + block]
-
-
-@pytest.fixture
-async def owner(sessions, settings) -> int:
-    async with unit_of_work(sessions) as session:
-        member = await create_member(session, settings, "owner01", "secret-1", "小王")
-        await service.open_netdisk(session, settings, member.id, "disk-pass", [("q", "a")])
-        return member.id
 
 
 async def put(sessions, blobs, settings, owner, content, ledger_id=None):
