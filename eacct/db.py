@@ -160,12 +160,9 @@ class WriteQueue:
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
-        """Wait for this task's turn to write and hold it for the block; NestedWriteError when the task
-        already holds it (it would wait for itself for ever)."""
-        lock, task = self._lock(), asyncio.current_task()
-        if lock.holder is task:
-            raise NestedWriteError("a writing unit of work was opened inside another one of the same task; "
-                                   "finish the first before opening the second")
+        """Wait for this task's turn to write and hold it for the block (`unit_of_work` takes it, and refuses
+        to nest: a task asking twice would wait for itself for ever)."""
+        lock = self._lock()
         # asyncio.Lock is FIFO and does not let a newcomer barge past waiters; a waiter cancelled (even just
         # after being woken) leaves the queue and passes the turn on.
         lock.waiting += 1
@@ -173,11 +170,9 @@ class WriteQueue:
             await lock.lock.acquire()
         finally:
             lock.waiting -= 1
-        lock.holder = task
         try:
             yield
         finally:
-            lock.holder = None
             lock.lock.release()
 
     def waiting(self) -> int:
@@ -186,11 +181,10 @@ class WriteQueue:
 
 
 class _LoopLock:
-    __slots__ = ("lock", "holder", "waiting")
+    __slots__ = ("lock", "waiting")
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
-        self.holder: asyncio.Task | None = None
         self.waiting = 0
 
 
