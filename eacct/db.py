@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
+from eacct.sqlite_driver import one_trip_dbapi
+
 __all__ = [
     "READ_ONLY", "Base", "UtcDateTime", "after_commit", "create_engine", "dialect_insert", "engine_for",
     "make_session_factory", "unit_of_work", "utcnow",
@@ -80,7 +82,7 @@ def create_engine(database_url: str, *, schema: str | None = None) -> AsyncEngin
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 60})
+        engine = create_async_engine(url, connect_args={"timeout": 60}, module=one_trip_dbapi())
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:
