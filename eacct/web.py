@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 from aiohttp import web, web_protocol
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -159,10 +159,11 @@ def _error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
-    if isinstance(exc, PoolTimeout):
-        # Every database connection of this process stayed busy for the pool's whole wait: shed the request
-        # like any overload (503 busy, try again shortly) rather than call it a failure of the server.
-        log.warning("database pool exhausted in %s %s: %s", request.method, request.path, exc)
+    if isinstance(exc, PoolTimeout) or isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        # Every database connection of this process stayed busy for the pool's whole wait, or the one this
+        # request had died under it (the pool now replaces it): nothing was done, so the client is told to
+        # try again shortly (503 busy), as for any overload, rather than that the server failed.
+        log.warning("database pool exhausted or connection lost in %s %s: %s", request.method, request.path, exc)
         error = errors.Busy(retry_after=POOL_BUSY_RETRY_AFTER_SECONDS)
         return error_response(status_for(error), error.code, error.message, **error.extra)
     if is_disconnect(request, exc):

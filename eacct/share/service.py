@@ -311,34 +311,46 @@ async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
 # ----------------------------------------------------------------------------------- message center
 
 
-# The message center is read often; its conditions are over the tables, so listing it stays a Core statement.
+# The message center is read often: its statements are over the tables and built once per filter (Core, no
+# ORM objects), the member a bound parameter.
 _MESSAGES, _READS = Message.__table__, MessageRead.__table__
 
 
-def _visible_to(member_id: int):
+def _visible_to(member_id):
     return or_(_MESSAGES.c.member_id == member_id, and_(_MESSAGES.c.member_id.is_(None), _MESSAGES.c.kind == SYSTEM))
 
 
-def _read_by(member_id: int):
+def _read_by(member_id):
     return exists().where(_READS.c.message_id == _MESSAGES.c.id, _READS.c.member_id == member_id)
+
+
+def _inbox_statement(status: str, by_kind: bool):
+    """The listing for a read/unread filter ('' for both) and, with `by_kind`, a kinds parameter."""
+    member, columns = bindparam("member_id"), _MESSAGES.c
+    query = (select(columns.id, columns.kind, columns.title, columns.body, columns.created_at,
+                    _read_by(member).label("read"))
+             .where(_visible_to(member)))
+    if by_kind:
+        query = query.where(columns.kind.in_(bindparam("kinds", expanding=True)))
+    if status == "read":
+        query = query.where(_read_by(member))
+    elif status == "unread":
+        query = query.where(~_read_by(member))
+    return query.order_by(columns.created_at.desc(), columns.id.desc())
+
+
+_INBOX = {(status, by_kind): _inbox_statement(status, by_kind) for status in ("", "read", "unread")
+          for by_kind in (False, True)}
+_UNREAD_COUNT = (select(func.count()).select_from(_MESSAGES)
+                 .where(_visible_to(bindparam("member_id")), ~_read_by(bindparam("member_id"))))
 
 
 async def list_messages(session: AsyncSession, member_id: int, statuses: set[str], kinds: set[str]) -> Inbox:
     """消息中心: newest first, filtered by read/unread and system/personal; with the unread count."""
-    columns = _MESSAGES.c
-    query = (select(columns.id, columns.kind, columns.title, columns.body, columns.created_at,
-                    _read_by(member_id).label("read"))
-             .where(_visible_to(member_id)))
-    if kinds:
-        query = query.where(columns.kind.in_(kinds))
-    if statuses == {"read"}:
-        query = query.where(_read_by(member_id))
-    elif statuses == {"unread"}:
-        query = query.where(~_read_by(member_id))
-    rows = (await session.execute(query.order_by(columns.created_at.desc(), columns.id.desc()))).all()
-    unread = await session.scalar(
-        select(func.count()).select_from(_MESSAGES).where(_visible_to(member_id), ~_read_by(member_id))
-    )
+    status = next(iter(statuses)) if len(statuses) == 1 else ""
+    parameters = {"member_id": member_id, "kinds": sorted(kinds)} if kinds else {"member_id": member_id}
+    rows = (await session.execute(_INBOX[status, bool(kinds)], parameters)).all()
+    unread = await session.scalar(_UNREAD_COUNT, {"member_id": member_id})
     messages = [MessageInfo(id, kind, title, body, created_at, bool(read)) for id, kind, title, body, created_at, read in rows]
     return Inbox(unread_count=unread, messages=messages)
 
