@@ -207,6 +207,42 @@ async def share_with_next(http, api: str, member: Member, friend: Member) -> Non
 # --------------------------------------------------------------------------------------------- load
 
 
+class CpuMeter:
+    """CPU time used from now on by a process tree (the server, its workers and threads) and by this process,
+    in cores: whether a latency comes from a saturated machine or from waiting."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.started = time.monotonic()
+        self.server_start = self._tree_seconds()
+        self.own_start = self._own_seconds()
+
+    def _tree_seconds(self) -> float:
+        import psutil
+
+        total = 0.0
+        for process in [self.root, *self.root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
+    @staticmethod
+    def _own_seconds() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    def cores(self) -> float:
+        return (self._tree_seconds() - self.server_start) / (time.monotonic() - self.started)
+
+    def own_cores(self) -> float:
+        return (self._own_seconds() - self.own_start) / (time.monotonic() - self.started)
+
+
 def request_for(kind: str, member: Member, api: str, base: str, wechat: WechatServer, rng: random.Random):
     """(method, url, kwargs, expected statuses) of one request of `kind` by `member`."""
     netdisk = {"Authorization": f"Bearer {member.netdisk_token}"}
@@ -359,7 +395,10 @@ async def scenario(db: str, workers: int, mode: str, args: argparse.Namespace, w
                 for i, member in enumerate(members):
                     await share_with_next(http, api, member, members[(i + 1) % len(members)])
                 print(f"  set-up: {time.monotonic() - started:.1f} s")
+                busy = CpuMeter(server.proc.pid)
                 results = await open_loop(http, members, api, server.base, wechat, args.rate, args.duration)
+                print(f"  CPU during the load: server {busy.cores():.2f} cores (all its processes), this load generator "
+                      f"{busy.own_cores():.2f}, of {os.cpu_count()}")
             print_results(results, args.rate)
             if wrk:
                 print(f"  wrk -t2 -c10 -d{args.wrk_seconds}s:")

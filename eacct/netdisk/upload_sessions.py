@@ -218,6 +218,6 @@ async def commit(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, s
 
     rules = UploadRules(settings, incoming, admit_and_close)
     version = await commit_session(sessions, blobs, settings, incoming, row.lease_id, manifest, held, pending, rules)
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         uploader = await session.get(Member, incoming.uploader_id)
     return VersionInfo.of(version, uploader)

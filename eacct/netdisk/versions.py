@@ -189,7 +189,7 @@ async def upload(
     admit = admission(incoming, authorize, after_commit)
     rules = UploadRules(settings, incoming, admit)
     version = await store.receive_version(sessions, blobs, settings, incoming, body, rules, free_bytes=free)
-    async with sessions() as session:
+    async with unit_of_work(sessions, read_only=True) as session:
         uploader = await session.get(Member, uploader_id)
     return VersionInfo.of(version, uploader)
 
@@ -202,7 +202,8 @@ async def admit_claim(sessions: async_sessionmaker[AsyncSession], settings: Sett
     if claim.ledger_name is not None:
         claim = replace(claim, ledger_name=clean_ledger_name(claim.ledger_name))
     incoming = replace(claim, owner_id=owner_id, uploader_id=uploader_id, via=via)
-    async with unit_of_work(sessions) as session:
+    # Reads only (the commit checks all of it again under the owner's lock): no write lock on SQLite.
+    async with unit_of_work(sessions, read_only=True) as session:
         ledger = await authorize(session)
         if ledger is None and not claim.ledger_name:
             raise errors.Invalid("首次上传新账套时需要提供账套名称（X-Ledger-Name）")
