@@ -1,7 +1,9 @@
 """The baseline of bench/load.py: a bare aiohttp handler answering `GET /api/v1/backups` with the same JSON
 from the same database, by hand-written SQL (no middleware, no ORM, no unit of work).
 
-`python -m bench.bare --database-url URL [--schema S] --port P` serves it on 127.0.0.1 until stopped.
+`python -m bench.bare --database-url URL [--schema S] --port P [--loop asyncio|uvloop]` serves it on 127.0.0.1
+until stopped. `--loop uvloop` runs it on the event loop `eacct serve` uses, so the comparison isolates what
+eacct adds; asyncio's loop (the default) is the bare handler as aiohttp gives it.
 """
 
 from __future__ import annotations
@@ -74,9 +76,15 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--schema", default="")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
+    loop = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
     web.run_app(make_app(args.database_url, args.schema), host="127.0.0.1", port=args.port, access_log=None,
-                print=lambda text: print(text, flush=True))
+                print=lambda text: print(text, flush=True), loop=loop)
 
 
 if __name__ == "__main__":

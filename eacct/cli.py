@@ -13,7 +13,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -47,7 +47,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     workers = args.workers or settings.workers
     if workers > 1:
         return serve_workers(settings, workers)
-    return asyncio.run(_serve(settings))
+    return run_serving(_serve(settings))
+
+
+def run_serving(main: Coroutine[object, object, int]) -> int:
+    """Run a serving coroutine on uvloop's event loop where it is installed (libuv: cheaper wake-ups from the
+    database and worker threads, a faster socket path), else on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # not on Windows; serving still works, more slowly
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def _serve(settings: Settings, *, reuse_port: bool = False, migrate: bool = True,
@@ -148,7 +159,7 @@ def _serve_worker(settings: Settings, index: int, workers: int) -> None:
     _tune_malloc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = f"eacct worker {index + 1}/{workers} (pid {os.getpid()})"
-    sys.exit(asyncio.run(_serve(settings, reuse_port=True, migrate=False, collect_garbage=index == 0, name=name)))
+    sys.exit(run_serving(_serve(settings, reuse_port=True, migrate=False, collect_garbage=index == 0, name=name)))
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:

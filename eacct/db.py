@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,22 +16,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
+from eacct.sqlite_driver import one_trip_dbapi
+
 __all__ = [
-    "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue", "after_commit",
-    "create_engine", "dialect_insert", "engine_for", "in_writing_unit", "make_session_factory", "unit_of_work",
-    "utcnow",
+    "PING_IDLE_SECONDS", "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue",
+    "after_commit", "create_engine", "dialect_insert", "engine_for", "in_writing_unit", "make_session_factory",
+    "ping_idle_connections", "unit_of_work", "utcnow",
 ]
 
 log = logging.getLogger("eacct.db")
 
 # Execution option and session.info flag of a read-only unit of work (see `unit_of_work`).
 READ_ONLY = "eacct_read_only"
+# PostgreSQL connections idle this long are pinged before use (see `ping_idle_connections`).
+PING_IDLE_SECONDS = 5.0
+_IDLE_SINCE = "eacct_idle_since"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -73,7 +80,8 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value
 
 
-def create_engine(database_url: str, *, schema: str | None = None) -> AsyncEngine:
+def create_engine(database_url: str, *, schema: str | None = None,
+                  ping_idle_seconds: float = PING_IDLE_SECONDS) -> AsyncEngine:
     """An async engine; SQLite gets WAL, a busy timeout and write-locking transactions for writers.
 
     With SQLite every transaction that may write starts with BEGIN IMMEDIATE, so two writers queue instead of
@@ -83,12 +91,13 @@ def create_engine(database_url: str, *, schema: str | None = None) -> AsyncEngin
     Read-only units of work (`unit_of_work(..., read_only=True)`) start with a deferred BEGIN instead: under WAL
     they read a snapshot without taking, or waiting for, the write lock.
     `schema` (PostgreSQL only) puts every table in that schema, which lets test runs not see each other.
+    PostgreSQL connections idle `ping_idle_seconds` or more are checked before use (`ping_idle_connections`).
     """
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 60})
+        engine = create_async_engine(url, connect_args={"timeout": 60}, module=one_trip_dbapi())
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:
@@ -109,7 +118,38 @@ def create_engine(database_url: str, *, schema: str | None = None) -> AsyncEngin
     connect_args = {}
     if schema:
         connect_args["server_settings"] = {"search_path": schema}
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args)
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, connect_args=connect_args)
+    ping_idle_connections(engine, ping_idle_seconds)
+    return engine
+
+
+def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+    """SQLAlchemy's pool_pre_ping, for connections that sat in the pool `idle_seconds` or more only.
+
+    pool_pre_ping costs three round trips on asyncpg (BEGIN, ping, ROLLBACK) on every checkout, more than a
+    list request's own queries. A connection used moments ago is alive; one that sat idle (across a database
+    restart, a proxy's idle cut) is pinged, and a dead one is replaced before anyone uses it. A connection
+    that died in the last few seconds fails its request with 503 busy, and the pool then replaces every
+    connection older than the failure."""
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkin")
+    def _checked_in(dbapi_connection, record) -> None:
+        if dbapi_connection is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return  # new, or in steady use
+        dialect = sync_engine.dialect
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise DisconnectionError("idle connection found dead; the pool reconnects") from exc
+            raise
 
 
 def engine_for(settings) -> AsyncEngine:
@@ -210,14 +250,19 @@ async def unit_of_work(factory: SessionFactory, *, read_only: bool = False
     with `after_commit` runs once the commit has succeeded, and is dropped on rollback.
 
     `read_only=True` is for units that only read: on SQLite they do not take the write lock, so they neither
-    wait for writers nor make writers wait; any attempt to write in one raises RuntimeError (a deferred SQLite
-    transaction that starts writing late can fail with "database is locked", so it must not happen).
+    wait for writers nor make writers wait (a deferred BEGIN: one snapshot for the unit); on PostgreSQL they run
+    without BEGIN/COMMIT. Any attempt to write in one raises RuntimeError (a deferred SQLite transaction that
+    starts writing late can fail with "database is locked", so it must not happen).
     A writing unit on SQLite first waits for its turn in the factory's `WriteQueue` (from before BEGIN
     IMMEDIATE until the commit or rollback has ended): keep it short, and never open a second writing unit
     inside one in the same task (NestedWriteError, on PostgreSQL too, so tests on either database find it)."""
     if read_only:
         async with factory(execution_options={READ_ONLY: True}, info={READ_ONLY: True}) as session:
             async with session.begin():
+                if session.bind.dialect.name == "postgresql":
+                    # Under READ COMMITTED each statement reads its own snapshot, inside BEGIN … COMMIT or not:
+                    # without them a read costs two round trips less and sees exactly the same.
+                    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 yield session
         return
     if in_writing_unit():

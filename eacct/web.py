@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 from aiohttp import web, web_protocol
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -40,6 +41,8 @@ BLOBS = web.AppKey("blobs", BlobStore)
 NETDISK_HOOKS = web.AppKey("netdisk_hooks", NetdiskHooks)
 NOTIFIER = web.AppKey("notifier", object)
 HASHING = web.AppKey("hashing", PasswordHashing)
+# When no database connection could be had in time, the client is told to come back after this long.
+POOL_BUSY_RETRY_AFTER_SECONDS = 1
 
 STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
     errors.Unauthenticated: 401,
@@ -73,8 +76,10 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def answer(schema: type[BaseModel], data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """Serialize what a service returned with the answer schema the OpenAPI document is built from."""
-    return json_response(schema.model_validate(data).model_dump(mode="json"), status, headers)
+    """Serialize what a service returned with the answer schema the OpenAPI document is built from (pydantic
+    writes the UTF-8 JSON itself, Chinese kept readable)."""
+    return web.Response(body=schema.model_validate(data).model_dump_json().encode(), status=status, headers=headers,
+                        content_type="application/json", charset="utf-8")
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -154,6 +159,13 @@ def _error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
+    if isinstance(exc, PoolTimeout) or isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        # Every database connection of this process stayed busy for the pool's whole wait, or the one this
+        # request had died under it (the pool now replaces it): nothing was done, so the client is told to
+        # try again shortly (503 busy), as for any overload, rather than that the server failed.
+        log.warning("database pool exhausted or connection lost in %s %s: %s", request.method, request.path, exc)
+        error = errors.Busy(retry_after=POOL_BUSY_RETRY_AFTER_SECONDS)
+        return error_response(status_for(error), error.code, error.message, **error.extra)
     if is_disconnect(request, exc):
         # The client went away mid-transfer; there is nobody to answer.
         log.info("connection lost: %s %s: %s", request.method, request.path, exc)

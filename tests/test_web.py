@@ -10,6 +10,7 @@ import os
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from sqlalchemy import exc as sa_exc
 
 from eacct.netdisk.store import upload as upload_pipeline
 from eacct.web import error_middleware
@@ -124,3 +125,22 @@ async def test_only_a_closed_connection_counts_as_the_client_going_away(caplog):
         answer = await error_middleware(request_on(FakeTransport(closing=False)), reset)
     assert answer.status == 503 and json.loads(answer.body)["error"]["code"] == "storage_unavailable"
     assert "connection lost" not in caplog.text
+
+
+async def test_an_exhausted_database_pool_is_503_busy_not_500(desktop, engine, monkeypatch, caplog):
+    member = await desktop("poolbusy", "小池")
+    pool_class = type(engine.sync_engine.pool)
+
+    def exhausted(self):
+        # What the pool raises when every connection stayed checked out for its whole wait.
+        raise sa_exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00")
+
+    monkeypatch.setattr(pool_class, "_do_get", exhausted)
+    with caplog.at_level(logging.WARNING, logger="eacct"):
+        status, body, headers = await member.call("GET", "/me")
+    assert status == 503 and body["error"]["code"] == "busy" and body["error"]["message"]
+    assert headers["Retry-After"] == "1"
+    assert any("pool exhausted or connection lost" in record.getMessage() for record in caplog.records)
+    assert not any(record.levelno >= logging.ERROR for record in caplog.records)
+    monkeypatch.undo()
+    assert (await member.call("GET", "/me"))[0] == 200

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from eacct.db import Base, UtcDateTime, utcnow
 
-__all__ = ["AccessToken", "Member", "Profile", "TokenKind", "WechatBinding"]
+__all__ = ["AccessToken", "Member", "MemberRef", "Profile", "TokenKind", "WechatBinding"]
 
 
 class Member(Base):
@@ -58,6 +58,20 @@ class WechatBinding(Base):
     openid: Mapped[str] = mapped_column(String(64), primary_key=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), unique=True)
     bound_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRef:
+    """A member as listings name them (an uploader, an owner): id, account and nickname, read without the ORM."""
+
+    id: int
+    account: str
+    nickname: str
+
+    @classmethod
+    def of(cls, member: Member) -> MemberRef:
+        """The reference to a loaded member row."""
+        return cls(member.id, member.account, member.nickname)
 
 
 @dataclass(frozen=True, slots=True)

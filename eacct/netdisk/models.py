@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, Stri
 from sqlalchemy.orm import Mapped, mapped_column
 
 from eacct.db import Base, UtcDateTime, utcnow
-from eacct.members.models import Member
+from eacct.members.models import Member, MemberRef
 
 __all__ = [
     "LedgerInfo",
@@ -179,7 +179,7 @@ class VersionInfo:
     size: int
     sha256: str
     uploaded_at: datetime
-    uploaded_by: Member
+    uploaded_by: MemberRef
     via: str
     client_version: str
 
@@ -187,7 +187,7 @@ class VersionInfo:
     def of(cls, version: Version, uploader: Member) -> VersionInfo:
         """The version row seen with its uploader."""
         return cls(version.public_id, version.ledger_id, version.year, version.remark, version.size, version.sha256,
-                   version.uploaded_at, uploader, version.via, version.client_version)
+                   version.uploaded_at, MemberRef.of(uploader), version.via, version.client_version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +213,7 @@ class LedgerInfo:
 
     ledger_id: str
     name: str
-    owner: Member
+    owner: MemberRef
     years: list[YearSummary]
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors, throttle
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
-from eacct.members.models import AccessToken, Member, TokenKind
+from eacct.members.models import AccessToken, Member, MemberRef, TokenKind
 from eacct.members.service import issue_token, session_of
 from eacct.netdisk import store
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
@@ -202,43 +202,86 @@ async def year_versions(session: AsyncSession, ledger_id: str, year: int | None 
 
 async def ledger_info(session: AsyncSession, ledger: Ledger) -> LedgerInfo:
     """A ledger with its owner and, per year, the latest version and how many are kept."""
-    owner = await session.get(Member, ledger.owner_id)
-    return _ledger_info(ledger, owner, await year_versions(session, ledger.id))
+    owner = MemberRef.of(await session.get(Member, ledger.owner_id))
+    return _ledger_info(ledger.id, ledger.name, owner, await year_versions(session, ledger.id))
 
 
-def _ledger_info(ledger: Ledger, owner: Member, years: list[YearVersions]) -> LedgerInfo:
+def _ledger_info(ledger_id: str, name: str, owner: MemberRef, years: list[YearVersions]) -> LedgerInfo:
     summaries = [YearSummary(y.year, y.versions[0], len(y.versions)) for y in years]
-    return LedgerInfo(ledger_id=ledger.id, name=ledger.name, owner=owner, years=summaries)
+    return LedgerInfo(ledger_id=ledger_id, name=name, owner=owner, years=summaries)
+
+
+# The listings are what members ask for most: Core statements over the tables, built once, read as plain rows
+# (ORM objects and statement building cost more than the database does here).
+_LEDGERS, _VERSIONS, _MEMBERS = Ledger.__table__, Version.__table__, Member.__table__
+_OWNERS, _UPLOADERS = _MEMBERS.alias("owners"), _MEMBERS.alias("uploaders")
+_VERSION_COLUMNS = (
+    _VERSIONS.c.public_id, _VERSIONS.c.ledger_id, _VERSIONS.c.year, _VERSIONS.c.remark, _VERSIONS.c.size,
+    _VERSIONS.c.sha256, _VERSIONS.c.uploaded_at, _UPLOADERS.c.id, _UPLOADERS.c.account, _UPLOADERS.c.nickname,
+    _VERSIONS.c.via, _VERSIONS.c.client_version,
+)
+_VERSIONS_OF_LEDGERS = (
+    select(*_VERSION_COLUMNS)
+    .select_from(_VERSIONS.join(_UPLOADERS, _UPLOADERS.c.id == _VERSIONS.c.uploaded_by_id))
+    .where(_VERSIONS.c.ledger_id.in_(bindparam("ledger_ids", expanding=True)))
+    .order_by(_VERSIONS.c.ledger_id, _VERSIONS.c.year, _VERSIONS.c.id.desc())
+)
+_VERSIONS_OF_LEDGERS_IN_YEAR = _VERSIONS_OF_LEDGERS.where(_VERSIONS.c.year == bindparam("year"))
+# 网盘列表 in one statement: each ledger with its owner, and every version (if any) with its uploader.
+_LEDGER_LISTING = (
+    select(_LEDGERS.c.id, _LEDGERS.c.name, _OWNERS.c.id, _OWNERS.c.account, _OWNERS.c.nickname, *_VERSION_COLUMNS)
+    .select_from(
+        _LEDGERS.join(_OWNERS, _OWNERS.c.id == _LEDGERS.c.owner_id)
+        .outerjoin(_VERSIONS, _VERSIONS.c.ledger_id == _LEDGERS.c.id)
+        .outerjoin(_UPLOADERS, _UPLOADERS.c.id == _VERSIONS.c.uploaded_by_id))
+    .where(_LEDGERS.c.owner_id == bindparam("owner_id"))
+    .order_by(_LEDGERS.c.name, _LEDGERS.c.id, _VERSIONS.c.year, _VERSIONS.c.id.desc())
+)
+
+
+def _version_of_row(row) -> VersionInfo:
+    """A VersionInfo from the `_VERSION_COLUMNS` at the end of a listing row."""
+    (version_id, ledger_id, year, remark, size, sha256, uploaded_at, uploader_id, uploader_account,
+     uploader_nickname, via, client_version) = row[-len(_VERSION_COLUMNS):]
+    return VersionInfo(version_id, ledger_id, year, remark, size, sha256, uploaded_at,
+                       MemberRef(uploader_id, uploader_account, uploader_nickname), via, client_version)
+
+
+def _group_by_year(versions: list[VersionInfo]) -> list[YearVersions]:
+    """Versions ordered by year, newest first within a year → one YearVersions per year."""
+    years: dict[int, list[VersionInfo]] = {}
+    for version in versions:
+        years.setdefault(version.year, []).append(version)
+    return [YearVersions(year, kept) for year, kept in years.items()]
 
 
 async def versions_of_ledgers(session: AsyncSession, ledger_ids: list[str],
                               year: int | None = None) -> dict[str, list[YearVersions]]:
     """Every version of several ledgers (or of one year of them) in one query: ledger id → its years (ascending)
     → versions, newest first."""
-    grouped: dict[str, dict[int, list[VersionInfo]]] = {ledger_id: {} for ledger_id in ledger_ids}
+    grouped: dict[str, list[VersionInfo]] = {ledger_id: [] for ledger_id in ledger_ids}
     if ledger_ids:
-        query = (
-            select(Version, Member)
-            .join(Member, Member.id == Version.uploaded_by_id)
-            .where(Version.ledger_id.in_(ledger_ids))
-            .order_by(Version.ledger_id, Version.year, Version.id.desc())
-        )
-        if year is not None:
-            query = query.where(Version.year == year)
-        for version, uploader in (await session.execute(query)).all():
-            grouped[version.ledger_id].setdefault(version.year, []).append(VersionInfo.of(version, uploader))
-    return {ledger_id: [YearVersions(y, v) for y, v in years.items()] for ledger_id, years in grouped.items()}
+        if year is None:
+            rows = await session.execute(_VERSIONS_OF_LEDGERS, {"ledger_ids": ledger_ids})
+        else:
+            rows = await session.execute(_VERSIONS_OF_LEDGERS_IN_YEAR, {"ledger_ids": ledger_ids, "year": year})
+        for row in rows:
+            version = _version_of_row(row)
+            grouped[version.ledger_id].append(version)
+    return {ledger_id: _group_by_year(versions) for ledger_id, versions in grouped.items()}
 
 
 async def list_ledgers(session: AsyncSession, member_id: int) -> list[LedgerInfo]:
-    """网盘列表: the member's cloud-backup ledgers, by name (a fixed number of queries however many)."""
-    ledgers = list(await session.scalars(
-        select(Ledger).where(Ledger.owner_id == member_id).order_by(Ledger.name, Ledger.id)))
-    if not ledgers:
-        return []
-    owner = await session.get(Member, member_id)
-    versions = await versions_of_ledgers(session, [ledger.id for ledger in ledgers])
-    return [_ledger_info(ledger, owner, versions[ledger.id]) for ledger in ledgers]
+    """网盘列表: the member's cloud-backup ledgers, by name, in one query however many there are."""
+    ledgers: dict[str, tuple[str, MemberRef, list[VersionInfo]]] = {}
+    for row in await session.execute(_LEDGER_LISTING, {"owner_id": member_id}):
+        ledger_id, name, owner_id, owner_account, owner_nickname = row[:5]
+        if ledger_id not in ledgers:
+            ledgers[ledger_id] = (name, MemberRef(owner_id, owner_account, owner_nickname), [])
+        if row[5] is not None:  # a version (the outer join gives a ledger without any one row of NULLs)
+            ledgers[ledger_id][2].append(_version_of_row(row))
+    return [_ledger_info(ledger_id, name, owner, _group_by_year(versions))
+            for ledger_id, (name, owner, versions) in ledgers.items()]
 
 
 async def get_ledger(session: AsyncSession, hooks: NetdiskHooks, member_id: int, ledger_id: str) -> LedgerInfo:

@@ -202,8 +202,7 @@ async def admit_claim(sessions: async_sessionmaker[AsyncSession], settings: Sett
     if claim.ledger_name is not None:
         claim = replace(claim, ledger_name=clean_ledger_name(claim.ledger_name))
     incoming = replace(claim, owner_id=owner_id, uploader_id=uploader_id, via=via)
-    # Read-only: nothing is held for the upload here (the commit re-checks all of it), so it neither takes nor
-    # waits for SQLite's write lock.
+    # Reads only (the commit checks all of it again under the owner's lock): no write lock on SQLite.
     async with unit_of_work(sessions, read_only=True) as session:
         ledger = await authorize(session)
         if ledger is None and not claim.ledger_name:

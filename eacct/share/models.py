@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from eacct.db import Base, UtcDateTime, utcnow
 from eacct.formats import chinese_date
-from eacct.members.models import Member
+from eacct.members.models import Member, MemberRef
 from eacct.netdisk.models import YearVersions
 
 __all__ = [
@@ -144,7 +144,7 @@ class CloudShareLedger:
 class SharerInfo:
     """我的云共享: one sharer and the ledgers they share with me."""
 
-    member: Member
+    member: MemberRef
     ledgers: list[CloudShareLedger]
 
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import date
 
-from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy import and_, bindparam, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,7 +19,7 @@ from eacct import errors, throttle
 from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.formats import BEIJING
-from eacct.members.models import Member
+from eacct.members.models import Member, MemberRef
 from eacct.netdisk import service as netdisk
 from eacct.netdisk import versions
 from eacct.netdisk.downloads import Download, open_download
@@ -231,20 +231,25 @@ async def end_shares_of_ledger(session: AsyncSession, notifier: Notifier, ledger
 # ----------------------------------------------------------------------------------- the recipient
 
 
+# 我的云共享 is read on every visit of the desktop dialog: a Core statement built once (see netdisk's listings).
+_SHARES, _LEDGERS, _OWNERS = Share.__table__, Ledger.__table__, Member.__table__
+_SHARED_WITH = (
+    select(_SHARES.c.since, _LEDGERS.c.id, _LEDGERS.c.name, _OWNERS.c.id, _OWNERS.c.account, _OWNERS.c.nickname)
+    .select_from(_SHARES.join(_LEDGERS, _LEDGERS.c.id == _SHARES.c.ledger_id)
+                 .join(_OWNERS, _OWNERS.c.id == _SHARES.c.owner_id))
+    .where(_SHARES.c.recipient_id == bindparam("recipient_id"), _SHARES.c.cancelled_at.is_(None))
+    .order_by(_OWNERS.c.account, _LEDGERS.c.name, _LEDGERS.c.id)
+)
+
+
 async def cloud_shares(session: AsyncSession, member_id: int) -> list[SharerInfo]:
     """我的云共享: sharers → their ledgers shared with me → years → versions (newest first)."""
-    rows = (await session.execute(
-        select(Share, Ledger, Member)
-        .join(Ledger, Ledger.id == Share.ledger_id)
-        .join(Member, Member.id == Share.owner_id)
-        .where(Share.recipient_id == member_id, Share.cancelled_at.is_(None))
-        .order_by(Member.account, Ledger.name, Ledger.id)
-    )).all()
+    rows = (await session.execute(_SHARED_WITH, {"recipient_id": member_id})).all()
     sharers: dict[int, SharerInfo] = {}
-    versions_by_ledger = await netdisk.versions_of_ledgers(session, list({ledger.id for _, ledger, _ in rows}))
-    for share, ledger, owner in rows:
-        entry = sharers.setdefault(owner.id, SharerInfo(owner, []))
-        entry.ledgers.append(CloudShareLedger(ledger.id, ledger.name, share.since, versions_by_ledger[ledger.id]))
+    versions_by_ledger = await netdisk.versions_of_ledgers(session, list({row[1] for row in rows}))
+    for since, ledger_id, name, owner_id, owner_account, owner_nickname in rows:
+        entry = sharers.setdefault(owner_id, SharerInfo(MemberRef(owner_id, owner_account, owner_nickname), []))
+        entry.ledgers.append(CloudShareLedger(ledger_id, name, since, versions_by_ledger[ledger_id]))
     return list(sharers.values())
 
 
@@ -306,28 +311,47 @@ async def share_upload(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
 # ----------------------------------------------------------------------------------- message center
 
 
-def _visible_to(member_id: int):
-    return or_(Message.member_id == member_id, and_(Message.member_id.is_(None), Message.kind == SYSTEM))
+# The message center is read often: its statements are over the tables and built once per filter (Core, no
+# ORM objects), the member a bound parameter.
+_MESSAGES, _READS = Message.__table__, MessageRead.__table__
 
 
-def _read_by(member_id: int):
-    return exists().where(MessageRead.message_id == Message.id, MessageRead.member_id == member_id)
+def _visible_to(member_id):
+    return or_(_MESSAGES.c.member_id == member_id, and_(_MESSAGES.c.member_id.is_(None), _MESSAGES.c.kind == SYSTEM))
+
+
+def _read_by(member_id):
+    return exists().where(_READS.c.message_id == _MESSAGES.c.id, _READS.c.member_id == member_id)
+
+
+def _inbox_statement(status: str, by_kind: bool):
+    """The listing for a read/unread filter ('' for both) and, with `by_kind`, a kinds parameter."""
+    member, columns = bindparam("member_id"), _MESSAGES.c
+    query = (select(columns.id, columns.kind, columns.title, columns.body, columns.created_at,
+                    _read_by(member).label("read"))
+             .where(_visible_to(member)))
+    if by_kind:
+        query = query.where(columns.kind.in_(bindparam("kinds", expanding=True)))
+    if status == "read":
+        query = query.where(_read_by(member))
+    elif status == "unread":
+        query = query.where(~_read_by(member))
+    return query.order_by(columns.created_at.desc(), columns.id.desc())
+
+
+_INBOX = {(status, by_kind): _inbox_statement(status, by_kind) for status in ("", "read", "unread")
+          for by_kind in (False, True)}
+_UNREAD_COUNT = (select(func.count()).select_from(_MESSAGES)
+                 .where(_visible_to(bindparam("member_id")), ~_read_by(bindparam("member_id"))))
 
 
 async def list_messages(session: AsyncSession, member_id: int, statuses: set[str], kinds: set[str]) -> Inbox:
     """消息中心: newest first, filtered by read/unread and system/personal; with the unread count."""
-    query = select(Message, _read_by(member_id).label("read")).where(_visible_to(member_id))
-    if kinds:
-        query = query.where(Message.kind.in_(kinds))
-    if statuses == {"read"}:
-        query = query.where(_read_by(member_id))
-    elif statuses == {"unread"}:
-        query = query.where(~_read_by(member_id))
-    rows = (await session.execute(query.order_by(Message.created_at.desc(), Message.id.desc()))).all()
-    unread = await session.scalar(
-        select(func.count()).select_from(Message).where(_visible_to(member_id), ~_read_by(member_id))
-    )
-    messages = [MessageInfo(m.id, m.kind, m.title, m.body, m.created_at, bool(read)) for m, read in rows]
+    status = next(iter(statuses)) if len(statuses) == 1 else ""
+    parameters = {"member_id": member_id, "kinds": sorted(kinds)} if kinds else {"member_id": member_id}
+    rows = (await session.execute(_INBOX[status, bool(kinds)], parameters)).all()
+    unread = await session.scalar(_UNREAD_COUNT, {"member_id": member_id})
+    messages = [MessageInfo(id, kind, title, body, created_at, bool(read)) for id, kind, title, body, created_at, read in rows]
     return Inbox(unread_count=unread, messages=messages)
 
 
