@@ -7,10 +7,10 @@ from eacct.netdisk.models import (
 )
 from eacct.share.models import Friendship, Message, MessageRead, Share
 from eacct.throttle import AttemptCounter
-from eacct.wechat.models import ServerSecret, WechatDelivery, WechatPageSession, WechatToken
+from eacct.wechat.models import ServerSecret, WechatPageSession, WechatToken
 
 __all__ = [
     "AccessToken", "AttemptCounter", "Base", "Chunk", "Deletion", "Friendship", "Ledger", "Member", "Message",
-    "MessageRead", "Netdisk", "Pack", "SecurityQuestion", "Share", "Version", "VersionManifest", "WechatBinding", "WechatDelivery",
+    "MessageRead", "Netdisk", "Pack", "SecurityQuestion", "Share", "Version", "VersionManifest", "WechatBinding",
     "ServerSecret", "UploadLease", "WechatPageSession", "WechatToken",
 ]

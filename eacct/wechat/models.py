@@ -1,4 +1,4 @@
-"""What the WeChat callback remembers: deliveries already handled (WeChat retries a slow answer)."""
+"""What the WeChat side keeps: the H5 pages' visitor sessions, the shared access token and server secrets."""
 
 from __future__ import annotations
 
@@ -9,17 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from eacct.db import Base, UtcDateTime, utcnow
 
-__all__ = ["ServerSecret", "WechatDelivery", "WechatPageSession", "WechatToken"]
-
-
-class WechatDelivery(Base):
-    """One message or event WeChat delivered (MsgId, or FromUserName+CreateTime for events). No longer written:
-    the bot's answers only read, so redeliveries are answered again; kept until a migration drops the table."""
-
-    __tablename__ = "wechat_deliveries"
-
-    key: Mapped[str] = mapped_column(String(128), primary_key=True)
-    received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+__all__ = ["ServerSecret", "WechatPageSession", "WechatToken"]
 
 
 class WechatPageSession(Base):
