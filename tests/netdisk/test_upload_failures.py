@@ -296,7 +296,7 @@ async def test_a_compression_thread_finishing_after_abandon_does_not_recreate_it
     content = os.urandom(store.WAITING_BYTES + 512 * 1024)
     upload = store.Upload(sessions, blobs, settings.with_overrides(pack_target_bytes=64 * 1024 * 1024),
                            incoming_for(owner, content), free_bytes=10**9)
-    real = upload.compressor
+    real = upload.new_compressor()
     first_frame_written = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -306,7 +306,7 @@ async def test_a_compression_thread_finishing_after_abandon_does_not_recreate_it
             loop.call_soon_threadsafe(first_frame_written.set)
             return real.compress(piece)
 
-    upload.compressor = SlowCompressor()
+    upload.new_compressor = SlowCompressor
     await upload.feed(content)
     task = asyncio.create_task(upload.flush())
     await first_frame_written.wait()

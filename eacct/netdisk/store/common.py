@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from eacct.netdisk.models import Chunk
 
 __all__ = [
-    "BODY_BLOCKS_AHEAD", "CommittableUpload", "DOWNLOAD_BLOCKS_AHEAD", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
+    "BODY_BLOCKS_AHEAD", "COMPRESSIONS_IN_FLIGHT", "CommittableUpload", "DECODES_IN_FLIGHT", "DOWNLOAD_BLOCK",
+    "DOWNLOAD_BLOCKS_AHEAD", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
     "MAX_COALESCED_READ", "NEW_CHUNK", "PUTS_IN_FLIGHT", "READ_WINDOW", "WAITING_BYTES", "ZSTD_LEVEL", "batched",
     "lease_holder", "log", "pack_blob_key", "read_ahead", "used_bytes",
 ]
@@ -31,10 +32,17 @@ INSERT_BATCH = 2000
 LOOKUP_BATCH = 500
 WAITING_BYTES = 4 * 1024 * 1024
 PUTS_IN_FLIGHT = 2
+# Batches of new chunks an upload compresses on worker threads while it goes on reading and looking up:
+# one per core (zstd releases the GIL), at least one so compression always overlaps the loop's work.
+COMPRESSIONS_IN_FLIGHT = max(os.cpu_count() or 1, 1)
 DOWNLOAD_BLOCKS_AHEAD = 2
+# A download is read, decompressed and verified in blocks of about this many raw bytes, several at once on
+# worker threads; small enough that the blocks in flight stay a few MiB, large enough to amortise a thread hop.
+DOWNLOAD_BLOCK = 1024 * 1024
+DECODES_IN_FLIGHT = max(os.cpu_count() or 1, 1)
 BODY_BLOCKS_AHEAD = 8
 STOP_GRACE_SECONDS = 2.0
-READ_WINDOW = 512
+READ_WINDOW = 2048
 MAX_COALESCED_READ = 4 * 1024 * 1024
 ZSTD_LEVEL = 1
 # Identifies this process in the leases it holds (host, pid, and a random part since pids are reused).

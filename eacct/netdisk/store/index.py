@@ -12,12 +12,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Protocol
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
 from eacct.chunks.manifest import iter_manifest
-from eacct.db import dialect_insert, unit_of_work, utcnow
+from eacct.db import unit_of_work, utcnow
 from eacct.netdisk.models import Chunk, Pack, UploadLease, Version, VersionManifest
 from eacct.netdisk.store.common import LOOKUP_BATCH, CommittableUpload, batched
 
@@ -46,12 +46,19 @@ async def index_pending_chunks(sessions: async_sessionmaker[AsyncSession], rows:
             await _insert_rows(session, batch)
 
 
+# A concurrent upload of the same owner may have stored the same chunk first; its row wins, and the commit
+# counts on it only once its pack is committed. Plain SQL (the same on SQLite and PostgreSQL): with no column
+# types to process per row it costs half the CPU of the ORM's insert, and a 1 GB year has ~130k rows.
+_INSERT_CHUNK = text(
+    'INSERT INTO chunks (owner_id, digest, pack_id, "offset", stored_length, raw_size, refs) '
+    "VALUES (:owner_id, :digest, :pack_id, :offset, :stored_length, :raw_size, :refs) "
+    "ON CONFLICT (owner_id, digest) DO NOTHING"
+)
+
+
 async def _insert_rows(session: AsyncSession, rows: list[dict]) -> None:
-    # A concurrent upload of the same owner may have stored the same chunk first; its row wins, and the
-    # commit counts on it only once its pack is committed.
-    statement = dialect_insert(session, Chunk).on_conflict_do_nothing(index_elements=["owner_id", "digest"])
     for batch in batched(rows, PENDING_BATCH):
-        await session.execute(statement, batch)  # executemany: compiled once
+        await session.execute(_INSERT_CHUNK, batch)  # executemany
 
 
 async def commit(sessions: async_sessionmaker[AsyncSession], upload: CommittableUpload, rules: CommitRules) -> Version:

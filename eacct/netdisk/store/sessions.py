@@ -36,7 +36,7 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         for digest, piece in chunks:
             frame = compressor.compress(piece)
-            placed.append((digest, pack.pack_id, pack.append(frame), len(frame), len(piece)))
+            placed.append((digest, pack.pack_id, pack.append([frame]), len(frame), len(piece)))
         pack.close()
 
     try:
