@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+import zstandard
 import pytest
 from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
@@ -409,3 +410,68 @@ async def test_a_process_that_died_just_before_a_restart_has_its_uploads_reclaim
         await asyncio.sleep(0.2)
     assert await count(sessions, Pack) == 0 and await pack_keys(blobs) == []
     assert await count(sessions, UploadLease) == 0
+
+
+# ----------------------------------------------------------------- worker threads failing mid-upload
+
+
+async def test_a_compression_thread_failing_mid_upload_refuses_it_and_keeps_nothing(sessions, blobs, settings,
+                                                                                    owner):
+    """Compression runs on worker threads while the body streams; one failing after packs were already sealed,
+    indexed and put fails the upload, and everything it stored goes (rows first, then blobs)."""
+    content = os.urandom(6 * store.WAITING_BYTES)
+    incoming = incoming_for(owner, content)
+    compressed = 0
+    sealed_before_failure = []
+
+    class FailingCompressor:
+        def __init__(self) -> None:
+            self.real = zstandard.ZstdCompressor(level=1)
+
+        def compress(self, piece: bytes) -> bytes:
+            nonlocal compressed
+            compressed += len(piece)
+            if compressed > 4 * store.WAITING_BYTES:
+                raise zstandard.ZstdError("compression context broke")
+            return self.real.compress(piece)
+
+    real_put = blobs.put
+
+    async def noting_put(key, path):
+        sealed_before_failure.append(key)
+        await real_put(key, path)
+
+    blobs.put = noting_put
+    original = store.Upload.new_compressor
+    store.Upload.new_compressor = lambda upload: FailingCompressor()
+    try:
+        with pytest.raises(zstandard.ZstdError):
+            await store.receive_version(sessions, blobs, settings, incoming, body_of(content),
+                                        versions.UploadRules(settings, incoming, None), free_bytes=10**9)
+    finally:
+        store.Upload.new_compressor = original
+        blobs.put = real_put
+    assert sealed_before_failure  # packs were stored before the thread failed
+    assert await count(sessions, Version) == 0 and await count(sessions, Pack) == 0
+    assert await count(sessions, UploadLease) == 0
+    assert await pack_keys(blobs) == [] and spool_files(blobs) == []
+
+
+async def test_a_compression_thread_failing_over_http_is_a_json_error_and_the_year_stays_as_it_was(
+        desktop, monkeypatch):
+    member = await desktop("zstdfail1", "小周")
+    ledger = new_ledger_id()
+    first = os.urandom(300_000)
+    assert (await member.upload("backups", ledger, 2018, first, name="L"))[0] == 201
+    used = (await member.call("GET", "/netdisk"))[1]["used_bytes"]
+
+    class BrokenCompressor:
+        def compress(self, piece: bytes) -> bytes:
+            raise zstandard.ZstdError("compression context broke")
+
+    monkeypatch.setattr(store.Upload, "new_compressor", lambda upload: BrokenCompressor())
+    status, body, headers = await member.upload("backups", ledger, 2018, os.urandom(3 * 1024 * 1024), name="L")
+    monkeypatch.undo()
+    assert status == 500 and headers["Content-Type"].startswith("application/json"), body
+    assert (await member.download("backups", ledger, 2018))[1] == first
+    assert (await member.call("GET", "/netdisk"))[1]["used_bytes"] == used

@@ -29,18 +29,21 @@ T = TypeVar("T")
 
 NEW_CHUNK = struct.Struct("<IQII")
 INSERT_BATCH = 2000
-LOOKUP_BATCH = 500
-WAITING_BYTES = 4 * 1024 * 1024
+# An upload looks its chunks up (and compresses the new ones) in batches of this many chunks or bytes: the
+# body bytes it holds are a few of these batches, so they bound its memory (4 MiB batches cost ~8 MiB more RSS).
+LOOKUP_BATCH = 250
+WAITING_BYTES = 2 * 1024 * 1024
 PUTS_IN_FLIGHT = 2
-# Batches of new chunks an upload compresses on worker threads while it goes on reading and looking up:
-# one per core (zstd releases the GIL), at least one so compression always overlaps the loop's work.
-COMPRESSIONS_IN_FLIGHT = max(os.cpu_count() or 1, 1)
+# Batches of new chunks an upload compresses on worker threads while it goes on reading, hashing, cutting and
+# looking up: one per core but the loop's (zstd releases the GIL), at least one so compression always overlaps.
+COMPRESSIONS_IN_FLIGHT = max((os.cpu_count() or 2) - 1, 1)
 DOWNLOAD_BLOCKS_AHEAD = 2
 # A download is read, decompressed and verified in blocks of about this many raw bytes, several at once on
 # worker threads; small enough that the blocks in flight stay a few MiB, large enough to amortise a thread hop.
 DOWNLOAD_BLOCK = 1024 * 1024
 DECODES_IN_FLIGHT = max(os.cpu_count() or 1, 1)
-BODY_BLOCKS_AHEAD = 8
+# 1 MiB body blocks read ahead of the pipeline: enough to keep it fed, each one more is 1 MiB more RSS.
+BODY_BLOCKS_AHEAD = 2
 STOP_GRACE_SECONDS = 2.0
 READ_WINDOW = 2048
 MAX_COALESCED_READ = 4 * 1024 * 1024

@@ -35,8 +35,9 @@ __all__ = ["IncomingVersion", "Upload", "receive_version"]
 
 # At most this many buffers per writev (Linux's IOV_MAX).
 _IOV_MAX = 1024
-# A new chunk's place in `Upload.new_chunks` while its batch is still being compressed.
-_PLACED_LATER = b""
+# A new chunk's entry in `Upload.new_chunks` when no place is kept for it: its batch is still being compressed,
+# or its row is in the index (the 20-odd bytes of a place per chunk are a few MiB for a 1 GB year).
+_NOT_KEPT = b""
 # Which of these chunks the owner already has. Only chunks in committed packs count: another upload's pending
 # rows may still be abandoned. Plain SQL: no per-value type processing (a 1 GB year looks up ~130k digests).
 _KNOWN = text(
@@ -301,7 +302,7 @@ class Upload:
 
     def _new_location(self, digest: bytes) -> tuple[str, int, int] | None:
         packed = self.new_chunks.get(digest)
-        if packed is None:
+        if not packed:  # unknown here, or in the index (where the reader finds it)
             return None
         pack_number, offset, stored, _ = NEW_CHUNK.unpack(packed)
         return pack_blob_key(self.incoming.owner_id, self.pack_ids[pack_number]), offset, stored
@@ -337,7 +338,7 @@ class Upload:
         if self.pack.handle is None:
             await asyncio.to_thread(self.pack.open)
         for digest, _ in to_store:  # placed once compressed; known from now on, so a repeat is not stored twice
-            self.new_chunks[digest] = _PLACED_LATER
+            self.new_chunks[digest] = _NOT_KEPT
         self.compressing.append((to_store, asyncio.ensure_future(asyncio.to_thread(self._compress, to_store))))
         await self._write_compressed(COMPRESSIONS_IN_FLIGHT)
 
@@ -348,8 +349,7 @@ class Upload:
         finally:
             self.compressors.append(compressor)
 
-    @staticmethod
-    def new_compressor() -> zstandard.ZstdCompressor:
+    def new_compressor(self) -> zstandard.ZstdCompressor:
         """A zstd context for one compression thread at a time."""
         return zstandard.ZstdCompressor(level=ZSTD_LEVEL)
 
@@ -397,7 +397,12 @@ class Upload:
             self.index_at_commit += digests
         else:
             # Indexed now, as pending rows, while the pack travels: the commit then only counts references.
-            await index_pending_chunks(self.sessions, self.chunk_rows(digests))
+            if await index_pending_chunks(self.sessions, self.chunk_rows(digests), pack.pack_id):
+                # All its rows went in: the index says where these chunks are, and no other upload's row can
+                # take their place any more; only a row another upload inserted first needs our place kept,
+                # for the commit to point it at our copy.
+                for digest in digests:
+                    self.new_chunks[digest] = _NOT_KEPT
         await self._wait_for_puts(PUTS_IN_FLIGHT - 1)
 
     async def _put(self, pack: _PackWriter) -> None:
@@ -418,9 +423,11 @@ class Upload:
                 task.result()
 
     def chunk_rows(self, digests: list[bytes]) -> Iterator[dict]:
-        """The pending `chunks` rows (refs 0) of these chunks this upload stored."""
+        """The pending `chunks` rows (refs 0) of these chunks this upload stored (those whose place it kept)."""
         for digest in digests:
             packed = self.new_chunks[digest]
+            if not packed:
+                continue
             pack_number, offset, stored, raw = NEW_CHUNK.unpack(packed)
             yield {"owner_id": self.incoming.owner_id, "digest": digest, "pack_id": self.pack_ids[pack_number],
                    "offset": offset, "stored_length": stored, "raw_size": raw, "refs": 0}
