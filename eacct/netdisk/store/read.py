@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import zstandard
@@ -38,8 +39,10 @@ async def _read_version(
         entries = await session.scalar(select(VersionManifest.entries).where(VersionManifest.version_id == version.id))
     if entries is None:
         raise errors.NotFound("该版本已不存在")
-    async for block in read_entries(sessions, blobs, version.owner_id, entries, start, end):
-        yield block
+    # Closed explicitly when the reader stops early: its blocks in flight are cancelled now, not when collected.
+    async with aclosing(read_entries(sessions, blobs, version.owner_id, entries, start, end)) as blocks:
+        async for block in blocks:
+            yield block
 
 
 Locator = Callable[[bytes], "tuple[str, int, int] | None"]
