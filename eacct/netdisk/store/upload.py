@@ -150,7 +150,9 @@ class Upload:
         self.incoming = incoming
         self.free_bytes = free_bytes
         self.hasher = hashlib.sha256()
-        self.chunker = ArchiveChunker()
+        # Chunks are views into the body blocks (bytes, never changed): no copy per chunk; a block is freed once
+        # its chunks are looked up, compressed and written.
+        self.chunker = ArchiveChunker(views=True)
         # zstd contexts are not thread-safe: each compression job takes one from here (or makes one).
         self.compressors: list[zstandard.ZstdCompressor] = []
         self.received = 0
