@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import zstandard
 from sqlalchemy import bindparam, delete, select, text, update
@@ -30,11 +28,10 @@ from eacct.netdisk.store.common import (
 )
 from eacct.netdisk.store.index import CommitRules, commit, index_pending_chunks
 from eacct.netdisk.store.read import read_entries
+from eacct.netdisk.store.spool import PackWriter
 
 __all__ = ["IncomingVersion", "Upload", "receive_version"]
 
-# At most this many buffers per writev (Linux's IOV_MAX).
-_IOV_MAX = 1024
 # A new chunk's entry in `Upload.new_chunks` when no place is kept for it: its batch is still being compressed,
 # or its row is in the index (the 20-odd bytes of a place per chunk are a few MiB for a 1 GB year).
 _NOT_KEPT = b""
@@ -71,67 +68,6 @@ class IncomingVersion:
     def body_bytes(self) -> int:
         """How many bytes the request body carries."""
         return self.size if self.body_size is None else self.body_size
-
-
-@dataclass
-class _PackWriter:
-    """Spools compressed chunks into one local file until it is big enough to become a pack blob."""
-
-    directory: Path
-    owner_id: int
-    lease_id: str
-    pack_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    size: int = 0
-    handle: object | None = None
-    discarded: bool = False
-
-    @property
-    def path(self) -> Path:
-        # Named by its upload's lease, so gc can tell a live upload's spool file from a dead process's.
-        return self.directory / f"{self.lease_id}.{self.pack_id}.pack"
-
-    @property
-    def blob_key(self) -> str:
-        return pack_blob_key(self.owner_id, self.pack_id)
-
-    def append(self, frames: list[bytes]) -> int:
-        """Write compressed frames at the end of the spool file, gathered (no copy); returns where the first starts."""
-        if self.discarded:
-            # A compression thread still running after its upload was abandoned must not recreate the file.
-            raise RuntimeError("pack writer already discarded")
-        self.open()
-        offset = self.size
-        fd = self.handle.fileno()
-        for start in range(0, len(frames), _IOV_MAX):
-            part = frames[start : start + _IOV_MAX]
-            total = sum(len(frame) for frame in part)
-            written = os.writev(fd, part)
-            if written < total:  # a short write (signal, full pipe of a slow disk): the rest in plain writes
-                rest = memoryview(b"".join(part))[written:]
-                while rest:
-                    rest = rest[os.write(fd, rest):]
-            self.size += total
-        return offset
-
-    def open(self) -> None:
-        """Create the spool file (if not yet), so gc sees it from the moment chunks are on their way to it."""
-        if self.discarded:
-            raise RuntimeError("pack writer already discarded")
-        if self.handle is None:
-            self.handle = open(self.path, "wb", buffering=0)
-
-    def close(self) -> None:
-        # No fsync here: the blob store's `put` is what makes a pack durable (the local one fsyncs it).
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-    def discard(self) -> None:
-        self.discarded = True
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-        self.path.unlink(missing_ok=True)
 
 
 class Upload:
@@ -178,7 +114,7 @@ class Upload:
         # Set once the commit is sent: from then on a failure leaves its outcome unknown.
         self.commit_sent = False
         self.pack = self._new_pack()
-        self.sealed: list[_PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
+        self.sealed: list[PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
         self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
         self.spooling: asyncio.Future[None] | None = None
         # Batches of new chunks being compressed, oldest first: (chunks, future of their frames).
@@ -188,8 +124,8 @@ class Upload:
         self.cutting: asyncio.Future[list[tuple[bytes, bytes, int]]] | None = None
         self.hashing: asyncio.Future[None] | None = None
 
-    def _new_pack(self) -> _PackWriter:
-        return _PackWriter(self.blobs.spool_dir(), self.incoming.owner_id, self.lease_id)
+    def _new_pack(self) -> PackWriter:
+        return PackWriter(self.blobs.spool_dir(), self.incoming.owner_id, self.lease_id)
 
     async def _take_lease(self) -> None:
         """Register the lease before the first file is written, and keep it alive while the upload is."""
@@ -407,7 +343,7 @@ class Upload:
                     self.new_chunks[digest] = _NOT_KEPT
         await self._wait_for_puts(PUTS_IN_FLIGHT - 1)
 
-    async def _put(self, pack: _PackWriter) -> None:
+    async def _put(self, pack: PackWriter) -> None:
         try:
             await self.blobs.put(pack.blob_key, pack.path)
         except BlobStoreError as exc:
