@@ -8,6 +8,7 @@ Runs on SQLite or PostgreSQL (EACCT_TEST_DATABASE_URL) and on local or OSS stora
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session
 from eacct import errors
 from eacct.db import unit_of_work, utcnow
 from eacct.netdisk import store, versions
+from eacct.netdisk.store import spool
 from eacct.storage import LocalBlobStore
 from eacct.netdisk.models import Ledger, Pack, UploadLease, Version
 from tests.conftest import Desktop, new_ledger_id
@@ -475,3 +477,29 @@ async def test_a_compression_thread_failing_over_http_is_a_json_error_and_the_ye
     assert status == 500 and headers["Content-Type"].startswith("application/json"), body
     assert (await member.download("backups", ledger, 2018))[1] == first
     assert (await member.call("GET", "/netdisk"))[1]["used_bytes"] == used
+
+
+async def test_a_spool_file_still_being_created_when_the_upload_is_abandoned_does_not_outlive_it(
+        sessions, blobs, settings, owner, monkeypatch):
+    content = os.urandom(store.WAITING_BYTES + 512 * 1024)
+    upload = store.Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
+    opening = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_open(*args, **kwargs):
+        loop.call_soon_threadsafe(opening.set)
+        time.sleep(0.3)  # a slow disk: the file appears only after the upload was cancelled and abandoned
+        return builtins.open(*args, **kwargs)
+
+    monkeypatch.setattr(spool, "open", slow_open, raising=False)  # the spool's file creation, past its checks
+    async def stream() -> None:
+        await upload.feed(content)
+        await upload.feed(b"")  # the first block's chunks are placed: the spool file is created
+
+    task = asyncio.create_task(stream())
+    await asyncio.wait_for(opening.wait(), 10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await upload.abandon()
+    await asyncio.sleep(0.5)
+    assert spool_files(blobs) == []

@@ -274,7 +274,9 @@ class Upload:
             raise errors.QuotaExceeded.for_upload(self.new_bytes, self.free_bytes)
         await self._take_lease()
         if self.pack.handle is None:
-            await asyncio.to_thread(self.pack.open)
+            # Tracked like a write: `abandon` waits for it, so the file cannot appear after it was discarded.
+            self.spooling = asyncio.ensure_future(asyncio.to_thread(self.pack.open))
+            await asyncio.shield(self.spooling)
         for digest, _ in to_store:  # placed once compressed; known from now on, so a repeat is not stored twice
             self.new_chunks[digest] = _NOT_KEPT
         self.compressing.append((to_store, asyncio.ensure_future(asyncio.to_thread(self._compress, to_store))))
