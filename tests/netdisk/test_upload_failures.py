@@ -243,11 +243,13 @@ async def test_stalled_upload_body_is_refused_with_408_and_nothing_kept(make_ser
 
 async def test_gc_reclaims_a_dead_uploads_spool_file_and_keeps_a_live_ones(sessions, blobs, settings, owner):
     settings = settings.with_overrides(pack_target_bytes=64 * 1024 * 1024)  # spooled, never sealed
-    contents = [os.urandom(store.WAITING_BYTES + 1024 * 1024) for _ in range(2)]
+    # A few lookup batches, so that the first ones are placed (spooled) while the stream goes on.
+    contents = [os.urandom(4 * store.WAITING_BYTES) for _ in range(2)]
     dead, live = (store.Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
                   for content in contents)
     for upload, content in ((dead, contents[0]), (live, contents[1])):
-        await upload.feed(content)
+        async for block in body_of(content, 1024 * 1024):
+            await upload.feed(block)
         await upload.feed(b"")
     assert len(spool_files(blobs)) == 2
     await dead.release_lease()  # its process dies: no more heartbeats, and its last one was long ago
@@ -481,7 +483,7 @@ async def test_a_compression_thread_failing_over_http_is_a_json_error_and_the_ye
 
 async def test_a_spool_file_still_being_created_when_the_upload_is_abandoned_does_not_outlive_it(
         sessions, blobs, settings, owner, monkeypatch):
-    content = os.urandom(store.WAITING_BYTES + 512 * 1024)
+    content = os.urandom(4 * store.WAITING_BYTES)
     upload = store.Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
     opening = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -492,9 +494,9 @@ async def test_a_spool_file_still_being_created_when_the_upload_is_abandoned_doe
         return builtins.open(*args, **kwargs)
 
     monkeypatch.setattr(spool, "open", slow_open, raising=False)  # the spool's file creation, past its checks
-    async def stream() -> None:
-        await upload.feed(content)
-        await upload.feed(b"")  # the first block's chunks are placed: the spool file is created
+    async def stream() -> None:  # the first batches' chunks are placed while it goes on: the spool file is created
+        async for block in body_of(content, 1024 * 1024):
+            await upload.feed(block)
 
     task = asyncio.create_task(stream())
     await asyncio.wait_for(opening.wait(), 10)
@@ -503,3 +505,33 @@ async def test_a_spool_file_still_being_created_when_the_upload_is_abandoned_doe
     await upload.abandon()
     await asyncio.sleep(0.5)
     assert spool_files(blobs) == []
+
+
+@pytest.mark.parametrize("statement", ["SELECT chunks.digest FROM chunks", "INSERT INTO chunks"],
+                         ids=["lookup_running_ahead", "indexing_in_the_background"])
+async def test_a_database_failure_in_an_uploads_background_work_refuses_it_and_keeps_nothing(
+        sessions, blobs, settings, owner, engine, statement):
+    """The next batch's lookup and a sealed pack's indexing run while the body streams on; either failing
+    midway (after packs were sealed and indexed) fails the upload, and what it stored goes."""
+    content = os.urandom(8 * store.WAITING_BYTES)
+    incoming = incoming_for(owner, content)
+    seen = 0
+
+    def fail_the_third(conn, cursor, sql, parameters, context, executemany) -> None:
+        nonlocal seen
+        if sql.startswith(statement):
+            seen += 1
+            if seen == 3:
+                raise ConnectionResetError("database went away")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", fail_the_third)
+    try:
+        with pytest.raises(Exception, match="database went away"):
+            await store.receive_version(sessions, blobs, settings, incoming, body_of(content, 1024 * 1024),
+                                        versions.UploadRules(settings, incoming, None), free_bytes=10**9)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", fail_the_third)
+    assert seen >= 3
+    assert await count(sessions, Version) == 0 and await count(sessions, Pack) == 0
+    assert await count(sessions, UploadLease) == 0
+    assert await pack_keys(blobs) == [] and spool_files(blobs) == []

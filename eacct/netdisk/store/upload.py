@@ -6,11 +6,11 @@ import asyncio
 import hashlib
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import zstandard
-from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy import bindparam, delete, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -18,14 +18,13 @@ from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.storage import BlobStore, BlobStoreError
 from eacct.chunks.chunker import ArchiveChunker
-from eacct.chunks.delta import read_delta
-from eacct.chunks.errors import ChunkChecksumError, ChunkFormatError
 from eacct.chunks.manifest import ENTRY
-from eacct.netdisk.models import Pack, UploadLease, Version, VersionManifest
+from eacct.netdisk.models import Pack, UploadLease, Version
 from eacct.netdisk.store.common import (
-    BODY_BLOCKS_AHEAD, COMPRESSIONS_IN_FLIGHT, HEARTBEATS_PER_LEASE, LOOKUP_BATCH, NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL,
+    BODY_BLOCKS_AHEAD, COMPRESSIONS_IN_FLIGHT, HEARTBEATS_PER_LEASE, LOOKUP_BATCH, LOOKUPS_AHEAD, NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL,
     lease_holder, log, pack_blob_key, read_ahead,
 )
+from eacct.netdisk.store.deltas import delta_entries
 from eacct.netdisk.store.index import CommitRules, commit, index_pending_chunks
 from eacct.netdisk.store.read import read_entries
 from eacct.netdisk.store.spool import PackWriter
@@ -117,10 +116,14 @@ class Upload:
         self.sealed: list[PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
         self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
         self.spooling: asyncio.Future[None] | None = None
+        # Batches whose chunks are being looked up in the index, oldest first: (batch, future of the known ones).
+        # The next batch's lookup runs while the one before it is compressed and spooled.
+        self.looking: deque[tuple[list[tuple[bytes, bytes | None, int]], asyncio.Future[set[bytes]]]] = deque()
         # Batches of new chunks being compressed, oldest first: (chunks, future of their frames).
         self.compressing: deque[tuple[list[tuple[bytes, bytes]], asyncio.Future[list[bytes]]]] = deque()
         # Full packs go to the blob store in the background while the body keeps streaming.
         self.puts: set[asyncio.Task[None]] = set()
+        self.indexing: set[asyncio.Task[None]] = set()  # a sealed pack's rows going into the index
         self.cutting: asyncio.Future[list[tuple[bytes, bytes, int]]] | None = None
         self.hashing: asyncio.Future[None] | None = None
 
@@ -204,7 +207,8 @@ class Upload:
         self.waiting += cut
         self.waiting_bytes += sum(len(piece) for _, piece, _ in cut if piece is not None)
         if len(self.waiting) >= LOOKUP_BATCH or self.waiting_bytes >= WAITING_BYTES:
-            await self._place_waiting()
+            self._look_up_waiting()
+            await self._place_looked_up(LOOKUPS_AHEAD)
 
     async def flush(self) -> None:
         """Store everything received so far as pending packs (the stream may go on afterwards)."""
@@ -212,7 +216,8 @@ class Upload:
         await self._place_waiting()
         await self._write_compressed(0)
         await self._seal_pack()
-        await self._wait_for_puts(0)
+        await self._wait_for(self.indexing, 0)
+        await self._wait_for(self.puts, 0)
 
     async def finish(self) -> str:
         """Store the rest; return the whole year's sha256 (a delta upload's is read back from the store)."""
@@ -246,15 +251,36 @@ class Upload:
         return pack_blob_key(self.incoming.owner_id, self.pack_ids[pack_number]), offset, stored
 
     async def _place_waiting(self) -> None:
-        """Record the waiting chunks in the manifest; compress and spool those the owner doesn't have yet."""
+        """Record every chunk received so far in the manifest; compress and spool those the owner lacks."""
+        self._look_up_waiting()
+        await self._place_looked_up(0)
+
+    def _look_up_waiting(self) -> None:
+        """Start looking up the waiting batch in the index; it is placed once the batches before it are."""
         batch, self.waiting, self.waiting_bytes = self.waiting, [], 0
-        if not batch:
-            return
-        unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks}
-        if unknown:
-            async with unit_of_work(self.sessions, read_only=True) as session:
-                rows = await session.scalars(_KNOWN, {"owner_id": self.incoming.owner_id, "digests": list(unknown)})
-                unknown.difference_update(rows)
+        if batch:
+            digests = list({digest for digest, _, _ in batch if digest not in self.new_chunks})
+            self.looking.append((batch, asyncio.ensure_future(self._known(digests))))
+
+    async def _known(self, digests: list[bytes]) -> set[bytes]:
+        """Which of these chunks the owner already has, committed."""
+        if not digests:
+            return set()
+        async with unit_of_work(self.sessions, read_only=True) as session:
+            return set(await session.scalars(_KNOWN, {"owner_id": self.incoming.owner_id, "digests": digests}))
+
+    async def _place_looked_up(self, allowed_in_flight: int) -> None:
+        """Place looked-up batches, in order, until at most `allowed_in_flight` lookups are still running."""
+        while len(self.looking) > allowed_in_flight:
+            batch, lookup = self.looking[0]
+            known = await asyncio.shield(lookup)  # a transaction is never torn: `abandon` waits for it
+            self.looking.popleft()
+            await self._place(batch, known)
+
+    async def _place(self, batch: list[tuple[bytes, bytes | None, int]], known: set[bytes]) -> None:
+        """Record a batch in the manifest; compress and spool its chunks the owner doesn't have yet."""
+        # Checked again here, in order: an earlier batch of this upload may have stored a chunk since.
+        unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks} - known
         to_store = []
         missing = []
         for digest, piece, size in batch:
@@ -336,14 +362,19 @@ class Upload:
         if self.finishing:
             self.index_at_commit += digests
         else:
-            # Indexed now, as pending rows, while the pack travels: the commit then only counts references.
-            if await index_pending_chunks(self.sessions, self.chunk_rows(digests), pack.pack_id):
-                # All its rows went in: the index says where these chunks are, and no other upload's row can
-                # take their place any more; only a row another upload inserted first needs our place kept,
-                # for the commit to point it at our copy.
-                for digest in digests:
-                    self.new_chunks[digest] = _NOT_KEPT
-        await self._wait_for_puts(PUTS_IN_FLIGHT - 1)
+            # Indexed as pending rows while the pack travels and the body streams on: the commit then only
+            # counts references. One pack's rows at a time (they go in short transactions of their own).
+            await self._wait_for(self.indexing, 0)
+            self.indexing.add(asyncio.create_task(self._index(pack.pack_id, digests)))
+        await self._wait_for(self.puts, PUTS_IN_FLIGHT - 1)
+
+    async def _index(self, pack_id: str, digests: list[bytes]) -> None:
+        if await index_pending_chunks(self.sessions, self.chunk_rows(digests), pack_id):
+            # All its rows went in: the index says where these chunks are, and no other upload's row can take
+            # their place any more; only a row another upload inserted first needs our place kept, for the
+            # commit to point it at our copy.
+            for digest in digests:
+                self.new_chunks[digest] = _NOT_KEPT
 
     async def _put(self, pack: PackWriter) -> None:
         try:
@@ -354,11 +385,13 @@ class Upload:
         finally:
             await asyncio.to_thread(pack.discard)
 
-    async def _wait_for_puts(self, allowed_in_flight: int) -> None:
-        """Wait until at most `allowed_in_flight` puts are still running; a failed put fails the upload."""
-        while len(self.puts) > allowed_in_flight:
-            done, _ = await asyncio.wait(self.puts, return_when=asyncio.FIRST_COMPLETED)
-            self.puts -= done
+    @staticmethod
+    async def _wait_for(tasks: set[asyncio.Task[None]], allowed_in_flight: int) -> None:
+        """Wait until at most `allowed_in_flight` of these background tasks (puts, indexing) still run; a failed
+        one fails the upload. Waiting never cancels them."""
+        while len(tasks) > allowed_in_flight:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            tasks -= done
             for task in done:
                 task.result()
 
@@ -382,7 +415,10 @@ class Upload:
             task.cancel()
         threads = [future for future in (self.hashing, self.cutting, self.spooling) if future is not None]
         threads += [future for _, future in self.compressing]
-        await asyncio.gather(*self.puts, *threads, return_exceptions=True)
+        threads += [future for _, future in self.looking]
+        # Indexing is waited for, not cancelled: a transaction torn by a cancellation could leave SQLite's write
+        # lock behind, and the rows it adds go with their packs below.
+        await asyncio.gather(*self.puts, *self.indexing, *threads, return_exceptions=True)
         for pack in (self.pack, *self.sealed):
             await asyncio.to_thread(pack.discard)
         await self.release_lease()
@@ -424,10 +460,8 @@ async def receive_version(
     upload = Upload(sessions, blobs, settings, incoming, free_bytes)
     try:
         if incoming.delta:
-            async def base() -> bytes:
-                return await _base_manifest(sessions, incoming)
-
-            async for entries, body_bytes in read_ahead(_checked_delta(body, base), BODY_BLOCKS_AHEAD):
+            entries_of = delta_entries(sessions, body, incoming.ledger_id, incoming.year, incoming.if_match)
+            async for entries, body_bytes in read_ahead(entries_of, BODY_BLOCKS_AHEAD):
                 await upload.feed_delta(entries, body_bytes)
         else:
             async for data in read_ahead(body, BODY_BLOCKS_AHEAD):
@@ -441,30 +475,3 @@ async def receive_version(
         raise
     await asyncio.shield(upload.release_lease())
     return version
-
-
-async def _checked_delta(body: AsyncIterator[bytes], base: Callable[[], Awaitable[bytes]]):
-    """`read_delta` with the chunk format's errors turned into the server's."""
-    try:
-        async for item in read_delta(body, base):
-            yield item
-    except ChunkChecksumError as exc:
-        raise errors.ChecksumMismatch(str(exc)) from exc
-    except ChunkFormatError as exc:
-        raise errors.BadRequest(str(exc)) from exc
-
-
-async def _base_manifest(sessions: async_sessionmaker[AsyncSession], incoming: IncomingVersion) -> bytes:
-    """The chunk list of the version a delta upload builds on (its If-Match)."""
-    if incoming.if_match is None:
-        raise errors.BadRequest("增量上传引用基准版本时需要 If-Match")
-    async with unit_of_work(sessions, read_only=True) as session:
-        entries = await session.scalar(
-            select(VersionManifest.entries)
-            .join(Version, Version.id == VersionManifest.version_id)
-            .where(Version.public_id == incoming.if_match, Version.ledger_id == incoming.ledger_id,
-                   Version.year == incoming.year)
-        )
-    if entries is None:
-        raise errors.VersionConflict("增量上传的基准版本已不存在，请先下载最新版本再上传")
-    return entries
