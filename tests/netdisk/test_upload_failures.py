@@ -508,11 +508,11 @@ async def test_a_spool_file_still_being_created_when_the_upload_is_abandoned_doe
 
 
 @pytest.mark.parametrize("statement", ["SELECT chunks.digest FROM chunks", "INSERT INTO chunks"],
-                         ids=["lookup_running_ahead", "indexing_in_the_background"])
-async def test_a_database_failure_in_an_uploads_background_work_refuses_it_and_keeps_nothing(
+                         ids=["lookup", "indexing_in_the_background"])
+async def test_a_database_failure_midway_through_an_upload_refuses_it_and_keeps_nothing(
         sessions, blobs, settings, owner, engine, statement):
-    """The next batch's lookup and a sealed pack's indexing run while the body streams on; either failing
-    midway (after packs were sealed and indexed) fails the upload, and what it stored goes."""
+    """A sealed pack's rows are indexed in the background while the body streams on; that, or a lookup,
+    failing midway (after packs were sealed and indexed) fails the upload, and what it stored goes."""
     content = os.urandom(8 * store.WAITING_BYTES)
     incoming = incoming_for(owner, content)
     seen = 0

@@ -19,7 +19,7 @@ from eacct.netdisk.models import Chunk
 
 __all__ = [
     "BODY_BLOCKS_AHEAD", "COMPRESSIONS_IN_FLIGHT", "CommittableUpload", "DECODES_IN_FLIGHT", "DOWNLOAD_BLOCK",
-    "DOWNLOAD_BLOCKS_AHEAD", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH", "LOOKUPS_AHEAD",
+    "DOWNLOAD_BLOCKS_AHEAD", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
     "MAX_COALESCED_READ", "NEW_CHUNK", "PUTS_IN_FLIGHT", "READ_WINDOW", "WAITING_BYTES", "ZSTD_LEVEL", "batched",
     "lease_holder", "log", "pack_blob_key", "read_ahead", "used_bytes",
 ]
@@ -33,9 +33,6 @@ INSERT_BATCH = 2000
 # body bytes it holds are a few of these batches, so they bound its memory (4 MiB batches cost ~8 MiB more RSS).
 LOOKUP_BATCH = 250
 WAITING_BYTES = 2 * 1024 * 1024
-# Batches looked up in the index while the one before them is placed: the lookup's round trips to the database
-# are then off the upload's critical path, at the cost of one more batch held.
-LOOKUPS_AHEAD = 1
 PUTS_IN_FLIGHT = 2
 # Batches of new chunks an upload compresses on worker threads while it goes on reading, hashing, cutting and
 # looking up: one per core but the loop's (zstd releases the GIL), at least one so compression always overlaps.

@@ -21,7 +21,7 @@ from eacct.chunks.chunker import ArchiveChunker
 from eacct.chunks.manifest import ENTRY
 from eacct.netdisk.models import Pack, UploadLease, Version
 from eacct.netdisk.store.common import (
-    BODY_BLOCKS_AHEAD, COMPRESSIONS_IN_FLIGHT, HEARTBEATS_PER_LEASE, LOOKUP_BATCH, LOOKUPS_AHEAD, NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL,
+    BODY_BLOCKS_AHEAD, COMPRESSIONS_IN_FLIGHT, HEARTBEATS_PER_LEASE, LOOKUP_BATCH, NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL,
     lease_holder, log, pack_blob_key, read_ahead,
 )
 from eacct.netdisk.store.deltas import delta_entries
@@ -116,9 +116,6 @@ class Upload:
         self.sealed: list[PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
         self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
         self.spooling: asyncio.Future[None] | None = None
-        # Batches whose chunks are being looked up in the index, oldest first: (batch, future of the known ones).
-        # The next batch's lookup runs while the one before it is compressed and spooled.
-        self.looking: deque[tuple[list[tuple[bytes, bytes | None, int]], asyncio.Future[set[bytes]]]] = deque()
         # Batches of new chunks being compressed, oldest first: (chunks, future of their frames).
         self.compressing: deque[tuple[list[tuple[bytes, bytes]], asyncio.Future[list[bytes]]]] = deque()
         # Full packs go to the blob store in the background while the body keeps streaming.
@@ -207,8 +204,7 @@ class Upload:
         self.waiting += cut
         self.waiting_bytes += sum(len(piece) for _, piece, _ in cut if piece is not None)
         if len(self.waiting) >= LOOKUP_BATCH or self.waiting_bytes >= WAITING_BYTES:
-            self._look_up_waiting()
-            await self._place_looked_up(LOOKUPS_AHEAD)
+            await self._place_waiting()
 
     async def flush(self) -> None:
         """Store everything received so far as pending packs (the stream may go on afterwards)."""
@@ -251,36 +247,15 @@ class Upload:
         return pack_blob_key(self.incoming.owner_id, self.pack_ids[pack_number]), offset, stored
 
     async def _place_waiting(self) -> None:
-        """Record every chunk received so far in the manifest; compress and spool those the owner lacks."""
-        self._look_up_waiting()
-        await self._place_looked_up(0)
-
-    def _look_up_waiting(self) -> None:
-        """Start looking up the waiting batch in the index; it is placed once the batches before it are."""
+        """Record the waiting chunks in the manifest; compress and spool those the owner doesn't have yet."""
         batch, self.waiting, self.waiting_bytes = self.waiting, [], 0
-        if batch:
-            digests = list({digest for digest, _, _ in batch if digest not in self.new_chunks})
-            self.looking.append((batch, asyncio.ensure_future(self._known(digests))))
-
-    async def _known(self, digests: list[bytes]) -> set[bytes]:
-        """Which of these chunks the owner already has, committed."""
-        if not digests:
-            return set()
-        async with unit_of_work(self.sessions, read_only=True) as session:
-            return set(await session.scalars(_KNOWN, {"owner_id": self.incoming.owner_id, "digests": digests}))
-
-    async def _place_looked_up(self, allowed_in_flight: int) -> None:
-        """Place looked-up batches, in order, until at most `allowed_in_flight` lookups are still running."""
-        while len(self.looking) > allowed_in_flight:
-            batch, lookup = self.looking[0]
-            known = await asyncio.shield(lookup)  # a transaction is never torn: `abandon` waits for it
-            self.looking.popleft()
-            await self._place(batch, known)
-
-    async def _place(self, batch: list[tuple[bytes, bytes | None, int]], known: set[bytes]) -> None:
-        """Record a batch in the manifest; compress and spool its chunks the owner doesn't have yet."""
-        # Checked again here, in order: an earlier batch of this upload may have stored a chunk since.
-        unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks} - known
+        if not batch:
+            return
+        unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks}
+        if unknown:
+            async with unit_of_work(self.sessions, read_only=True) as session:
+                rows = await session.scalars(_KNOWN, {"owner_id": self.incoming.owner_id, "digests": list(unknown)})
+                unknown.difference_update(rows)
         to_store = []
         missing = []
         for digest, piece, size in batch:
@@ -415,7 +390,6 @@ class Upload:
             task.cancel()
         threads = [future for future in (self.hashing, self.cutting, self.spooling) if future is not None]
         threads += [future for _, future in self.compressing]
-        threads += [future for _, future in self.looking]
         # Indexing is waited for, not cancelled: a transaction torn by a cancellation could leave SQLite's write
         # lock behind, and the rows it adds go with their packs below.
         await asyncio.gather(*self.puts, *self.indexing, *threads, return_exceptions=True)
