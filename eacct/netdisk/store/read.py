@@ -55,7 +55,7 @@ async def read_entries(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
 
     Blocks of about `DOWNLOAD_BLOCK` raw bytes are fetched and decoded (decompressed, verified) on worker threads,
     up to `DECODES_IN_FLIGHT` at once, while the next chunks are located; they come out in file order."""
-    in_flight: deque[asyncio.Task[bytes]] = deque()
+    in_flight: deque[asyncio.Task[bytearray]] = deque()
     try:
         async for block in _located_blocks(sessions, owner_id, entries, start, end, local):
             in_flight.append(asyncio.create_task(_fetch_and_decode(blobs, block)))
@@ -141,7 +141,7 @@ def _blocks(window, where: dict) -> Iterator[list[Run]]:
         yield runs
 
 
-async def _fetch_and_decode(blobs: BlobStore, runs: list[Run]) -> bytes:
+async def _fetch_and_decode(blobs: BlobStore, runs: list[Run]) -> bytearray:
     try:
         datas = await blobs.get_many([(key, offset, length) for key, offset, length, _ in runs])
     except BlobNotFound as exc:
@@ -152,16 +152,21 @@ async def _fetch_and_decode(blobs: BlobStore, runs: list[Run]) -> bytes:
     return await asyncio.to_thread(_decode_runs, datas, [items for *_, items in runs])
 
 
-def _decode_runs(datas: list[bytes], runs: list) -> bytes:
+def _decode_runs(datas: list[bytes], runs: list) -> bytearray:
     decompressor = zstandard.ZstdDecompressor()  # one per call: calls run on several threads at once
-    out = []
-    for data, items in zip(datas, runs):
-        with memoryview(data) as view:
-            position = 0
-            for (digest, raw_size, skip, take), length in items:
-                raw = decompressor.decompress(view[position : position + length], max_output_size=raw_size)
-                position += length
-                if hashlib.sha256(raw).digest() != digest:
-                    raise errors.NotFound("该版本的数据已损坏")
-                out.append(raw[skip : skip + take] if (skip or take != raw_size) else raw)
-    return b"".join(out)  # the one copy: the chunks joined into the block that is sent
+    # Each chunk is copied into the block as soon as it is verified: a block's raw bytes are held once, not
+    # twice (a list of chunks, then their join).
+    out = bytearray(sum(take for items in runs for (_, _, _, take), _ in items))
+    position = 0
+    with memoryview(out) as target:
+        for data, items in zip(datas, runs):
+            with memoryview(data) as view:
+                offset = 0
+                for (digest, raw_size, skip, take), length in items:
+                    raw = decompressor.decompress(view[offset : offset + length], max_output_size=raw_size)
+                    offset += length
+                    if hashlib.sha256(raw).digest() != digest:
+                        raise errors.NotFound("该版本的数据已损坏")
+                    target[position : position + take] = memoryview(raw)[skip : skip + take]
+                    position += take
+    return out
