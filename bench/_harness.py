@@ -107,6 +107,11 @@ class RssSampler:
         self._sample()
         return self.current
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, all threads) the process has used so far."""
+        times = self.process.cpu_times()
+        return times.user + times.system
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():

@@ -56,6 +56,10 @@ class Row:
     rss_after: int = 0
     stored_bytes: int | None = None
     rclone_rss_peak: int | None = None
+    # Server CPU seconds (all threads) per step: what a busy shared machine does not change much.
+    cpu_upload: float = 0.0
+    cpu_reupload: float = 0.0
+    cpu_download: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -106,35 +110,41 @@ async def measure(size_mib: int, args: argparse.Namespace) -> Row:
                 print(f"  server RSS idle (after start and login): {row.rss_idle / MiB:.0f} MB")
 
                 profile = spy(server, f"upload-{size_mib}MiB-{args.storage}", args)
+                cpu = server.rss.cpu_seconds()
                 with profile or contextlib.nullcontext():
                     result = await desktop.upload(ledger_id, YEAR, archive, sha, remark="首次上传")
+                row.cpu_upload = server.rss.cpu_seconds() - cpu
                 row.upload = result.rate(row.file_bytes)
                 row.rss_peak_upload = server.rss.peak
-                print(f"  upload:    {row.upload:6.0f} MB/s  ({result.seconds:.1f}s, server peak RSS "
-                      f"{row.rss_peak_upload / MiB:.0f} MB)")
+                print(f"  upload:    {row.upload:6.0f} MB/s  ({result.seconds:.1f}s, server CPU {row.cpu_upload:.2f}s, "
+                      f"server peak RSS {row.rss_peak_upload / MiB:.0f} MB)")
                 if profile:
                     print("  py-spy on the server during the first upload:")
                     print("\n".join("    " + line for line in profile.summary()))
 
                 server.rss.reset()
+                cpu = server.rss.cpu_seconds()
                 result = await desktop.upload(ledger_id, YEAR, archive, sha, remark="重复上传")
+                row.cpu_reupload = server.rss.cpu_seconds() - cpu
                 row.reupload = result.rate(row.file_bytes)
                 row.rss_peak_reupload = server.rss.peak
                 print(f"  re-upload: {row.reupload:6.0f} MB/s  ({result.seconds:.1f}s, every chunk known; "
-                      f"server peak RSS {row.rss_peak_reupload / MiB:.0f} MB)")
+                      f"server CPU {row.cpu_reupload:.2f}s, server peak RSS {row.rss_peak_reupload / MiB:.0f} MB)")
 
                 server.rss.reset()
                 dest = server.tmp / "downloaded.tar"
                 profile = spy(server, f"download-{size_mib}MiB-{args.storage}", args)
+                cpu = server.rss.cpu_seconds()
                 with profile or contextlib.nullcontext():
                     result = await desktop.download(ledger_id, YEAR, dest)
+                row.cpu_download = server.rss.cpu_seconds() - cpu
                 if result.sha256 != sha:
                     raise RuntimeError(f"downloaded sha256 {result.sha256} != uploaded {sha}")
                 dest.unlink()
                 row.download = result.rate(row.file_bytes)
                 row.rss_peak_download = server.rss.peak
                 print(f"  download:  {row.download:6.0f} MB/s  ({result.seconds:.1f}s, sha256 verified; "
-                      f"server peak RSS {row.rss_peak_download / MiB:.0f} MB)")
+                      f"server CPU {row.cpu_download:.2f}s, server peak RSS {row.rss_peak_download / MiB:.0f} MB)")
                 if profile:
                     print("  py-spy on the server during the download:")
                     print("\n".join("    " + line for line in profile.summary()))
@@ -174,7 +184,7 @@ def median_row(rows: list[Row]) -> Row:
         return rows[0]
     out = Row(rows[0].size_mib, rows[0].file_bytes)
     for name in ("upload", "reupload", "download", "raw_copy", "rclone_up", "rclone_down", "rss_idle", "rss_after",
-                 "stored_bytes"):
+                 "stored_bytes", "cpu_upload", "cpu_reupload", "cpu_download"):
         values = sorted(getattr(row, name) for row in rows if getattr(row, name) is not None)
         setattr(out, name, values[len(values) // 2] if values else None)
     for name in ("rss_peak_upload", "rss_peak_reupload", "rss_peak_download", "rclone_rss_peak"):
@@ -194,13 +204,14 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
     print(f"eacct transfer over loopback, storage={args.storage} (MB = MiB; a fresh server per size and run; "
           f"{durable}, client fsyncs downloads, raw copy fsyncs)")
     head = ("size MB", "upload MB/s", "re-upload MB/s", "download MB/s", "raw copy MB/s", "rclone up", "rclone down",
-            "RSS idle", "RSS peak", "peak-idle", "RSS after", "stored MB")
+            "RSS idle", "RSS peak", "peak-idle", "RSS after", "stored MB", "CPU s up/re/down")
     table = [head]
     for row in rows:
         table.append((
             f"{row.file_bytes / MiB:.0f}", fmt(row.upload), fmt(row.reupload), fmt(row.download), fmt(row.raw_copy),
             fmt(row.rclone_up), fmt(row.rclone_down), f"{row.rss_idle / MiB:.0f}", f"{row.rss_peak / MiB:.0f}",
             f"{(row.rss_peak - row.rss_idle) / MiB:.0f}", f"{row.rss_after / MiB:.0f}", "-" if row.stored_bytes is None else f"{row.stored_bytes / MiB:.0f}",
+            f"{row.cpu_upload:.2f}/{row.cpu_reupload:.2f}/{row.cpu_download:.2f}",
         ))
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     for i, line in enumerate(table):

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from sqlalchemy import exc as sa_exc
 
-from eacct.netdisk.store import upload as upload_pipeline
+from eacct.netdisk.store import spool
 from eacct.web import error_middleware
 from tests.conftest import new_ledger_id
 
@@ -26,7 +26,7 @@ async def test_full_disk_during_upload_is_503_storage_unavailable_not_connection
     ledger = new_ledger_id()
     before = (await member.call("GET", "/netdisk"))[1]["used_bytes"]
     # The upload's spool (compressed chunks on their way to becoming a pack) hits a full disk.
-    monkeypatch.setattr(upload_pipeline._PackWriter, "append", disk_full)
+    monkeypatch.setattr(spool.PackWriter, "append", disk_full)
 
     with caplog.at_level(logging.INFO, logger="eacct"):
         status, body, headers = await member.upload("backups", ledger, 2018, os.urandom(300_000), name="L")

@@ -46,6 +46,9 @@ _ZERO_BLOCK = bytes(_BLOCK)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _JET_MAGICS = (b"\x00\x01\x00\x00Standard Jet DB\x00", b"\x00\x01\x00\x00Standard ACE DB\x00")
 _JET_VERSION_OFFSET = 0x14
+# Bytes of a new slice added at least to the carried bytes of earlier ones before cutting resumes: enough to
+# get past them in one go for page groups, few enough that most of a large slice is never copied.
+_TOP_UP = 64 * 1024
 # Enough leading bytes of a member to recognise every supported database format.
 _SNIFF_BYTES = 24
 
@@ -96,8 +99,13 @@ DEFAULT_PARAMS = ChunkerParams()
 class ArchiveChunker:
     """Cuts a year archive into chunks as bytes arrive; same bytes → same cuts whatever the slicing."""
 
-    def __init__(self, params: ChunkerParams = DEFAULT_PARAMS) -> None:
+    def __init__(self, params: ChunkerParams = DEFAULT_PARAMS, *, views: bool = False) -> None:
+        """`views`: chunks cut straight from a fed buffer may be memoryviews into it instead of copies; only for
+        a caller that feeds buffers it never changes afterwards (e.g. bytes) and wants no copy of each chunk."""
         self._p = params
+        self._views = views
+        # Whether the buffer _run is cutting may be handed out as views (the caller's, not _pending).
+        self._cut_views = False
         # Unconsumed input; always starts at the next byte that is not yet part of an emitted chunk.
         self._pending = bytearray()
         # _pending must hold this many bytes before _run can make progress (saves work on tiny feeds).
@@ -127,19 +135,37 @@ class ArchiveChunker:
         out: list[bytes] = []
         if not mv:
             return out
-        if self._pending:
-            self._pending += mv
+        taken = 0  # bytes of mv appended to _pending so far
+        while self._pending and taken < len(mv):
+            # Carried bytes first: top them up with only as much of mv as the next cut needs (not all of mv),
+            # until the cuts get past them; the rest is then cut straight from the caller's buffer.
+            carried = len(self._pending) - taken  # bytes from earlier feeds still in _pending
+            more = mv[taken : taken + max(self._need - len(self._pending), _TOP_UP)]
+            self._pending += more
+            taken += len(more)
             if len(self._pending) < self._need:
-                return out
+                continue
             with memoryview(self._pending) as buf:
                 used = self._run(buf, False, out)
+            if used >= carried:
+                # Past the carried bytes: what is left of _pending is mv[used - carried : taken].
+                self._pending.clear()
+                taken = used - carried
+                break
             del self._pending[:used]
-        elif len(mv) < self._need:
-            self._pending += mv
-        else:
-            # Common case for large slices: cut straight from the caller's buffer, keep only the tail.
-            used = self._run(mv, False, out)
-            self._pending += mv[used:]
+        if self._pending:
+            return out  # all of mv is in _pending, waiting for more bytes
+        rest = mv[taken:]
+        if len(rest) < self._need:
+            self._pending += rest
+            return out
+        # Common case for large slices: cut straight from the caller's buffer, keep only the tail.
+        self._cut_views = self._views
+        try:
+            used = self._run(rest, False, out)
+        finally:
+            self._cut_views = False
+        self._pending += rest[used:]
         return out
 
     def finish(self) -> list[bytes]:
@@ -177,6 +203,10 @@ class ArchiveChunker:
                 break
             pos = step
         return pos
+
+    def _piece(self, mv: memoryview, start: int, end: int) -> bytes:
+        """A chunk: a view into the caller's buffer where allowed, else a copy (_pending changes under views)."""
+        return mv[start:end] if self._cut_views else bytes(mv[start:end])
 
     def _to_cdc(self) -> None:
         """Give up on structure: FastCDC from the current position to the end of the stream."""
@@ -284,10 +314,10 @@ class ArchiveChunker:
                     return pos
                 self._need = meta + size
                 return None
-            out.append(bytes(mv[pos : pos + meta + size]))
+            out.append(self._piece(mv, pos, pos + meta + size))
             self._region_done()
             return pos + meta + size
-        out.append(bytes(mv[pos : pos + meta]))
+        out.append(self._piece(mv, pos, pos + meta))
         self._meta_len = 0
         self._state = _SNIFF
         self._left = size
@@ -315,11 +345,14 @@ class ArchiveChunker:
         if stop == pos and not (region_ends or final):
             self._need = group if left is None else min(group, left)
             return None
-        out.extend([bytes(mv[i : i + group]) for i in range(pos, stop, group)])
+        if self._cut_views:
+            out.extend([mv[i : i + group] for i in range(pos, stop, group)])
+        else:
+            out.extend([bytes(mv[i : i + group]) for i in range(pos, stop, group)])
         if region_ends or final:
             # The member (or stream) ends here: a short last group is complete too.
             if lim > stop:
-                out.append(bytes(mv[stop:lim]))
+                out.append(self._piece(mv, stop, lim))
             stop = lim
         if left is not None:
             self._left = left - (stop - pos)
@@ -344,7 +377,7 @@ class ArchiveChunker:
             cuts.pop()
         start = pos
         for length in cuts:
-            out.append(bytes(mv[start : start + length]))
+            out.append(self._piece(mv, start, start + length))
             start += length
         if left is not None:
             self._left = left - (start - pos)

@@ -97,7 +97,9 @@ async def body_blocks(request: web.Request) -> AsyncIterator[bytes]:
     while True:
         # A client that stops sending (Content-Length larger than what comes) would hold the upload forever.
         try:
-            data = await asyncio.wait_for(request.content.readany(), idle_timeout)
+            # asyncio.timeout, not wait_for: no task per read (a 1 GB body is ~16k reads).
+            async with asyncio.timeout(idle_timeout):
+                data = await request.content.readany()
         except TimeoutError:
             raise errors.UploadStalled(
                 f"上传中断：超过 {idle_timeout} 秒没有收到数据，本次上传未保存，请重新上传") from None

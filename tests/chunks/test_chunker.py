@@ -103,8 +103,8 @@ def changed_pages(a: bytes, b: bytes, page: int = PAGE) -> int:
     return sum(a[i : i + page] != b[i : i + page] for i in range(0, len(a), page))
 
 
-def feed_sliced(data: bytes, sizes: Iterator[int], params: ChunkerParams = P) -> list[bytes]:
-    chunker = ArchiveChunker(params)
+def feed_sliced(data: bytes, sizes: Iterator[int], params: ChunkerParams = P, *, views: bool = False) -> list[bytes]:
+    chunker = ArchiveChunker(params, views=views)
     out: list[bytes] = []
     view = memoryview(data)
     pos = 0
@@ -228,6 +228,26 @@ def test_cuts_do_not_depend_on_how_input_is_sliced(inputs: dict[str, bytes], nam
     whole = chunk_bytes(data)
     for sizes in (const(1), const(7), const(512), random_sizes(11, 5000), random_sizes(12, 400_000)):
         assert feed_sliced(data, sizes) == whole
+
+
+@pytest.mark.parametrize("name", ["tar", "sqlite", "random", "garbage_after_header", "bad_checksum_mid_stream"])
+def test_chunks_as_views_are_the_same_cuts(inputs: dict[str, bytes], name: str) -> None:
+    """The server cuts request bodies (immutable bytes) into views instead of copies: the cuts are the same."""
+    data = inputs[name]
+    whole = chunk_bytes(data)
+    for sizes in (const(7), const(512), random_sizes(11, 5000), random_sizes(12, 400_000), const(1 << 20)):
+        assert [bytes(c) for c in feed_sliced(data, sizes, views=True)] == whole
+
+
+def test_chunks_as_views_share_the_fed_buffers(inputs: dict[str, bytes]) -> None:
+    data = inputs["tar"] + inputs["sqlite"] + random.Random(9).randbytes(3_000_000)
+    chunker = ArchiveChunker(views=True)
+    blocks = [data[pos : pos + (1 << 20)] for pos in range(0, len(data), 1 << 20)]
+    chunks = [c for block in blocks for c in chunker.feed(block)] + chunker.finish()
+    assert b"".join(chunks) == data
+    shared = sum(len(c) for c in chunks if isinstance(c, memoryview) and any(c.obj is b for b in blocks))
+    # Only chunks cut from bytes carried across a block boundary (at most 2 * cdc_max per block) are copies.
+    assert shared >= 0.6 * len(data)
 
 
 @pytest.mark.parametrize(

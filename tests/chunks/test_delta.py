@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
@@ -178,3 +179,20 @@ async def test_a_delta_on_an_outdated_base_is_a_conflict(two_days):
     body = body_for(archive, manifest, plan(manifest, base, await ask_missing(member, ledger, manifest)))
     status, error, _ = await send_delta(member, ledger, 2018, day2, body, base=first["version_id"])
     assert status == 412 and error["error"]["code"] == "version_conflict"
+
+
+async def test_a_delta_whose_new_chunks_fill_several_packs_is_read_back_from_the_index(two_days, tmp_path):
+    """The server checks a delta by reading the year back; chunks of packs it already indexed are found there
+    (it keeps no place for them), those of its last pack from what it holds."""
+    member, ledger, first, _, _, base = two_days
+    scan = tmp_path / "scan.bin"
+    scan.write_bytes(os.urandom(5 * 1024 * 1024))  # several 1 MiB packs of new chunks
+    day2 = tar_year({"data.db": tmp_path / "data.db", "scan.bin": scan})
+    archive = tmp_path / "day2-scan.tar"
+    archive.write_bytes(day2)
+    manifest = manifest_of(day2)
+    missing = await ask_missing(member, ledger, manifest)
+    body = body_for(archive, manifest, plan(manifest, base, missing))
+    status, version, _ = await send_delta(member, ledger, 2018, day2, body, base=first["version_id"])
+    assert status == 201, version
+    assert (await member.download("backups", ledger, 2018))[1] == day2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import uuid
@@ -209,3 +210,19 @@ async def test_quota_check_before_the_body_counts_what_the_current_version_can_s
         with pytest.raises(errors.QuotaExceeded) as refused:
             await versions.check_before_upload(session, settings, incoming)
     assert refused.value.extra == {"needed_bytes": 5000, "free_bytes": 1000}
+
+
+async def test_a_download_stopped_early_leaves_no_block_decoding(sessions, blobs, settings, owner):
+    """Blocks are read and decoded several at a time on worker threads; a reader that stops after the first
+    block (the client went away) leaves none of them running."""
+    content = os.urandom(6 * 1024 * 1024)
+    version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
+    async with sessions() as session:
+        row = await session.scalar(select(Version).where(Version.public_id == version.version_id))
+    blocks = store.read_version(sessions, blobs, row)
+    first = await anext(blocks)
+    assert content.startswith(first) and len(first) < len(content)
+    await blocks.aclose()
+    decoding = [task for task in asyncio.all_tasks() if "_fetch_and_decode" in repr(task.get_coro())]
+    assert decoding == []
+    assert await read_all(sessions, blobs, version.version_id) == content

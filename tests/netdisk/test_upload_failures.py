@@ -8,6 +8,7 @@ Runs on SQLite or PostgreSQL (EACCT_TEST_DATABASE_URL) and on local or OSS stora
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+import zstandard
 import pytest
 from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
@@ -29,6 +31,7 @@ from sqlalchemy.orm import Session
 from eacct import errors
 from eacct.db import unit_of_work, utcnow
 from eacct.netdisk import store, versions
+from eacct.netdisk.store import spool
 from eacct.storage import LocalBlobStore
 from eacct.netdisk.models import Ledger, Pack, UploadLease, Version
 from tests.conftest import Desktop, new_ledger_id
@@ -240,11 +243,13 @@ async def test_stalled_upload_body_is_refused_with_408_and_nothing_kept(make_ser
 
 async def test_gc_reclaims_a_dead_uploads_spool_file_and_keeps_a_live_ones(sessions, blobs, settings, owner):
     settings = settings.with_overrides(pack_target_bytes=64 * 1024 * 1024)  # spooled, never sealed
-    contents = [os.urandom(store.WAITING_BYTES + 1024 * 1024) for _ in range(2)]
+    # A few lookup batches, so that the first ones are placed (spooled) while the stream goes on.
+    contents = [os.urandom(4 * store.WAITING_BYTES) for _ in range(2)]
     dead, live = (store.Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
                   for content in contents)
     for upload, content in ((dead, contents[0]), (live, contents[1])):
-        await upload.feed(content)
+        async for block in body_of(content, 1024 * 1024):
+            await upload.feed(block)
         await upload.feed(b"")
     assert len(spool_files(blobs)) == 2
     await dead.release_lease()  # its process dies: no more heartbeats, and its last one was long ago
@@ -296,7 +301,7 @@ async def test_a_compression_thread_finishing_after_abandon_does_not_recreate_it
     content = os.urandom(store.WAITING_BYTES + 512 * 1024)
     upload = store.Upload(sessions, blobs, settings.with_overrides(pack_target_bytes=64 * 1024 * 1024),
                            incoming_for(owner, content), free_bytes=10**9)
-    real = upload.compressor
+    real = upload.new_compressor()
     first_frame_written = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -306,7 +311,7 @@ async def test_a_compression_thread_finishing_after_abandon_does_not_recreate_it
             loop.call_soon_threadsafe(first_frame_written.set)
             return real.compress(piece)
 
-    upload.compressor = SlowCompressor()
+    upload.new_compressor = SlowCompressor
     await upload.feed(content)
     task = asyncio.create_task(upload.flush())
     await first_frame_written.wait()
@@ -409,3 +414,124 @@ async def test_a_process_that_died_just_before_a_restart_has_its_uploads_reclaim
         await asyncio.sleep(0.2)
     assert await count(sessions, Pack) == 0 and await pack_keys(blobs) == []
     assert await count(sessions, UploadLease) == 0
+
+
+# ----------------------------------------------------------------- worker threads failing mid-upload
+
+
+async def test_a_compression_thread_failing_mid_upload_refuses_it_and_keeps_nothing(sessions, blobs, settings,
+                                                                                    owner):
+    """Compression runs on worker threads while the body streams; one failing after packs were already sealed,
+    indexed and put fails the upload, and everything it stored goes (rows first, then blobs)."""
+    content = os.urandom(6 * store.WAITING_BYTES)
+    incoming = incoming_for(owner, content)
+    compressed = 0
+    sealed_before_failure = []
+
+    class FailingCompressor:
+        def __init__(self) -> None:
+            self.real = zstandard.ZstdCompressor(level=1)
+
+        def compress(self, piece: bytes) -> bytes:
+            nonlocal compressed
+            compressed += len(piece)
+            if compressed > 4 * store.WAITING_BYTES:
+                raise zstandard.ZstdError("compression context broke")
+            return self.real.compress(piece)
+
+    real_put = blobs.put
+
+    async def noting_put(key, path):
+        sealed_before_failure.append(key)
+        await real_put(key, path)
+
+    blobs.put = noting_put
+    original = store.Upload.new_compressor
+    store.Upload.new_compressor = lambda upload: FailingCompressor()
+    try:
+        with pytest.raises(zstandard.ZstdError):
+            await store.receive_version(sessions, blobs, settings, incoming, body_of(content),
+                                        versions.UploadRules(settings, incoming, None), free_bytes=10**9)
+    finally:
+        store.Upload.new_compressor = original
+        blobs.put = real_put
+    assert sealed_before_failure  # packs were stored before the thread failed
+    assert await count(sessions, Version) == 0 and await count(sessions, Pack) == 0
+    assert await count(sessions, UploadLease) == 0
+    assert await pack_keys(blobs) == [] and spool_files(blobs) == []
+
+
+async def test_a_compression_thread_failing_over_http_is_a_json_error_and_the_year_stays_as_it_was(
+        desktop, monkeypatch):
+    member = await desktop("zstdfail1", "小周")
+    ledger = new_ledger_id()
+    first = os.urandom(300_000)
+    assert (await member.upload("backups", ledger, 2018, first, name="L"))[0] == 201
+    used = (await member.call("GET", "/netdisk"))[1]["used_bytes"]
+
+    class BrokenCompressor:
+        def compress(self, piece: bytes) -> bytes:
+            raise zstandard.ZstdError("compression context broke")
+
+    monkeypatch.setattr(store.Upload, "new_compressor", lambda upload: BrokenCompressor())
+    status, body, headers = await member.upload("backups", ledger, 2018, os.urandom(3 * 1024 * 1024), name="L")
+    monkeypatch.undo()
+    assert status == 500 and headers["Content-Type"].startswith("application/json"), body
+    assert (await member.download("backups", ledger, 2018))[1] == first
+    assert (await member.call("GET", "/netdisk"))[1]["used_bytes"] == used
+
+
+async def test_a_spool_file_still_being_created_when_the_upload_is_abandoned_does_not_outlive_it(
+        sessions, blobs, settings, owner, monkeypatch):
+    content = os.urandom(4 * store.WAITING_BYTES)
+    upload = store.Upload(sessions, blobs, settings, incoming_for(owner, content), free_bytes=10**9)
+    opening = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_open(*args, **kwargs):
+        loop.call_soon_threadsafe(opening.set)
+        time.sleep(0.3)  # a slow disk: the file appears only after the upload was cancelled and abandoned
+        return builtins.open(*args, **kwargs)
+
+    monkeypatch.setattr(spool, "open", slow_open, raising=False)  # the spool's file creation, past its checks
+    async def stream() -> None:  # the first batches' chunks are placed while it goes on: the spool file is created
+        async for block in body_of(content, 1024 * 1024):
+            await upload.feed(block)
+
+    task = asyncio.create_task(stream())
+    await asyncio.wait_for(opening.wait(), 10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await upload.abandon()
+    await asyncio.sleep(0.5)
+    assert spool_files(blobs) == []
+
+
+@pytest.mark.parametrize("statement", ["SELECT chunks.digest FROM chunks", "INSERT INTO chunks"],
+                         ids=["lookup", "indexing_in_the_background"])
+async def test_a_database_failure_midway_through_an_upload_refuses_it_and_keeps_nothing(
+        sessions, blobs, settings, owner, engine, statement):
+    """A sealed pack's rows are indexed in the background while the body streams on; that, or a lookup,
+    failing midway (after packs were sealed and indexed) fails the upload, and what it stored goes."""
+    content = os.urandom(8 * store.WAITING_BYTES)
+    incoming = incoming_for(owner, content)
+    seen = 0
+
+    def fail_the_third(conn, cursor, sql, parameters, context, executemany) -> None:
+        nonlocal seen
+        if sql.startswith(statement):
+            seen += 1
+            if seen == 3:
+                raise ConnectionResetError("database went away")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", fail_the_third)
+    try:
+        with pytest.raises(Exception, match="database went away"):
+            await store.receive_version(sessions, blobs, settings, incoming, body_of(content, 1024 * 1024),
+                                        versions.UploadRules(settings, incoming, None), free_bytes=10**9)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", fail_the_third)
+    assert seen >= 3
+    assert await count(sessions, Version) == 0 and await count(sessions, Pack) == 0
+    assert await count(sessions, UploadLease) == 0
+    assert await pack_keys(blobs) == [] and spool_files(blobs) == []

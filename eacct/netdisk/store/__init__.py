@@ -17,8 +17,8 @@ nothing is deleted: gc decides later from what the database says. Every upload t
 lease (`UploadLease`) whose heartbeat it refreshes while alive; gc reclaims the pending packs and spool files
 of a lease that has lapsed (its process is gone), within `upload_lease_seconds`, and never a live one's.
 
-Modules: `upload` (the pipeline and leases), `index` (the commit and reference counts), `read` (downloads),
-`gc` (garbage collection), `common` (shared constants and helpers).
+Modules: `upload` (the pipeline and leases), `spool` (spool files), `deltas` (delta bodies), `index` (the commit
+and reference counts), `read` (downloads), `gc` (garbage collection), `common` (shared constants and helpers).
 """
 
 from eacct.netdisk.store.common import WAITING_BYTES, pack_blob_key, used_bytes

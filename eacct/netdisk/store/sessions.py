@@ -16,7 +16,8 @@ from eacct.netdisk.models import Pack, Version
 from eacct.netdisk.store.common import NEW_CHUNK, ZSTD_LEVEL, log
 from eacct.netdisk.store.index import CommitRules, commit
 from eacct.netdisk.store.read import read_entries
-from eacct.netdisk.store.upload import IncomingVersion, Upload, _PackWriter
+from eacct.netdisk.store.spool import PackWriter
+from eacct.netdisk.store.upload import IncomingVersion, Upload
 from eacct.storage import BlobStore, BlobStoreError
 
 __all__ = ["commit_session", "store_chunks"]
@@ -29,14 +30,14 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
                        chunks: list[tuple[bytes, bytes]]) -> list[Held]:
     """Compress verified chunks into one pack registered as pending under `lease_id` (before its blob is put,
     so gc can always find it), then put it durably; where each chunk now lies."""
-    pack = _PackWriter(blobs.spool_dir(), owner_id, lease_id)
+    pack = PackWriter(blobs.spool_dir(), owner_id, lease_id)
     placed: list[Held] = []
 
     def spool() -> None:
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         for digest, piece in chunks:
             frame = compressor.compress(piece)
-            placed.append((digest, pack.pack_id, pack.append(frame), len(frame), len(piece)))
+            placed.append((digest, pack.pack_id, pack.append([frame]), len(frame), len(piece)))
         pack.close()
 
     try:

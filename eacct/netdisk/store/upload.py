@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import zstandard
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -18,18 +18,28 @@ from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.storage import BlobStore, BlobStoreError
 from eacct.chunks.chunker import ArchiveChunker
-from eacct.chunks.delta import read_delta
-from eacct.chunks.errors import ChunkChecksumError, ChunkFormatError
 from eacct.chunks.manifest import ENTRY
-from eacct.netdisk.models import Chunk, Pack, UploadLease, Version, VersionManifest
+from eacct.netdisk.models import Pack, UploadLease, Version
 from eacct.netdisk.store.common import (
-    BODY_BLOCKS_AHEAD, HEARTBEATS_PER_LEASE, LOOKUP_BATCH, NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL,
+    BODY_BLOCKS_AHEAD, COMPRESSIONS_IN_FLIGHT, HEARTBEATS_PER_LEASE, LOOKUP_BATCH, NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL,
     lease_holder, log, pack_blob_key, read_ahead,
 )
+from eacct.netdisk.store.deltas import delta_entries
 from eacct.netdisk.store.index import CommitRules, commit, index_pending_chunks
 from eacct.netdisk.store.read import read_entries
+from eacct.netdisk.store.spool import PackWriter
 
 __all__ = ["IncomingVersion", "Upload", "receive_version"]
+
+# A new chunk's entry in `Upload.new_chunks` when no place is kept for it: its batch is still being compressed,
+# or its row is in the index (the 20-odd bytes of a place per chunk are a few MiB for a 1 GB year).
+_NOT_KEPT = b""
+# Which of these chunks the owner already has. Only chunks in committed packs count: another upload's pending
+# rows may still be abandoned. Plain SQL: no per-value type processing (a 1 GB year looks up ~130k digests).
+_KNOWN = text(
+    "SELECT chunks.digest FROM chunks JOIN packs ON packs.id = chunks.pack_id "
+    "WHERE chunks.owner_id = :owner_id AND chunks.digest IN :digests AND packs.committed"
+).bindparams(bindparam("digests", expanding=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,54 +69,13 @@ class IncomingVersion:
         return self.size if self.body_size is None else self.body_size
 
 
-@dataclass
-class _PackWriter:
-    """Spools compressed chunks into one local file until it is big enough to become a pack blob."""
-
-    directory: Path
-    owner_id: int
-    lease_id: str
-    pack_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    size: int = 0
-    handle: object | None = None
-    discarded: bool = False
-
-    @property
-    def path(self) -> Path:
-        # Named by its upload's lease, so gc can tell a live upload's spool file from a dead process's.
-        return self.directory / f"{self.lease_id}.{self.pack_id}.pack"
-
-    @property
-    def blob_key(self) -> str:
-        return pack_blob_key(self.owner_id, self.pack_id)
-
-    def append(self, frame: bytes) -> int:
-        if self.discarded:
-            # A compression thread still running after its upload was abandoned must not recreate the file.
-            raise RuntimeError("pack writer already discarded")
-        if self.handle is None:
-            self.handle = open(self.path, "wb")
-        offset = self.size
-        self.handle.write(frame)
-        self.size += len(frame)
-        return offset
-
-    def close(self) -> None:
-        # No fsync here: the blob store's `put` is what makes a pack durable (the local one fsyncs it).
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-    def discard(self) -> None:
-        self.discarded = True
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-        self.path.unlink(missing_ok=True)
-
-
 class Upload:
-    """The state of one streaming upload; CPU work runs in a worker thread, database and blob I/O on the loop."""
+    """The state of one streaming upload; CPU work runs on worker threads, database and blob I/O on the loop.
+
+    Four stages overlap: the body is read ahead; one thread hashes and cuts the next block; batches of new
+    chunks compress on other threads (up to `COMPRESSIONS_IN_FLIGHT` at once, each with its own zstd context)
+    while the loop looks up the next batch; compressed batches are appended to the spooled pack in file order.
+    """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
                  incoming: IncomingVersion, free_bytes: int) -> None:
@@ -116,8 +85,11 @@ class Upload:
         self.incoming = incoming
         self.free_bytes = free_bytes
         self.hasher = hashlib.sha256()
-        self.chunker = ArchiveChunker()
-        self.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        # Chunks are views into the body blocks (bytes, never changed): no copy per chunk; a block is freed once
+        # its chunks are looked up, compressed and written.
+        self.chunker = ArchiveChunker(views=True)
+        # zstd contexts are not thread-safe: each compression job takes one from here (or makes one).
+        self.compressors: list[zstandard.ZstdCompressor] = []
         self.received = 0
         self.manifest = bytearray()
         # Chunks this upload stored itself: digest → NEW_CHUNK-packed (pack number, offset, stored length,
@@ -141,15 +113,19 @@ class Upload:
         # Set once the commit is sent: from then on a failure leaves its outcome unknown.
         self.commit_sent = False
         self.pack = self._new_pack()
-        self.sealed: list[_PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
+        self.sealed: list[PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
         self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
         self.spooling: asyncio.Future[None] | None = None
+        # Batches of new chunks being compressed, oldest first: (chunks, future of their frames).
+        self.compressing: deque[tuple[list[tuple[bytes, bytes]], asyncio.Future[list[bytes]]]] = deque()
         # Full packs go to the blob store in the background while the body keeps streaming.
         self.puts: set[asyncio.Task[None]] = set()
+        self.indexing: set[asyncio.Task[None]] = set()  # a sealed pack's rows going into the index
         self.cutting: asyncio.Future[list[tuple[bytes, bytes, int]]] | None = None
+        self.hashing: asyncio.Future[None] | None = None
 
-    def _new_pack(self) -> _PackWriter:
-        return _PackWriter(self.blobs.spool_dir(), self.incoming.owner_id, self.lease_id)
+    def _new_pack(self) -> PackWriter:
+        return PackWriter(self.blobs.spool_dir(), self.incoming.owner_id, self.lease_id)
 
     async def _take_lease(self) -> None:
         """Register the lease before the first file is written, and keep it alive while the upload is."""
@@ -190,18 +166,18 @@ class Upload:
             await asyncio.gather(asyncio.shield(self.heartbeat), return_exceptions=True)
 
     def _cut(self, data: bytes, final: bool) -> list[tuple[bytes, bytes, int]]:
-        if data:
-            self.hasher.update(data)
         pieces = self.chunker.feed(data) if data else []
         if final:
             pieces += self.chunker.finish()
         return [(hashlib.sha256(piece).digest(), piece, len(piece)) for piece in pieces]
 
     async def feed(self, data: bytes) -> None:
-        """Take the next block of the body. Cutting and hashing it runs on a worker thread while the
-        previous block's chunks are looked up and spooled (cuts stay in order: one runs at a time)."""
+        """Take the next block of the body. Hashing it and cutting it run on two worker threads while the
+        previous block's chunks are looked up and spooled (each stays in order: one block at a time)."""
         self._count(len(data))
         previous = await self._cut_result()
+        if data:
+            self.hashing = asyncio.ensure_future(asyncio.to_thread(self.hasher.update, data))
         self.cutting = asyncio.ensure_future(asyncio.to_thread(self._cut, data, False))
         await self._take(previous)
 
@@ -216,6 +192,9 @@ class Upload:
         await self._take(entries)
 
     async def _cut_result(self) -> list[tuple[bytes, bytes, int]]:
+        if self.hashing is not None:
+            hashing, self.hashing = self.hashing, None
+            await hashing
         if self.cutting is None:
             return []
         cutting, self.cutting = self.cutting, None
@@ -231,14 +210,18 @@ class Upload:
         """Store everything received so far as pending packs (the stream may go on afterwards)."""
         await self._take(await self._cut_result())
         await self._place_waiting()
+        await self._write_compressed(0)
         await self._seal_pack()
-        await self._wait_for_puts(0)
+        await self._wait_for(self.indexing, 0)
+        await self._wait_for(self.puts, 0)
 
     async def finish(self) -> str:
         """Store the rest; return the whole year's sha256 (a delta upload's is read back from the store)."""
         if not self.incoming.delta:
             await self._take(await self._cut_result())
             self.waiting += await asyncio.to_thread(self._cut, b"", True)
+        await self._place_waiting()
+        await self._write_compressed(1)  # packs filled before the last batch are indexed now, as while streaming
         self.finishing = True
         await self.flush()
         if self.received != self.incoming.body_bytes:
@@ -258,7 +241,7 @@ class Upload:
 
     def _new_location(self, digest: bytes) -> tuple[str, int, int] | None:
         packed = self.new_chunks.get(digest)
-        if packed is None:
+        if not packed:  # unknown here, or in the index (where the reader finds it)
             return None
         pack_number, offset, stored, _ = NEW_CHUNK.unpack(packed)
         return pack_blob_key(self.incoming.owner_id, self.pack_ids[pack_number]), offset, stored
@@ -271,11 +254,7 @@ class Upload:
         unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks}
         if unknown:
             async with unit_of_work(self.sessions, read_only=True) as session:
-                # Only chunks in committed packs count: another upload's pending rows may still be abandoned.
-                rows = await session.scalars(
-                    select(Chunk.digest).join(Pack, Pack.id == Chunk.pack_id)
-                    .where(Chunk.owner_id == self.incoming.owner_id, Chunk.digest.in_(unknown), Pack.committed.is_(True))
-                )
+                rows = await session.scalars(_KNOWN, {"owner_id": self.incoming.owner_id, "digests": list(unknown)})
                 unknown.difference_update(rows)
         to_store = []
         missing = []
@@ -295,18 +274,46 @@ class Upload:
         if self.new_bytes > self.free_bytes:
             raise errors.QuotaExceeded.for_upload(self.new_bytes, self.free_bytes)
         await self._take_lease()
-        # Shielded: if this task is cancelled the thread still runs, and `abandon` waits for it.
-        self.spooling = asyncio.ensure_future(asyncio.to_thread(self._spool, to_store))
-        await asyncio.shield(self.spooling)
-        if self.pack.size >= self.settings.pack_target_bytes:
-            await self._seal_pack()
+        if self.pack.handle is None:
+            # Tracked like a write: `abandon` waits for it, so the file cannot appear after it was discarded.
+            self.spooling = asyncio.ensure_future(asyncio.to_thread(self.pack.open))
+            await asyncio.shield(self.spooling)
+        for digest, _ in to_store:  # placed once compressed; known from now on, so a repeat is not stored twice
+            self.new_chunks[digest] = _NOT_KEPT
+        self.compressing.append((to_store, asyncio.ensure_future(asyncio.to_thread(self._compress, to_store))))
+        await self._write_compressed(COMPRESSIONS_IN_FLIGHT)
 
-    def _spool(self, chunks: list[tuple[bytes, bytes]]) -> None:
-        for digest, piece in chunks:
-            frame = self.compressor.compress(piece)
-            offset = self.pack.append(frame)
-            self.new_chunks[digest] = NEW_CHUNK.pack(len(self.pack_ids), offset, len(frame), len(piece))
+    def _compress(self, chunks: list[tuple[bytes, bytes]]) -> list[bytes]:
+        compressor = self.compressors.pop() if self.compressors else self.new_compressor()
+        try:
+            return [compressor.compress(piece) for _, piece in chunks]
+        finally:
+            self.compressors.append(compressor)
+
+    def new_compressor(self) -> zstandard.ZstdCompressor:
+        """A zstd context for one compression thread at a time."""
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+
+    async def _write_compressed(self, allowed_in_flight: int) -> None:
+        """Append compressed batches to the spooled pack, in file order, until at most `allowed_in_flight`
+        are still compressing; seal the pack when it is full."""
+        while len(self.compressing) > allowed_in_flight:
+            chunks, compressing = self.compressing[0]
+            # Shielded: if this task is cancelled the threads still run, and `abandon` waits for them.
+            frames = await asyncio.shield(compressing)
+            self.compressing.popleft()
+            self.spooling = asyncio.ensure_future(asyncio.to_thread(self._spool, chunks, frames))
+            await asyncio.shield(self.spooling)
+            if self.pack.size >= self.settings.pack_target_bytes:
+                await self._seal_pack()
+
+    def _spool(self, chunks: list[tuple[bytes, bytes]], frames: list[bytes]) -> None:
+        offset = self.pack.append(frames)
+        pack_number = len(self.pack_ids)
+        for (digest, piece), frame in zip(chunks, frames):
+            self.new_chunks[digest] = NEW_CHUNK.pack(pack_number, offset, len(frame), len(piece))
             self.unindexed.append(digest)
+            offset += len(frame)
 
     async def _seal_pack(self) -> None:
         """Send the current pack to the blob store in the background, registered as pending first so gc
@@ -330,11 +337,21 @@ class Upload:
         if self.finishing:
             self.index_at_commit += digests
         else:
-            # Indexed now, as pending rows, while the pack travels: the commit then only counts references.
-            await index_pending_chunks(self.sessions, self.chunk_rows(digests))
-        await self._wait_for_puts(PUTS_IN_FLIGHT - 1)
+            # Indexed as pending rows while the pack travels and the body streams on: the commit then only
+            # counts references. One pack's rows at a time (they go in short transactions of their own).
+            await self._wait_for(self.indexing, 0)
+            self.indexing.add(asyncio.create_task(self._index(pack.pack_id, digests)))
+        await self._wait_for(self.puts, PUTS_IN_FLIGHT - 1)
 
-    async def _put(self, pack: _PackWriter) -> None:
+    async def _index(self, pack_id: str, digests: list[bytes]) -> None:
+        if await index_pending_chunks(self.sessions, self.chunk_rows(digests), pack_id):
+            # All its rows went in: the index says where these chunks are, and no other upload's row can take
+            # their place any more; only a row another upload inserted first needs our place kept, for the
+            # commit to point it at our copy.
+            for digest in digests:
+                self.new_chunks[digest] = _NOT_KEPT
+
+    async def _put(self, pack: PackWriter) -> None:
         try:
             await self.blobs.put(pack.blob_key, pack.path)
         except BlobStoreError as exc:
@@ -343,18 +360,22 @@ class Upload:
         finally:
             await asyncio.to_thread(pack.discard)
 
-    async def _wait_for_puts(self, allowed_in_flight: int) -> None:
-        """Wait until at most `allowed_in_flight` puts are still running; a failed put fails the upload."""
-        while len(self.puts) > allowed_in_flight:
-            done, _ = await asyncio.wait(self.puts, return_when=asyncio.FIRST_COMPLETED)
-            self.puts -= done
+    @staticmethod
+    async def _wait_for(tasks: set[asyncio.Task[None]], allowed_in_flight: int) -> None:
+        """Wait until at most `allowed_in_flight` of these background tasks (puts, indexing) still run; a failed
+        one fails the upload. Waiting never cancels them."""
+        while len(tasks) > allowed_in_flight:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            tasks -= done
             for task in done:
                 task.result()
 
     def chunk_rows(self, digests: list[bytes]) -> Iterator[dict]:
-        """The pending `chunks` rows (refs 0) of these chunks this upload stored."""
+        """The pending `chunks` rows (refs 0) of these chunks this upload stored (those whose place it kept)."""
         for digest in digests:
             packed = self.new_chunks[digest]
+            if not packed:
+                continue
             pack_number, offset, stored, raw = NEW_CHUNK.unpack(packed)
             yield {"owner_id": self.incoming.owner_id, "digest": digest, "pack_id": self.pack_ids[pack_number],
                    "offset": offset, "stored_length": stored, "raw_size": raw, "refs": 0}
@@ -367,8 +388,11 @@ class Upload:
         """
         for task in self.puts:
             task.cancel()
-        threads = [future for future in (self.cutting, self.spooling) if future is not None]
-        await asyncio.gather(*self.puts, *threads, return_exceptions=True)
+        threads = [future for future in (self.hashing, self.cutting, self.spooling) if future is not None]
+        threads += [future for _, future in self.compressing]
+        # Indexing is waited for, not cancelled: a transaction torn by a cancellation could leave SQLite's write
+        # lock behind, and the rows it adds go with their packs below.
+        await asyncio.gather(*self.puts, *self.indexing, *threads, return_exceptions=True)
         for pack in (self.pack, *self.sealed):
             await asyncio.to_thread(pack.discard)
         await self.release_lease()
@@ -410,10 +434,8 @@ async def receive_version(
     upload = Upload(sessions, blobs, settings, incoming, free_bytes)
     try:
         if incoming.delta:
-            async def base() -> bytes:
-                return await _base_manifest(sessions, incoming)
-
-            async for entries, body_bytes in read_ahead(_checked_delta(body, base), BODY_BLOCKS_AHEAD):
+            entries_of = delta_entries(sessions, body, incoming.ledger_id, incoming.year, incoming.if_match)
+            async for entries, body_bytes in read_ahead(entries_of, BODY_BLOCKS_AHEAD):
                 await upload.feed_delta(entries, body_bytes)
         else:
             async for data in read_ahead(body, BODY_BLOCKS_AHEAD):
@@ -427,30 +449,3 @@ async def receive_version(
         raise
     await asyncio.shield(upload.release_lease())
     return version
-
-
-async def _checked_delta(body: AsyncIterator[bytes], base: Callable[[], Awaitable[bytes]]):
-    """`read_delta` with the chunk format's errors turned into the server's."""
-    try:
-        async for item in read_delta(body, base):
-            yield item
-    except ChunkChecksumError as exc:
-        raise errors.ChecksumMismatch(str(exc)) from exc
-    except ChunkFormatError as exc:
-        raise errors.BadRequest(str(exc)) from exc
-
-
-async def _base_manifest(sessions: async_sessionmaker[AsyncSession], incoming: IncomingVersion) -> bytes:
-    """The chunk list of the version a delta upload builds on (its If-Match)."""
-    if incoming.if_match is None:
-        raise errors.BadRequest("增量上传引用基准版本时需要 If-Match")
-    async with unit_of_work(sessions, read_only=True) as session:
-        entries = await session.scalar(
-            select(VersionManifest.entries)
-            .join(Version, Version.id == VersionManifest.version_id)
-            .where(Version.public_id == incoming.if_match, Version.ledger_id == incoming.ledger_id,
-                   Version.year == incoming.year)
-        )
-    if entries is None:
-        raise errors.VersionConflict("增量上传的基准版本已不存在，请先下载最新版本再上传")
-    return entries
