@@ -112,6 +112,18 @@ class RssSampler:
         times = self.process.cpu_times()
         return times.user + times.system
 
+    def system_seconds(self) -> float:
+        """The kernel's part of `cpu_seconds`: copies, page faults, syscalls."""
+        return self.process.cpu_times().system
+
+    def minor_faults(self) -> int:
+        """Pages the process touched for the first time (fresh memory) so far; 0 where /proc has no stat."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0
+        return int(fields[7])  # minflt: the 10th field of stat, the 8th after the command name
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():

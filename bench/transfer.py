@@ -110,41 +110,47 @@ async def measure(size_mib: int, args: argparse.Namespace) -> Row:
                 print(f"  server RSS idle (after start and login): {row.rss_idle / MiB:.0f} MB")
 
                 profile = spy(server, f"upload-{size_mib}MiB-{args.storage}", args)
-                cpu = server.rss.cpu_seconds()
+                cpu, kernel, faults = server.rss.cpu_seconds(), server.rss.system_seconds(), server.rss.minor_faults()
                 with profile or contextlib.nullcontext():
                     result = await desktop.upload(ledger_id, YEAR, archive, sha, remark="首次上传")
                 row.cpu_upload = server.rss.cpu_seconds() - cpu
+                kernel = server.rss.system_seconds() - kernel
+                faults = server.rss.minor_faults() - faults
                 row.upload = result.rate(row.file_bytes)
                 row.rss_peak_upload = server.rss.peak
-                print(f"  upload:    {row.upload:6.0f} MB/s  ({result.seconds:.1f}s, server CPU {row.cpu_upload:.2f}s, "
+                print(f"  upload:    {row.upload:6.0f} MB/s  ({result.seconds:.1f}s, server CPU {row.cpu_upload:.2f}s of which kernel {kernel:.2f}s, {faults / 1000:.0f}k page faults, "
                       f"server peak RSS {row.rss_peak_upload / MiB:.0f} MB)")
                 if profile:
                     print("  py-spy on the server during the first upload:")
                     print("\n".join("    " + line for line in profile.summary()))
 
                 server.rss.reset()
-                cpu = server.rss.cpu_seconds()
+                cpu, kernel, faults = server.rss.cpu_seconds(), server.rss.system_seconds(), server.rss.minor_faults()
                 result = await desktop.upload(ledger_id, YEAR, archive, sha, remark="重复上传")
                 row.cpu_reupload = server.rss.cpu_seconds() - cpu
+                kernel = server.rss.system_seconds() - kernel
+                faults = server.rss.minor_faults() - faults
                 row.reupload = result.rate(row.file_bytes)
                 row.rss_peak_reupload = server.rss.peak
                 print(f"  re-upload: {row.reupload:6.0f} MB/s  ({result.seconds:.1f}s, every chunk known; "
-                      f"server CPU {row.cpu_reupload:.2f}s, server peak RSS {row.rss_peak_reupload / MiB:.0f} MB)")
+                      f"server CPU {row.cpu_reupload:.2f}s of which kernel {kernel:.2f}s, {faults / 1000:.0f}k page faults, server peak RSS {row.rss_peak_reupload / MiB:.0f} MB)")
 
                 server.rss.reset()
                 dest = server.tmp / "downloaded.tar"
                 profile = spy(server, f"download-{size_mib}MiB-{args.storage}", args)
-                cpu = server.rss.cpu_seconds()
+                cpu, kernel, faults = server.rss.cpu_seconds(), server.rss.system_seconds(), server.rss.minor_faults()
                 with profile or contextlib.nullcontext():
                     result = await desktop.download(ledger_id, YEAR, dest)
                 row.cpu_download = server.rss.cpu_seconds() - cpu
+                kernel = server.rss.system_seconds() - kernel
+                faults = server.rss.minor_faults() - faults
                 if result.sha256 != sha:
                     raise RuntimeError(f"downloaded sha256 {result.sha256} != uploaded {sha}")
                 dest.unlink()
                 row.download = result.rate(row.file_bytes)
                 row.rss_peak_download = server.rss.peak
                 print(f"  download:  {row.download:6.0f} MB/s  ({result.seconds:.1f}s, sha256 verified; "
-                      f"server CPU {row.cpu_download:.2f}s, server peak RSS {row.rss_peak_download / MiB:.0f} MB)")
+                      f"server CPU {row.cpu_download:.2f}s of which kernel {kernel:.2f}s, {faults / 1000:.0f}k page faults, server peak RSS {row.rss_peak_download / MiB:.0f} MB)")
                 if profile:
                     print("  py-spy on the server during the download:")
                     print("\n".join("    " + line for line in profile.summary()))

@@ -30,9 +30,11 @@ T = TypeVar("T")
 NEW_CHUNK = struct.Struct("<IQII")
 INSERT_BATCH = 2000
 # An upload looks its chunks up (and compresses the new ones) in batches of this many chunks or bytes: the
-# body bytes it holds are a few of these batches, so they bound its memory (4 MiB batches cost ~8 MiB more RSS).
+# body bytes it holds are a few of these batches, so they bound its memory. bench/transfer.py, 1 GB year:
+# 2 MiB batches cost ~8 MiB more peak RSS than 1 MiB ones at the same upload rate (re-uploads, where every
+# chunk is known, spend ~0.5 s more CPU on the twice as many lookups).
 LOOKUP_BATCH = 250
-WAITING_BYTES = 2 * 1024 * 1024
+WAITING_BYTES = 1024 * 1024
 PUTS_IN_FLIGHT = 2
 # Batches of new chunks an upload compresses on worker threads while it goes on reading, hashing, cutting and
 # looking up: one per core but the loop's (zstd releases the GIL), at least one so compression always overlaps.
@@ -43,8 +45,9 @@ DOWNLOAD_BLOCKS_AHEAD = 2
 # (2 MiB blocks halve the ranged GETs on OSS, ~0.1 s of CPU per 100 MB, but add ~8 MiB to a download's RSS.)
 DOWNLOAD_BLOCK = 1024 * 1024
 DECODES_IN_FLIGHT = max(os.cpu_count() or 1, 1)
-# 1 MiB body blocks read ahead of the pipeline: enough to keep it fed, each one more is 1 MiB more RSS.
-BODY_BLOCKS_AHEAD = 2
+# 1 MiB body blocks read ahead of the pipeline: one keeps it fed (the socket buffers the next), each one more
+# is 1 MiB more RSS and no faster on loopback.
+BODY_BLOCKS_AHEAD = 1
 STOP_GRACE_SECONDS = 2.0
 READ_WINDOW = 2048
 MAX_COALESCED_READ = 4 * 1024 * 1024
