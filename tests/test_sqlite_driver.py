@@ -77,3 +77,12 @@ def test_serving_runs_on_uvloop():
         return type(asyncio.get_running_loop()).__module__
 
     assert run_serving(loop_module()).startswith("uvloop")
+
+
+async def test_every_connection_is_durable_waits_for_locks_and_keeps_a_small_page_cache(engine):
+    """WAL with full fsync, foreign keys, a minute's busy wait, and a 512 KiB private page cache per pooled
+    connection (the operating system's cache of the file is shared by all of them)."""
+    async with engine.connect() as connection:
+        settings = [(await connection.execute(text(f"PRAGMA {name}"))).scalar()
+                    for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "cache_size")]
+    assert settings == ["wal", 2, 1, 60000, -512]

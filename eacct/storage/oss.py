@@ -103,15 +103,8 @@ class OssBlobStore(BlobStore):
         # One connection per worker thread: more would sit idle, fewer would make workers wait.
         self._session = oss2.Session(pool_size=workers)
         try:
-            self._bucket = oss2.Bucket(
-                auth,
-                endpoint,
-                bucket,
-                session=self._session,
-                connect_timeout=timeout,
-                enable_crc=True,
-                region=region,
-            )
+            self._bucket = oss2.Bucket(auth, endpoint, bucket, session=self._session, connect_timeout=timeout,
+                                       enable_crc=True, region=region)
         except oss2.exceptions.ClientError as exc:
             raise ValueError(f"bad OSS bucket {bucket!r} or endpoint {endpoint!r}") from exc
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eacct-oss")
@@ -276,10 +269,7 @@ class OssBlobStore(BlobStore):
     async def _put_multipart(self, key: str, full_key: str, path: Path, size: int) -> None:
         # OSS allows at most MAX_PARTS parts, so very large files need larger parts.
         part_size = max(self._part_size, -(-size // MAX_PARTS))
-        started = await self._call(
-            "start multipart upload", key, self._bucket.init_multipart_upload, full_key, headers=dict(_PACK_HEADERS)
-        )
-        upload_id = started.upload_id
+        upload_id = await self._start_multipart(key, full_key)
         try:
             parts = await self._upload_parts(key, full_key, path, upload_id, size, part_size)
             crc = Crc64()
@@ -293,6 +283,23 @@ class OssBlobStore(BlobStore):
             )
         except BaseException:
             await asyncio.shield(self._abort(key, full_key, upload_id))
+            raise
+
+    async def _start_multipart(self, key: str, full_key: str) -> str:
+        """Begin a multipart upload, its id; cancelled meanwhile, abort what the request began on OSS (nothing
+        else would ever find an upload started for an abandoned pack)."""
+        starting = asyncio.ensure_future(self._call(
+            "start multipart upload", key, self._bucket.init_multipart_upload, full_key, headers=dict(_PACK_HEADERS)
+        ))
+        try:
+            return (await asyncio.shield(starting)).upload_id
+        except asyncio.CancelledError:
+            async def abort_once_started() -> None:
+                started = (await asyncio.gather(starting, return_exceptions=True))[0]
+                if not isinstance(started, BaseException):
+                    await self._abort(key, full_key, started.upload_id)
+
+            await asyncio.shield(abort_once_started())
             raise
 
     async def _upload_parts(
@@ -311,17 +318,8 @@ class OssBlobStore(BlobStore):
                 offset = (number - 1) * part_size
                 length = min(part_size, size - offset)
                 try:
-                    result = await self._call(
-                        f"upload part {number}",
-                        key,
-                        self._upload_part_sync,
-                        full_key,
-                        upload_id,
-                        number,
-                        path,
-                        offset,
-                        length,
-                    )
+                    result = await self._call(f"upload part {number}", key, self._upload_part_sync, full_key,
+                                              upload_id, number, path, offset, length)
                 except BaseException:
                     failed = True
                     raise

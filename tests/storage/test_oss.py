@@ -34,6 +34,7 @@ from tests.oss_server import (
     DELETE_OBJECT,
     GET_OBJECT,
     HEAD_OBJECT,
+    INITIATE_MULTIPART,
     PUT_OBJECT,
     UPLOAD_PART,
     FakeOssServer,
@@ -314,6 +315,22 @@ async def test_a_failing_part_aborts_the_upload(oss, make_store, tmp_path) -> No
     assert oss.count(ABORT_MULTIPART, status=204) == 1
     assert not oss.uploads and not oss.objects
     assert [info async for info in store.list()] == []
+
+
+async def test_a_put_cancelled_while_its_multipart_upload_starts_aborts_that_upload(oss, make_store, tmp_path) -> None:
+    """An abandoned upload cancels its pack puts; one cancelled while OSS is still starting its multipart upload
+    must not leave that upload behind (nothing would ever list or abort it)."""
+    store = make_store()
+    oss.faults.delay(0.3, INITIATE_MULTIPART)
+    put = asyncio.create_task(store.put("packs/abandoned", source(tmp_path, os.urandom(THRESHOLD + PART_SIZE))))
+    while oss.count(INITIATE_MULTIPART) == 0:
+        await asyncio.sleep(0.005)
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+    assert oss.count(INITIATE_MULTIPART, status=200) == 1 and oss.count(UPLOAD_PART) == 0
+    assert oss.count(ABORT_MULTIPART, status=204) == 1
+    assert not oss.uploads and not oss.objects
 
 
 async def test_a_part_that_fails_once_is_retried(oss, make_store, tmp_path) -> None:
