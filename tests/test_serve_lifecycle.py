@@ -136,7 +136,8 @@ def refuses_connections_soon(port: int, seconds: float) -> bool:
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
+            # Reset: the connection reached the listen backlog just as the listener closed; not served either.
             return True
         time.sleep(0.05)
     return False

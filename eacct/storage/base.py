@@ -12,12 +12,15 @@ import abc
 import asyncio
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = ["BlobInfo", "BlobNotFound", "BlobStore", "BlobStoreError", "Leftover", "check_key"]
+
+T = TypeVar("T")
 
 
 class BlobStoreError(Exception):
@@ -69,6 +72,13 @@ class BlobStore(abc.ABC):
     async def get_many(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
         """Several bounded ranges `(key, offset, length)`, in order; a backend may fetch them together."""
         return [await self.get(key, offset, length) for key, offset, length in ranges]
+
+    async def read_ranges(self, ranges: list[tuple[str, int, int]], consume: Callable[[list[memoryview]], T]) -> T:
+        """Hand several bounded ranges `(key, offset, length)`, in order, to `consume` on a worker thread; what
+        it returns. The views are valid only during the call (a backend may read into buffers it reuses), so
+        `consume` copies whatever it keeps. A range past the end of its object is shorter, as with `get`."""
+        datas = await self.get_many(ranges)
+        return await asyncio.to_thread(consume, [memoryview(data) for data in datas])
 
     @abc.abstractmethod
     def stream(self, key: str, block_size: int = 1 << 20) -> AsyncIterator[bytes]:

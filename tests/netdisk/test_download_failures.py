@@ -68,14 +68,14 @@ async def break_pack(blobs, key: str, how: str, tmp_path, monkeypatch) -> None:
         await blobs.delete(key)
         return
     if how == "storage-down":
-        get_many = blobs.get_many
+        read_ranges = blobs.read_ranges
 
-        async def unavailable_for_that_pack(ranges):
+        async def unavailable_for_that_pack(ranges, consume):
             if any(range_key == key for range_key, _, _ in ranges):
                 raise BlobStoreError("connection refused (injected)")
-            return await get_many(ranges)
+            return await read_ranges(ranges, consume)
 
-        monkeypatch.setattr(blobs, "get_many", unavailable_for_that_pack)
+        monkeypatch.setattr(blobs, "read_ranges", unavailable_for_that_pack)
         return
     garbage = tmp_path / "garbage.pack"
     garbage.write_bytes(os.urandom(64 * 1024))

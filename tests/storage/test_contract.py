@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -99,6 +100,34 @@ async def test_get_many_returns_each_range_in_order(store: BlobStore, tmp_path: 
     assert await store.get_many([]) == []
     with pytest.raises(BlobNotFound):
         await store.get_many([("packs/m1", 0, 10), ("packs/absent", 0, 10)])
+
+
+async def test_read_ranges_hands_each_range_in_order_to_a_worker_thread(store: BlobStore, tmp_path: Path) -> None:
+    first, second = os.urandom(5000), os.urandom(7000)
+    await put_bytes(store, tmp_path, "packs/v1", first)
+    await put_bytes(store, tmp_path, "packs/v2", second)
+    ranges = [("packs/v2", 10, 100), ("packs/v1", 0, 5000), ("packs/v2", 6990, 10), ("packs/v1", 42, 1)]
+    loop_thread = threading.get_ident()
+    seen = []
+
+    def consume(views: list[memoryview]) -> list[bytes]:
+        seen.append(threading.get_ident())
+        return [bytes(view) for view in views]
+
+    assert await store.read_ranges(ranges, consume) == [second[10:110], first, second[6990:], first[42:43]]
+    assert seen and seen[0] != loop_thread
+    # Past the end a range is shorter, as with `get`: never bytes left over from an earlier, longer read.
+    assert await store.read_ranges([("packs/v2", 6900, 5000)], consume) == [second[6900:]]
+    assert await store.read_ranges([("packs/v1", 0, 5000), ("packs/v1", 4990, 5000)], consume) == [first, first[4990:]]
+    with pytest.raises(BlobNotFound):
+        await store.read_ranges([("packs/v1", 0, 10), ("packs/absent", 0, 10)], consume)
+
+    def failing(views: list[memoryview]) -> None:
+        raise ValueError("consumer failed")
+
+    with pytest.raises(ValueError, match="consumer failed"):
+        await store.read_ranges([("packs/v1", 0, 10)], failing)
+    assert await store.read_ranges([("packs/v1", 0, 10)], consume) == [first[:10]]
 
 
 async def test_stream_yields_the_whole_object_in_bounded_blocks(store: BlobStore, tmp_path: Path) -> None:

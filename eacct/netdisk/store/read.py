@@ -142,17 +142,18 @@ def _blocks(window, where: dict) -> Iterator[list[Run]]:
 
 
 async def _fetch_and_decode(blobs: BlobStore, runs: list[Run]) -> bytearray:
+    items_of_runs = [items for *_, items in runs]
     try:
-        datas = await blobs.get_many([(key, offset, length) for key, offset, length, _ in runs])
+        return await blobs.read_ranges([(key, offset, length) for key, offset, length, _ in runs],
+                                       lambda datas: _decode_runs(datas, items_of_runs))
     except BlobNotFound as exc:
         raise errors.NotFound("该版本的数据已不完整") from exc
     except BlobStoreError as exc:
         log.warning("packs could not be read: %s", exc)
         raise errors.StorageUnavailable("云存储暂时不可用，请稍后重新下载") from exc
-    return await asyncio.to_thread(_decode_runs, datas, [items for *_, items in runs])
 
 
-def _decode_runs(datas: list[bytes], runs: list) -> bytearray:
+def _decode_runs(datas: list[memoryview], runs: list) -> bytearray:
     decompressor = zstandard.ZstdDecompressor()  # one per call: calls run on several threads at once
     # Each chunk is copied into the block as soon as it is verified: a block's raw bytes are held once, not
     # twice (a list of chunks, then their join).
