@@ -38,6 +38,10 @@ class _ReadBuffers:
         return bytearray(-(-max(size, 1) // _BUFFER_GRANULE) * _BUFFER_GRANULE)
 
     def give_back(self, buffer: bytearray) -> None:
+        try:
+            buffer.append(buffer.pop())  # an O(1) resize: BufferError while a view of it is still alive
+        except BufferError:
+            return  # a consumer kept a view (against `read_ranges`'s contract): never read into it again
         with self._lock:
             if len(buffer) <= _LARGEST_KEPT:
                 self._free.append(buffer)
@@ -140,23 +144,19 @@ class LocalBlobStore(BlobStore):
 
     def _read_ranges_sync(self, paths: list[tuple[Path, int, int]], consume: Callable[[list[memoryview]], T]) -> T:
         buffer = self._read_buffers.take(sum(length for _, _, length in paths))
+        views: list[memoryview] = []
         try:
-            with memoryview(buffer) as whole:
-                views = []
-                try:
-                    position = 0
-                    with _OpenFiles() as files:
-                        for path, offset, length in paths:
-                            target = whole[position : position + length]
-                            # Shorter at the end of the file: the view holds what was read, never older bytes.
-                            views.append(target[: os.preadv(files.fd(path), [target], offset)])
-                            target.release()
-                            position += length
-                    return consume(views)
-                finally:
-                    for view in views:
-                        view.release()
+            position = 0
+            with memoryview(buffer) as whole, _OpenFiles() as files:
+                for path, offset, length in paths:
+                    with whole[position : position + length] as target:
+                        # Shorter at the end of the file: the view holds what was read, never older bytes.
+                        views.append(target[: os.preadv(files.fd(path), [target], offset)])
+                    position += length
+            return consume(views)
         finally:
+            for view in views:
+                view.release()
             self._read_buffers.give_back(buffer)
 
     @staticmethod

@@ -252,3 +252,21 @@ async def test_spool_files_are_reported_as_leftovers_and_removable(store: BlobSt
     await store.remove_leftover(found[0])
     assert not spooled.exists() and await store.leftovers() == []
     await store.remove_leftover(found[0])  # gone already: not an error
+
+
+async def test_a_local_read_buffer_a_consumer_kept_is_never_reused(tmp_path: Path) -> None:
+    """`read_ranges` views are only lent; if a consumer keeps one anyway (against the contract), its buffer is not
+    read into again under it."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    first, second = os.urandom(4000), os.urandom(4000)
+    await put_bytes(store, tmp_path, "packs/k1", first)
+    await put_bytes(store, tmp_path, "packs/k2", second)
+    kept: list[memoryview] = []
+
+    def keeping(views: list[memoryview]) -> None:
+        kept.append(memoryview(views[0]))
+
+    await store.read_ranges([("packs/k1", 0, 4000)], keeping)
+    assert await store.read_ranges([("packs/k2", 0, 4000)], lambda views: bytes(views[0])) == second
+    assert bytes(kept[0]) == first
+    await store.close()
