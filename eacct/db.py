@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
-from eacct.sqlite_driver import one_trip_dbapi
+from eacct.sqlite_driver import OneTripConnection, one_trip_dbapi
 
 __all__ = [
     "PING_IDLE_SECONDS", "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue",
@@ -117,7 +117,12 @@ def create_engine(database_url: str, *, schema: str | None = None,
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(connection) -> None:
             read_only = connection.get_execution_options().get(READ_ONLY, False)
-            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+            driver_connection = connection.connection.dbapi_connection
+            if isinstance(driver_connection, OneTripConnection):
+                driver_connection.defer_begin(begin)  # sent with the transaction's first statement
+            else:
+                connection.exec_driver_sql(begin)
 
         return engine
     connect_args = {}

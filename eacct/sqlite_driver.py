@@ -2,9 +2,13 @@
 
 aiosqlite runs sqlite3 on a thread of its own and every call is a round trip to it: SQLAlchemy's adapter
 makes four per statement (open a cursor, execute, fetch all, close). Each trip wakes the event loop from
-another thread, and under load those wake-ups, not SQLite, are what a list request costs. This adapter runs
-the four steps as one function on the connection's thread, so a statement costs one trip. Everything else
-(connections, transactions, errors, server-side cursors) is SQLAlchemy's own aiosqlite adapter.
+another thread, and under load those wake-ups, not SQLite, are what a list request costs: milliseconds each
+when every core is busy (an upload hashing and compressing on worker threads). This adapter runs the four
+steps as one function on the connection's thread, so a statement costs one trip. A transaction's BEGIN
+travels with its first statement, and a COMMIT or ROLLBACK with no transaction open (a unit that ran no
+statement, the pool's reset of a returned connection) makes no trip at all: a one-statement unit of work
+costs two trips instead of four. Everything else (connections, errors, server-side cursors) is SQLAlchemy's
+own aiosqlite adapter.
 
 Used by `eacct.db.create_engine` as the DBAPI `module` of a `sqlite+aiosqlite` engine.
 """
@@ -23,11 +27,14 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
-__all__ = ["one_trip_dbapi"]
+__all__ = ["OneTripConnection", "one_trip_dbapi"]
 
 
-def _run_statement(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool):
-    """On the connection's thread: execute, fetch every row, close; returns what the cursor must remember."""
+def _run_statement(connection: sqlite3.Connection, begin: str | None, operation: str, parameters: Any, many: bool):
+    """On the connection's thread: begin (if a BEGIN waits), execute, fetch every row, close; returns what the
+    cursor must remember."""
+    if begin is not None:
+        connection.execute(begin)
     cursor = connection.cursor()
     try:
         if many:
@@ -82,8 +89,9 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _run(self, operation: Any, parameters: Any, many: bool) -> None:
         async with self._adapt_connection._execute_mutex:
+            begin = self._adapt_connection.take_begin()
             self._description, rows, self._rowcount, self._lastrowid = await self._connection._execute(
-                _run_statement, self._connection._conn, operation, parameters, many)
+                _run_statement, self._connection._conn, begin, operation, parameters, many)
         self._rows = collections.deque(rows)
 
     async def _execute_async(self, operation: Any, parameters: Any) -> None:
@@ -108,8 +116,52 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     """SQLAlchemy's aiosqlite connection adapter whose buffered cursors make one trip per statement."""
 
-    __slots__ = ()
+    __slots__ = ("_begin",)
     _cursor_cls = OneTripCursor
+
+    def __init__(self, dbapi: Any, connection: aiosqlite.Connection) -> None:
+        super().__init__(dbapi, connection)
+        # A BEGIN the next statement runs first (on the same trip); None when none waits.
+        self._begin: str | None = None
+
+    def defer_begin(self, statement: str) -> None:
+        """Start a transaction with `statement` (a BEGIN) on the same trip as the next statement."""
+        self._begin = statement
+
+    def take_begin(self) -> str | None:
+        """The BEGIN waiting for the next statement, if any; it is then that statement's to run."""
+        begin, self._begin = self._begin, None
+        return begin
+
+    def cursor(self, server_side: bool = False):
+        if server_side and self._begin is not None:
+            # A server-side cursor runs its statement through aiosqlite itself: the BEGIN goes first, on its own.
+            self.exec_begin()
+        return super().cursor(server_side)
+
+    def exec_begin(self) -> None:
+        """Run a waiting BEGIN now, on a trip of its own."""
+        begin = self.take_begin()
+        if begin is not None:
+            try:
+                await_(self._connection._execute(self._connection._conn.execute, begin))
+            except Exception as error:
+                self._handle_exception(error)
+
+    def _in_transaction(self) -> bool:
+        # Read on the loop's thread while the connection's thread is idle: the adapter runs one call at a time.
+        connection = self._connection._connection
+        return connection is not None and connection.in_transaction
+
+    def commit(self) -> None:
+        self._begin = None  # no statement ran since BEGIN was asked for: there is nothing to commit
+        if self._in_transaction():
+            super().commit()
+
+    def rollback(self) -> None:
+        self._begin = None
+        if self._in_transaction():
+            super().rollback()
 
 
 class OneTripDbapi(AsyncAdapt_aiosqlite_dbapi):

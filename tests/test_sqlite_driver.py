@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import aiosqlite
 import pytest
 from sqlalchemy import exc, text
 
 from eacct.cli import run_serving
-from eacct.db import create_engine
+from eacct.db import create_engine, make_session_factory, unit_of_work
 
 
 @pytest.fixture
@@ -86,3 +88,83 @@ async def test_every_connection_is_durable_waits_for_locks_and_keeps_a_small_pag
         settings = [(await connection.execute(text(f"PRAGMA {name}"))).scalar()
                     for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "cache_size")]
     assert settings == ["wal", 2, 1, 60000, -512]
+
+
+async def test_a_one_statement_unit_of_work_costs_two_trips_and_returning_its_connection_none(engine, trips):
+    """BEGIN travels with the first statement; COMMIT is the second trip; the pool's reset of a connection with
+    no transaction open makes none (SQLAlchemy's adapter: BEGIN, statement, COMMIT, ROLLBACK on return)."""
+    sessions = make_session_factory(engine)
+    async with unit_of_work(sessions, read_only=True) as session:
+        await session.execute(text("SELECT 1"))  # connects first: counted from the next unit on
+    for read_only in (True, False):
+        before = len(trips)
+        async with unit_of_work(sessions, read_only=read_only) as session:
+            assert (await session.execute(text("SELECT 7"))).scalar() == 7
+        assert len(trips) - before == 2
+    before = len(trips)
+    async with unit_of_work(sessions) as session:
+        pass  # a unit that ran no statement began nothing: nothing to commit, nothing to roll back
+    assert len(trips) == before
+
+
+async def test_a_deferred_begin_still_opens_the_transaction_its_unit_asked_for(engine, tmp_path):
+    """A writer's first statement takes the write lock (BEGIN IMMEDIATE) and holds it until the commit; a
+    reader's first statement pins its snapshot (deferred BEGIN) until the unit ends."""
+    sessions = make_session_factory(engine)
+    async with unit_of_work(sessions) as session:
+        await session.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+    other = sqlite3.connect(tmp_path / "driver.db", timeout=0, isolation_level=None)
+    try:
+        async with unit_of_work(sessions) as session:
+            await session.execute(text("SELECT count(*) FROM t"))  # reads only, but the unit may write
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        async with unit_of_work(sessions, read_only=True) as session:
+            assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+            other.execute("INSERT INTO t DEFAULT VALUES")  # committed by another connection meanwhile
+            assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 0  # same snapshot
+        async with unit_of_work(sessions, read_only=True) as session:
+            assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 1
+    finally:
+        other.close()
+
+
+async def test_a_begin_that_fails_fails_its_first_statement_and_leaves_the_connection_usable(engine, tmp_path):
+    sessions = make_session_factory(engine)
+    async with unit_of_work(sessions) as session:
+        await session.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+    async with engine.connect() as connection:  # the pool's one connection: fail at once instead of waiting
+        await connection.execute(text("PRAGMA busy_timeout=0"))
+        await connection.commit()
+    other = sqlite3.connect(tmp_path / "driver.db", timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(exc.OperationalError, match="locked"):
+            async with unit_of_work(sessions) as session:
+                await session.execute(text("INSERT INTO t DEFAULT VALUES"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with unit_of_work(sessions) as session:
+        await session.execute(text("INSERT INTO t DEFAULT VALUES"))
+    async with unit_of_work(sessions, read_only=True) as session:
+        assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 1
+
+
+async def test_a_streamed_result_runs_inside_the_transaction_its_unit_began(engine, tmp_path):
+    """A server-side cursor runs its statement through aiosqlite itself: the waiting BEGIN goes first."""
+    sessions = make_session_factory(engine)
+    async with unit_of_work(sessions) as session:
+        await session.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+        await session.execute(text("INSERT INTO t (id) VALUES (1), (2), (3)"))
+    other = sqlite3.connect(tmp_path / "driver.db", timeout=0, isolation_level=None)
+    try:
+        async with unit_of_work(sessions, read_only=True) as session:
+            result = await session.stream(text("SELECT id FROM t ORDER BY id"))
+            other.execute("INSERT INTO t (id) VALUES (4)")
+            assert [row[0] async for row in result] == [1, 2, 3]
+            assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 3
+    finally:
+        other.close()

@@ -8,13 +8,16 @@ import os
 import uuid
 
 import pytest
+import zstandard
 from sqlalchemy import func, select, update
 
 from eacct import errors
+from eacct.chunks import digests
 from eacct.db import unit_of_work
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk import store, versions
-from eacct.netdisk.models import Chunk, Ledger, Netdisk, Pack, Version
+from eacct.chunks.manifest import iter_manifest
+from eacct.netdisk.models import Chunk, Ledger, Netdisk, Pack, Version, VersionManifest
 from tests.netdisk.ledgers import body_of, edit_rows, make_ledger_db, tar_year
 
 
@@ -226,3 +229,37 @@ async def test_a_download_stopped_early_leaves_no_block_decoding(sessions, blobs
     decoding = [task for task in asyncio.all_tasks() if "_fetch_and_decode" in repr(task.get_coro())]
     assert decoding == []
     assert await read_all(sessions, blobs, version.version_id) == content
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-digests", "hashlib"])
+@pytest.mark.parametrize("where", ["whole", "edge"], ids=["among-whole-chunks", "at-the-edge-of-the-range"])
+async def test_a_chunk_whose_bytes_no_longer_match_its_digest_is_never_handed_out(
+        sessions, blobs, settings, owner, tmp_path, monkeypatch, native, where):
+    """A frame that decompresses fine but to other bytes (bit rot under a valid frame) fails the read of its
+    block, whether the chunk is verified with the block's others or on its own (the edge of a range)."""
+    if not native:
+        monkeypatch.setattr(digests, "_native_sha256_many", None)
+    content = os.urandom(400_000)
+    version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
+    async with unit_of_work(sessions, read_only=True) as session:
+        row = await session.scalar(select(Version).where(Version.public_id == version.version_id))
+        entries = await session.scalar(select(VersionManifest.entries).where(VersionManifest.version_id == row.id))
+        position = 0
+        for digest, size in iter_manifest(entries):  # the chunk holding byte 200,000 of the year
+            if position + size > 200_000:
+                break
+            position += size
+        chunk, key = (await session.execute(select(Chunk, Pack.blob_key).join(Pack, Pack.id == Chunk.pack_id)
+                                            .where(Chunk.digest == digest))).one()
+    pack = tmp_path / "pack"
+    data = bytearray(await blobs.get(key))
+    impostor = zstandard.ZstdCompressor(level=1).compress(os.urandom(chunk.raw_size))
+    assert len(impostor) == chunk.stored_length  # incompressible bytes of one size: frames of one size
+    data[chunk.offset : chunk.offset + chunk.stored_length] = impostor
+    pack.write_bytes(bytes(data))
+    await blobs.delete(key)
+    await blobs.put(key, pack)
+    assert (await read_all(sessions, blobs, version.version_id, 0, position)) == content[:position]
+    start = 0 if where == "whole" else position + 5
+    with pytest.raises(errors.NotFound, match="损坏"):
+        await read_all(sessions, blobs, version.version_id, start)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from eacct import errors
 from eacct.db import unit_of_work
 from eacct.storage import BlobNotFound, BlobStore, BlobStoreError
+from eacct.chunks.digests import sha256_many
 from eacct.chunks.manifest import iter_manifest
 from eacct.netdisk.models import Version, VersionManifest
 from eacct.netdisk.store.common import (
@@ -159,15 +160,33 @@ def _decode_runs(datas: list[memoryview], runs: list) -> bytearray:
     # twice (a list of chunks, then their join).
     out = bytearray(sum(take for items in runs for (_, _, _, take), _ in items))
     position = 0
-    with memoryview(out) as target:
-        for data, items in zip(datas, runs):
-            with memoryview(data) as view:
-                offset = 0
-                for (digest, raw_size, skip, take), length in items:
-                    raw = decompressor.decompress(view[offset : offset + length], max_output_size=raw_size)
-                    offset += length
-                    if hashlib.sha256(raw).digest() != digest:
-                        raise errors.NotFound("该版本的数据已损坏")
-                    target[position : position + take] = memoryview(raw)[skip : skip + take]
-                    position += take
+    # Whole chunks are verified together once the block is decoded, in one native call (eacct.chunks.digests):
+    # a download hands the GIL back and forth once per block, not once per chunk. The block is not handed on
+    # before that check has passed.
+    whole: list[memoryview] = []
+    expected: list[bytes] = []
+    try:
+        with memoryview(out) as target:
+            for data, items in zip(datas, runs):
+                with memoryview(data) as view:
+                    offset = 0
+                    for (digest, raw_size, skip, take), length in items:
+                        raw = decompressor.decompress(view[offset : offset + length], max_output_size=raw_size)
+                        offset += length
+                        placed = target[position : position + take]
+                        if skip == 0 and take == len(raw):
+                            placed[:] = raw
+                            whole.append(placed)
+                            expected.append(digest)
+                        else:  # the first or last chunk of a range: only part of it goes out
+                            if hashlib.sha256(raw).digest() != digest:
+                                raise errors.NotFound("该版本的数据已损坏")
+                            placed[:] = memoryview(raw)[skip : skip + take]
+                            placed.release()
+                        position += take
+        if sha256_many(whole) != expected:
+            raise errors.NotFound("该版本的数据已损坏")
+    finally:
+        for placed in whole:
+            placed.release()
     return out
