@@ -28,13 +28,15 @@ from eacct.sqlite_driver import OneTripConnection, one_trip_dbapi
 __all__ = [
     "PING_IDLE_SECONDS", "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue",
     "after_commit", "create_engine", "dialect_insert", "engine_for", "in_writing_unit", "make_session_factory",
-    "ping_idle_connections", "unit_of_work", "utcnow",
+    "ping_idle_connections", "read_scalars", "unit_of_work", "utcnow",
 ]
 
 log = logging.getLogger("eacct.db")
 
 # Execution option and session.info flag of a read-only unit of work (see `unit_of_work`).
 READ_ONLY = "eacct_read_only"
+# Execution option of a single read (`read_scalars`): no BEGIN at all, the statement is its own snapshot.
+_ONE_STATEMENT = "eacct_one_statement"
 # PostgreSQL connections idle this long are pinged before use (see `ping_idle_connections`).
 PING_IDLE_SECONDS = 5.0
 _IDLE_SINCE = "eacct_idle_since"
@@ -116,8 +118,10 @@ def create_engine(database_url: str, *, schema: str | None = None,
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(connection) -> None:
-            read_only = connection.get_execution_options().get(READ_ONLY, False)
-            begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+            options = connection.get_execution_options()
+            if options.get(_ONE_STATEMENT, False):
+                return  # sqlite3 runs the statement in autocommit mode: a snapshot of its own
+            begin = "BEGIN" if options.get(READ_ONLY, False) else "BEGIN IMMEDIATE"
             driver_connection = connection.connection.dbapi_connection
             if isinstance(driver_connection, OneTripConnection):
                 driver_connection.defer_begin(begin)  # sent with the transaction's first statement
@@ -291,6 +295,17 @@ async def unit_of_work(factory: SessionFactory, *, read_only: bool = False
                         yield session
     finally:
         _WRITING.reset(marker)
+
+
+async def read_scalars(factory: SessionFactory, statement, parameters: dict | None = None) -> list:
+    """The first column of every row of one read statement, which is its own snapshot: one round trip to the
+    database, without BEGIN or COMMIT, on SQLite (no write lock either) as on PostgreSQL. For hot reads that
+    need no consistency with another statement (an upload's chunk lookups)."""
+    options = {READ_ONLY: True, _ONE_STATEMENT: True}
+    async with factory(execution_options=options, info={READ_ONLY: True}) as session:
+        if session.bind.dialect.name == "postgresql":
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        return list(await session.scalars(statement, parameters))
 
 
 @event.listens_for(Session, "before_flush")

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select, update
 
-from eacct.db import unit_of_work, utcnow
+from eacct.db import read_scalars, unit_of_work, utcnow
 from eacct.share.models import Message
 from eacct.share.notify import SYSTEM
 
@@ -39,6 +39,19 @@ async def test_read_only_unit_of_work_does_not_wait_for_a_writer(sessions):
                 return await session.scalar(select(func.count()).select_from(Message))
 
         assert await asyncio.wait_for(read(), QUICK) == 0  # the writer's row is not committed
+
+
+async def test_a_single_read_does_not_wait_for_a_writer_and_sees_only_what_is_committed(sessions):
+    async with unit_of_work(sessions) as session:
+        session.add(Message(member_id=None, kind=SYSTEM, title="committed", body="", created_at=utcnow()))
+    async with writer_holding_the_lock(sessions):
+        titles = await asyncio.wait_for(read_scalars(sessions, select(Message.title)), QUICK)
+    assert titles == ["committed"]
+
+
+async def test_a_single_read_cannot_write(sessions):
+    with pytest.raises(RuntimeError):
+        await read_scalars(sessions, update(Message).values(title="changed").returning(Message.id))
 
 
 async def test_writers_still_queue_for_the_lock_up_front(sessions, database_url):

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import exc, text
 
 from eacct.cli import run_serving
-from eacct.db import create_engine, make_session_factory, unit_of_work
+from eacct.db import create_engine, make_session_factory, read_scalars, unit_of_work
 
 
 @pytest.fixture
@@ -105,6 +105,16 @@ async def test_a_one_statement_unit_of_work_costs_two_trips_and_returning_its_co
     async with unit_of_work(sessions) as session:
         pass  # a unit that ran no statement began nothing: nothing to commit, nothing to roll back
     assert len(trips) == before
+
+
+async def test_a_single_read_is_one_trip_and_leaves_no_transaction_open(engine, trips):
+    sessions = make_session_factory(engine)
+    assert await read_scalars(sessions, text("SELECT 1")) == [1]  # connects first
+    before = len(trips)
+    assert await read_scalars(sessions, text("SELECT 2 UNION ALL SELECT 3")) == [2, 3]
+    assert len(trips) - before == 1
+    async with engine.connect() as connection:
+        assert not (await connection.get_raw_connection()).driver_connection._conn.in_transaction
 
 
 async def test_a_deferred_begin_still_opens_the_transaction_its_unit_asked_for(engine, tmp_path):

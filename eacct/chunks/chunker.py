@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastcdc import fastcdc as _fastcdc
+from eacct.chunks.cdc import cdc_lengths
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -369,7 +369,7 @@ class ArchiveChunker:
             return None
         p = self._p
         with mv[pos:lim] as view:
-            cuts = [c.length for c in _fastcdc(view, p.cdc_min, p.cdc_avg, p.cdc_max, fat=False)]
+            cuts = cdc_lengths(view, p.cdc_min, p.cdc_avg, p.cdc_max)
         if not (region_ends or final):
             # The last chunk may have been cut short by the end of the buffer; it is carried and
             # re-scanned with the next bytes. Every earlier cut is final: it was found with data

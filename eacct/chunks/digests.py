@@ -1,4 +1,5 @@
-"""sha256 digests of many chunks at once: one native call without the GIL, or hashlib where it is not built."""
+"""sha256 digests of many chunks at once: one native call without the GIL (eacct.chunks._native), or hashlib
+where the extension is not built."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 from collections.abc import Sequence
 
 try:
-    from eacct.chunks._digests import sha256_many as _native_sha256_many
+    from eacct.chunks._native import sha256_many as _native_sha256_many
 except ImportError:  # no compiler or OpenSSL headers where eacct was installed
     _native_sha256_many = None
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-import time
 
 import pytest
 
 from eacct.chunks import digests
+from tests.chunks.gil import counted_while
 
 
 def pieces_of_every_kind() -> list:
@@ -26,7 +25,7 @@ def implementation(request, monkeypatch):
 
 
 def test_the_native_digests_are_built_where_eacct_is_installed_with_a_compiler_and_openssl():
-    """setup.py builds eacct.chunks._digests (optional, so an install without a compiler still works); CI's
+    """setup.py builds eacct.chunks._native (optional, so an install without a compiler still works); CI's
     machine has both, and the upload's speed depends on it, so CI checks that it was built."""
     assert digests.NATIVE
 
@@ -65,25 +64,5 @@ def test_a_failed_call_keeps_no_view_of_the_pieces_before_it():
 def test_other_threads_run_while_a_large_batch_is_hashed():
     """The native call gives up the GIL for the batch: a Python thread keeps counting meanwhile."""
     pieces = [os.urandom(1 << 20)] * 256  # 256 MiB: a few hundred milliseconds of hashing
-    counted = 0
-    stop = threading.Event()
-
-    def count() -> None:
-        nonlocal counted
-        while not stop.is_set():
-            counted += 1
-
-    counter = threading.Thread(target=count)
-    counter.start()
-    try:
-        time.sleep(0.05)
-        before = counted
-        started = time.perf_counter()
-        digests.sha256_many(pieces)
-        hashing = time.perf_counter() - started
-        during = counted - before
-    finally:
-        stop.set()
-        counter.join()
-    # Holding the GIL, the call would let the counter run only at the interpreter's 5 ms switch points.
-    assert hashing > 0.05 and during > 1000 * hashing, (during, hashing)
+    during, seconds = counted_while(lambda: digests.sha256_many(pieces))
+    assert seconds > 0.05 and during > 1000 * seconds, (during, seconds)
