@@ -28,7 +28,7 @@ from eacct.sqlite_driver import OneTripConnection, one_trip_dbapi
 __all__ = [
     "PING_IDLE_SECONDS", "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue",
     "after_commit", "create_engine", "dialect_insert", "engine_for", "in_writing_unit", "make_session_factory",
-    "ping_idle_connections", "read_scalars", "unit_of_work", "utcnow",
+    "ping_idle_connections", "read_rows", "read_scalars", "unit_of_work", "utcnow",
 ]
 
 log = logging.getLogger("eacct.db")
@@ -297,15 +297,20 @@ async def unit_of_work(factory: SessionFactory, *, read_only: bool = False
         _WRITING.reset(marker)
 
 
-async def read_scalars(factory: SessionFactory, statement, parameters: dict | None = None) -> list:
-    """The first column of every row of one read statement, which is its own snapshot: one round trip to the
-    database, without BEGIN or COMMIT, on SQLite (no write lock either) as on PostgreSQL. For hot reads that
-    need no consistency with another statement (an upload's chunk lookups)."""
+async def read_rows(factory: SessionFactory, statement, parameters: dict | None = None) -> list[tuple]:
+    """Every row of one read statement, which is its own snapshot: one round trip to the database, without
+    BEGIN or COMMIT, on SQLite (no write lock either) as on PostgreSQL. For hot reads that need no consistency
+    with another statement (an upload's chunk lookups)."""
     options = {READ_ONLY: True, _ONE_STATEMENT: True}
     async with factory(execution_options=options, info={READ_ONLY: True}) as session:
         if session.bind.dialect.name == "postgresql":
             await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        return list(await session.scalars(statement, parameters))
+        return [tuple(row) for row in await session.execute(statement, parameters)]
+
+
+async def read_scalars(factory: SessionFactory, statement, parameters: dict | None = None) -> list:
+    """The first column of every row of one read statement (see `read_rows`)."""
+    return [row[0] for row in await read_rows(factory, statement, parameters)]
 
 
 @event.listens_for(Session, "before_flush")

@@ -28,6 +28,7 @@ from eacct.netdisk.store.common import (
 from eacct.netdisk.store.deltas import delta_entries
 from eacct.netdisk.store.index import CommitRules, commit, index_pending_chunks
 from eacct.netdisk.store.read import read_entries
+from eacct.netdisk.store.reference import ReferenceManifest
 from eacct.netdisk.store.spool import PackWriter
 
 __all__ = ["IncomingVersion", "Upload", "receive_version"]
@@ -97,6 +98,9 @@ class Upload:
         # raw size); packed because a 1 GB year has ~100k of them and tuples of ints cost three times as much.
         self.new_chunks: dict[bytes, bytes] = {}
         self.pack_ids: list[str] = []
+        # The version this upload most likely repeats (read when the first batch is placed): its chunks need no
+        # lookup.
+        self.reference: ReferenceManifest | None = None
         self.unindexed: list[bytes] = []  # digests spooled into the current pack, indexed when it is sealed
         # The last pack's rows (at most one pack's worth) go in with the commit: a small upload then takes no
         # extra write transaction; a large one has indexed all but its last pack while streaming.
@@ -255,6 +259,11 @@ class Upload:
         if not batch:
             return
         unknown = {digest for digest, _, _ in batch if digest not in self.new_chunks}
+        if unknown:
+            if self.reference is None:
+                self.reference = await ReferenceManifest.of(self.sessions, self.incoming.owner_id,
+                                                             self.incoming.ledger_id, self.incoming.year)
+            unknown.difference_update(await self.reference.known(digest for digest, _, _ in batch))
         if unknown:
             # One statement, one round trip: an upload makes hundreds of these while every core is busy.
             unknown.difference_update(await read_scalars(
