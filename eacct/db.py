@@ -27,7 +27,7 @@ from eacct.sqlite_driver import OneTripConnection, one_trip_dbapi
 
 __all__ = [
     "PING_IDLE_SECONDS", "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue",
-    "after_commit", "create_engine", "dialect_insert", "engine_for", "in_writing_unit", "make_session_factory",
+    "after_commit", "create_engine", "dialect_insert", "driver_placeholders", "engine_for", "in_writing_unit", "make_session_factory",
     "ping_idle_connections", "read_rows", "read_scalars", "unit_of_work", "utcnow",
 ]
 
@@ -249,6 +249,7 @@ class SessionFactory(async_sessionmaker[AsyncSession]):
     def __init__(self, engine: AsyncEngine, write_queue: WriteQueue | None, **kw) -> None:
         super().__init__(engine, **kw)
         self.write_queue = write_queue
+        self.dialect = engine.dialect
 
 
 def make_session_factory(engine: AsyncEngine) -> SessionFactory:
@@ -297,7 +298,17 @@ async def unit_of_work(factory: SessionFactory, *, read_only: bool = False
         _WRITING.reset(marker)
 
 
-async def read_rows(factory: SessionFactory, statement, parameters: dict | None = None) -> list[tuple]:
+def driver_placeholders(dialect, count: int) -> str:
+    """`count` positional parameter markers in the driver's own style, for SQL handed to it as it is
+    (`exec_driver_sql`): `?` for sqlite3, `$1`… for asyncpg."""
+    if dialect.paramstyle == "qmark":
+        return ", ".join("?" * count)
+    if dialect.paramstyle == "numeric_dollar":
+        return ", ".join(f"${number}" for number in range(1, count + 1))
+    raise NotImplementedError(f"parameter style {dialect.paramstyle}")
+
+
+async def read_rows(factory: SessionFactory, statement, parameters: dict | tuple | None = None) -> list[tuple]:
     """Every row of one read statement, which is its own snapshot: one round trip to the database, without
     BEGIN or COMMIT, on SQLite (no write lock either) as on PostgreSQL. For hot reads that need no consistency
     with another statement (an upload's chunk lookups)."""
@@ -305,10 +316,14 @@ async def read_rows(factory: SessionFactory, statement, parameters: dict | None 
     async with factory(execution_options=options, info={READ_ONLY: True}) as session:
         if session.bind.dialect.name == "postgresql":
             await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        return [tuple(row) for row in await session.execute(statement, parameters)]
+        if isinstance(statement, str):  # SQL for the driver as it is, with positional `driver_placeholders`
+            result = await (await session.connection()).exec_driver_sql(statement, tuple(parameters or ()))
+        else:
+            result = await session.execute(statement, parameters)
+        return [tuple(row) for row in result]
 
 
-async def read_scalars(factory: SessionFactory, statement, parameters: dict | None = None) -> list:
+async def read_scalars(factory: SessionFactory, statement, parameters: dict | tuple | None = None) -> list:
     """The first column of every row of one read statement (see `read_rows`)."""
     return [row[0] for row in await read_rows(factory, statement, parameters)]
 

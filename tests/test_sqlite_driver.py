@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from types import SimpleNamespace
 
 import aiosqlite
 import pytest
 from sqlalchemy import exc, text
 
 from eacct.cli import run_serving
-from eacct.db import create_engine, make_session_factory, read_scalars, unit_of_work
+from eacct.db import create_engine, driver_placeholders, make_session_factory, read_scalars, unit_of_work
 
 
 @pytest.fixture
@@ -178,3 +179,13 @@ async def test_a_streamed_result_runs_inside_the_transaction_its_unit_began(engi
             assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 3
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("style,markers", [("qmark", "?, ?, ?"), ("numeric_dollar", "$1, $2, $3")])
+def test_driver_placeholders_are_in_the_drivers_own_style(style, markers):
+    assert driver_placeholders(SimpleNamespace(paramstyle=style), 3) == markers
+
+
+def test_driver_placeholders_refuse_a_style_they_do_not_know():
+    with pytest.raises(NotImplementedError):
+        driver_placeholders(SimpleNamespace(paramstyle="pyformat"), 2)

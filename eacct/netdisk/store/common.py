@@ -162,5 +162,5 @@ class CommittableUpload(Protocol):
     new_chunks: dict[bytes, bytes]
     index_at_commit: list[bytes]
 
-    def chunk_rows(self, digests: list[bytes]) -> Iterable[dict]:
-        """The index rows of these chunks of this upload."""
+    def chunk_rows(self, digests: list[bytes]) -> Iterable[tuple]:
+        """The index rows of these chunks of this upload, as tuples in `CHUNK_COLUMNS` order."""

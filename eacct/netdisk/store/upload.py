@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import zstandard
-from sqlalchemy import bindparam, delete, text, update
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
 from eacct.config import Settings
-from eacct.db import read_scalars, unit_of_work, utcnow
+from eacct.db import driver_placeholders, read_scalars, unit_of_work, utcnow
 from eacct.storage import BlobStore, BlobStoreError
 from eacct.chunks.chunker import ArchiveChunker
 from eacct.chunks.digests import sha256_many
@@ -38,10 +38,10 @@ __all__ = ["IncomingVersion", "Upload", "receive_version"]
 _NOT_KEPT = b""
 # Which of these chunks the owner already has. Only chunks in committed packs count: another upload's pending
 # rows may still be abandoned. Plain SQL: no per-value type processing (a 1 GB year looks up ~130k digests).
-_KNOWN = text(
-    "SELECT chunks.digest FROM chunks JOIN packs ON packs.id = chunks.pack_id "
-    "WHERE chunks.owner_id = :owner_id AND chunks.digest IN :digests AND packs.committed"
-).bindparams(bindparam("digests", expanding=True))
+# Handed to the driver as it is, with a marker per digest: SQLAlchemy would expand and process the IN list on the
+# event loop's thread for every lookup.
+_KNOWN = ("SELECT chunks.digest FROM chunks JOIN packs ON packs.id = chunks.pack_id "
+          "WHERE chunks.owner_id = {} AND chunks.digest IN ({}) AND packs.committed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,8 +266,9 @@ class Upload:
             unknown.difference_update(await self.reference.known(digest for digest, _, _ in batch))
         if unknown:
             # One statement, one round trip: an upload makes hundreds of these while every core is busy.
+            owner, *digests = driver_placeholders(self.sessions.dialect, 1 + len(unknown)).split(", ")
             unknown.difference_update(await read_scalars(
-                self.sessions, _KNOWN, {"owner_id": self.incoming.owner_id, "digests": list(unknown)}))
+                self.sessions, _KNOWN.format(owner, ", ".join(digests)), (self.incoming.owner_id, *unknown)))
         to_store = []
         missing = []
         for digest, piece, size in batch:
@@ -382,15 +383,16 @@ class Upload:
             for task in done:
                 task.result()
 
-    def chunk_rows(self, digests: list[bytes]) -> Iterator[dict]:
-        """The pending `chunks` rows (refs 0) of these chunks this upload stored (those whose place it kept)."""
+    def chunk_rows(self, digests: list[bytes]) -> Iterator[tuple]:
+        """The pending `chunks` rows (refs 0) of these chunks this upload stored (those whose place it kept), as
+        tuples in `CHUNK_COLUMNS` order."""
+        owner_id = self.incoming.owner_id
         for digest in digests:
             packed = self.new_chunks[digest]
             if not packed:
                 continue
             pack_number, offset, stored, raw = NEW_CHUNK.unpack(packed)
-            yield {"owner_id": self.incoming.owner_id, "digest": digest, "pack_id": self.pack_ids[pack_number],
-                   "offset": offset, "stored_length": stored, "raw_size": raw, "refs": 0}
+            yield owner_id, digest, self.pack_ids[pack_number], offset, stored, raw, 0
 
     async def abandon(self) -> None:
         """Undo what a failed upload stored: spool files, then pending rows, then the blobs of the rows deleted.
