@@ -27,8 +27,8 @@ from eacct.sqlite_driver import OneTripConnection, one_trip_dbapi
 
 __all__ = [
     "PING_IDLE_SECONDS", "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue",
-    "after_commit", "create_engine", "dialect_insert", "driver_placeholders", "engine_for", "in_writing_unit", "make_session_factory",
-    "ping_idle_connections", "read_rows", "read_scalars", "unit_of_work", "utcnow",
+    "after_commit", "create_engine", "dialect_insert", "driver_placeholders", "engine_for", "in_writing_unit",
+    "make_session_factory", "ping_idle_connections", "read_rows", "read_scalars", "unit_of_work", "utcnow",
 ]
 
 log = logging.getLogger("eacct.db")
@@ -314,10 +314,11 @@ async def read_rows(factory: SessionFactory, statement, parameters: dict | tuple
     with another statement (an upload's chunk lookups)."""
     options = {READ_ONLY: True, _ONE_STATEMENT: True}
     async with factory(execution_options=options, info={READ_ONLY: True}) as session:
-        if session.bind.dialect.name == "postgresql":
-            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        postgresql = session.bind.dialect.name == "postgresql"
+        connection = await session.connection(
+            execution_options={"isolation_level": "AUTOCOMMIT"} if postgresql else None)
         if isinstance(statement, str):  # SQL for the driver as it is, with positional `driver_placeholders`
-            result = await (await session.connection()).exec_driver_sql(statement, tuple(parameters or ()))
+            result = await connection.exec_driver_sql(statement, tuple(parameters or ()))
         else:
             result = await session.execute(statement, parameters)
         return [tuple(row) for row in result]

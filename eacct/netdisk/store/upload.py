@@ -266,9 +266,9 @@ class Upload:
             unknown.difference_update(await self.reference.known(digest for digest, _, _ in batch))
         if unknown:
             # One statement, one round trip: an upload makes hundreds of these while every core is busy.
-            owner, *digests = driver_placeholders(self.sessions.dialect, 1 + len(unknown)).split(", ")
+            owner, digests = driver_placeholders(self.sessions.dialect, 1 + len(unknown)).split(", ", 1)
             unknown.difference_update(await read_scalars(
-                self.sessions, _KNOWN.format(owner, ", ".join(digests)), (self.incoming.owner_id, *unknown)))
+                self.sessions, _KNOWN.format(owner, digests), (self.incoming.owner_id, *unknown)))
         to_store = []
         missing = []
         for digest, piece, size in batch:
