@@ -35,7 +35,7 @@ log = logging.getLogger("eacct.db")
 
 # Execution option and session.info flag of a read-only unit of work (see `unit_of_work`).
 READ_ONLY = "eacct_read_only"
-# Execution option of a single read (`read_scalars`): no BEGIN at all, the statement is its own snapshot.
+# Execution option of a single read (`read_rows`): no BEGIN at all, the statement is its own snapshot.
 _ONE_STATEMENT = "eacct_one_statement"
 # PostgreSQL connections idle this long are pinged before use (see `ping_idle_connections`).
 PING_IDLE_SECONDS = 5.0

@@ -136,10 +136,10 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     def cursor(self, server_side: bool = False):
         if server_side and self._begin is not None:
             # A server-side cursor runs its statement through aiosqlite itself: the BEGIN goes first, on its own.
-            self.exec_begin()
+            self._exec_begin()
         return super().cursor(server_side)
 
-    def exec_begin(self) -> None:
+    def _exec_begin(self) -> None:
         """Run a waiting BEGIN now, on a trip of its own."""
         begin = self.take_begin()
         if begin is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import deque
 from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -160,10 +159,12 @@ def _decode_runs(datas: list[memoryview], runs: list) -> bytearray:
     # twice (a list of chunks, then their join).
     out = bytearray(sum(take for items in runs for (_, _, _, take), _ in items))
     position = 0
-    # Whole chunks are verified together once the block is decoded, in one native call (eacct.chunks.digests):
+    # The block's chunks are verified together once it is decoded, in one native call (eacct.chunks.digests):
     # a download hands the GIL back and forth once per block, not once per chunk. The block is not handed on
-    # before that check has passed.
-    whole: list[memoryview] = []
+    # before that check has passed. A whole chunk is checked where it was copied to; the first or last chunk of
+    # a range, only part of which goes out, is kept whole until then (at most two per block).
+    placed: list[memoryview] = []
+    checked: list[memoryview | bytes] = []
     expected: list[bytes] = []
     try:
         with memoryview(out) as target:
@@ -173,20 +174,21 @@ def _decode_runs(datas: list[memoryview], runs: list) -> bytearray:
                     for (digest, raw_size, skip, take), length in items:
                         raw = decompressor.decompress(view[offset : offset + length], max_output_size=raw_size)
                         offset += length
-                        placed = target[position : position + take]
-                        if skip == 0 and take == len(raw):
-                            placed[:] = raw
-                            whole.append(placed)
-                            expected.append(digest)
-                        else:  # the first or last chunk of a range: only part of it goes out
-                            if hashlib.sha256(raw).digest() != digest:
-                                raise errors.NotFound("该版本的数据已损坏")
-                            placed[:] = memoryview(raw)[skip : skip + take]
-                            placed.release()
+                        if len(raw) != raw_size:
+                            raise errors.NotFound("该版本的数据已损坏")
+                        destination = target[position : position + take]
+                        placed.append(destination)
+                        if skip == 0 and take == raw_size:
+                            destination[:] = raw
+                            checked.append(destination)
+                        else:
+                            destination[:] = memoryview(raw)[skip : skip + take]
+                            checked.append(raw)
+                        expected.append(digest)
                         position += take
-        if sha256_many(whole) != expected:
+        if sha256_many(checked) != expected:
             raise errors.NotFound("该版本的数据已损坏")
     finally:
-        for placed in whole:
-            placed.release()
+        for destination in placed:
+            destination.release()
     return out

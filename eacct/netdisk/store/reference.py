@@ -90,4 +90,3 @@ class ReferenceManifest:
         if not self.slice:
             self.entries = self.cursor  # nothing more to match
         return bool(self.slice)
-
