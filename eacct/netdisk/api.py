@@ -20,6 +20,7 @@ from eacct.netdisk.schemas import (
     Unlock, UnlockOut, VersionOut, YearOut,
 )
 from eacct.openapi import DOWNLOAD_HEADERS, PASSWORD_HEADER, UPLOAD_HEADERS, endpoint
+from eacct.storage.buffers import BufferPool
 from eacct.web import (
     BLOBS, HASHING, NETDISK_HOOKS, SESSIONS, SETTINGS, abort_connection, answer, authenticated_read, bearer_token,
     client_ip, header_text, read_body, require_member, require_netdisk, transaction,
@@ -37,6 +38,9 @@ ASCII_DIGITS = re.compile(r"[0-9]+")
 POSITION_DIGITS = 18
 BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 BODY_BLOCK = 1024 * 1024
+# Body buffers an upload keeps for reuse: the blocks alive at once (read ahead, being cut, chunks waiting for their
+# lookup or compression) are about five; a block beyond these gets a buffer of its own.
+BODY_BUFFERS_KEPT = 8
 
 # -------------------------------------------------------------------------------------- path values
 
@@ -88,30 +92,46 @@ def upload_claim(request: web.Request) -> store.IncomingVersion:
     )
 
 
-async def body_blocks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body in blocks of about 1 MiB, so per-block work is amortised; a body that sends nothing
-    for `upload_idle_timeout` seconds raises UploadStalled."""
-    pending: list[bytes] = []
-    pending_size = 0
+async def body_blocks(request: web.Request) -> AsyncIterator[memoryview]:
+    """The request body in blocks of `BODY_BLOCK` bytes (the last one shorter), so per-block work is amortised;
+    a body that sends nothing for `upload_idle_timeout` seconds raises UploadStalled.
+
+    The blocks are read into buffers that are reused once nothing refers to them any more (eacct.storage.buffers):
+    a block may be kept, or cut into views, for as long as it is needed."""
     idle_timeout = request.app[SETTINGS].upload_idle_timeout
+    buffers = BufferPool(keep=BODY_BUFFERS_KEPT)
+    # A small body (a chunk query, a delta of a day's work) gets a buffer of its own size.
+    block_size = max(min(BODY_BLOCK, request.content_length or BODY_BLOCK), 1)
+    block: memoryview | None = None  # the buffer being filled (slice assignment to a memoryview copies once)
+    filled = 0
     while True:
         # A client that stops sending (Content-Length larger than what comes) would hold the upload forever.
         try:
             # asyncio.timeout, not wait_for: no task per read (a 1 GB body is ~16k reads).
             async with asyncio.timeout(idle_timeout):
-                data = await request.content.readany()
+                # One piece as it came off the socket: readany() would join what is buffered into fresh memory.
+                data, end_of_http_chunk = await request.content.readchunk()
         except TimeoutError:
             raise errors.UploadStalled(
                 f"上传中断：超过 {idle_timeout} 秒没有收到数据，本次上传未保存，请重新上传") from None
         if not data:
+            # An empty piece marks the end of an HTTP chunk, or (always, once it has been read) the end of the body.
+            if end_of_http_chunk and not request.content.at_eof():
+                continue
             break
-        pending.append(data)
-        pending_size += len(data)
-        if pending_size >= BODY_BLOCK:
-            yield b"".join(pending)
-            pending, pending_size = [], 0
-    if pending:
-        yield b"".join(pending)
+        rest = memoryview(data)
+        while rest:
+            if block is None:
+                block = memoryview(buffers.take(block_size))[:block_size]
+            size = min(len(rest), block_size - filled)
+            block[filled : filled + size] = rest[:size]
+            filled += size
+            rest = rest[size:]
+            if filled == block_size:
+                yield block.toreadonly()
+                block, filled = None, 0
+    if block is not None:
+        yield block[:filled].toreadonly()
 
 
 async def no_automatic_continue(request: web.Request) -> None:

@@ -5,48 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
 from eacct.storage.base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, Leftover, modified_time, spool_files, check_key
+from eacct.storage.buffers import BufferPool
 
 __all__ = ["LocalBlobStore"]
 
 T = TypeVar("T")
-# Read buffers kept for reuse, and the largest one kept: a download reads ~1 MiB blocks, one or two at once.
-_BUFFERS_KEPT = 2
+# Read buffers kept for reuse (a download reads ~1 MiB blocks, up to three at once), and the largest one kept.
+_BUFFERS_KEPT = 4
 _LARGEST_KEPT = 8 << 20
 _BUFFER_GRANULE = 256 << 10
-
-
-class _ReadBuffers:
-    """A few reusable buffers for ranged reads, one per worker thread at a time: fresh MiB-sized buffers for
-    every block would be faulted in and unmapped again (~0.4 s of CPU per GB downloaded)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._free: list[bytearray] = []
-
-    def take(self, size: int) -> bytearray:
-        with self._lock:
-            for index, buffer in enumerate(self._free):
-                if len(buffer) >= size:
-                    return self._free.pop(index)
-        return bytearray(-(-max(size, 1) // _BUFFER_GRANULE) * _BUFFER_GRANULE)
-
-    def give_back(self, buffer: bytearray) -> None:
-        try:
-            buffer.append(buffer.pop())  # an O(1) resize: BufferError while a view of it is still alive
-        except BufferError:
-            return  # a consumer kept a view (against `read_ranges`'s contract): never read into it again
-        with self._lock:
-            if len(buffer) <= _LARGEST_KEPT:
-                self._free.append(buffer)
-                self._free.sort(key=len)
-                del self._free[:-_BUFFERS_KEPT]  # keep the largest few
 
 
 class _OpenFiles:
@@ -81,7 +54,7 @@ class LocalBlobStore(BlobStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self._incoming = self.root / ".incoming"
         self._incoming.mkdir(exist_ok=True)
-        self._read_buffers = _ReadBuffers()
+        self._read_buffers = BufferPool(keep=_BUFFERS_KEPT, largest=_LARGEST_KEPT, granule=_BUFFER_GRANULE)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -157,7 +130,6 @@ class LocalBlobStore(BlobStore):
         finally:
             for view in views:
                 view.release()
-            self._read_buffers.give_back(buffer)
 
     @staticmethod
     def _get_many_sync(paths: list[tuple[Path, int, int]]) -> list[bytes]:

@@ -17,6 +17,7 @@ from eacct.db import unit_of_work
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk import store, versions
 from eacct.chunks.manifest import iter_manifest
+from eacct.netdisk.store.common import DECODED_BUFFERS_KEPT, DOWNLOAD_BLOCK
 from eacct.netdisk.models import Chunk, Ledger, Netdisk, Pack, Version, VersionManifest
 from tests.netdisk.ledgers import body_of, edit_rows, make_ledger_db, tar_year
 
@@ -68,6 +69,23 @@ async def test_reads_of_any_range_match_the_content(sessions, blobs, settings, o
     version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
     for start, end in ((0, 1), (5, 70_000), (65_535, 65_537), (699_999, 700_000), (123_456, 654_321)):
         assert await read_all(sessions, blobs, version.version_id, start, end) == content[start:end]
+
+
+async def test_downloaded_blocks_kept_by_the_reader_stay_intact_while_later_ones_reuse_buffers(
+        sessions, blobs, settings, owner):
+    content = os.urandom((DECODED_BUFFERS_KEPT + 6) * DOWNLOAD_BLOCK)
+    version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
+    async with sessions() as session:
+        row = await session.scalar(select(Version).where(Version.public_id == version.version_id))
+    kept, position, count = [], 0, 0
+    async for block in store.read_version(sessions, blobs, row):
+        assert bytes(block) == content[position : position + len(block)]
+        if count % 3 == 0:  # a slow transport still sending some blocks while the next are decoded
+            kept.append((position, block))
+        position += len(block)
+        count += 1
+    assert position == len(content) and count > DECODED_BUFFERS_KEPT + 3
+    assert all(bytes(block) == content[start : start + len(block)] for start, block in kept)
 
 
 async def test_rule_15_retention_prunes_and_releases_quota(sessions, blobs, settings, owner):

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from eacct.netdisk.models import Chunk
 
 __all__ = [
-    "BODY_BLOCKS_AHEAD", "COMPRESSIONS_IN_FLIGHT", "CommittableUpload", "DECODES_IN_FLIGHT", "DOWNLOAD_BLOCK",
+    "BODY_BLOCKS_AHEAD", "COMPRESSIONS_IN_FLIGHT", "CommittableUpload", "DECODED_BUFFERS_KEPT", "DECODES_IN_FLIGHT", "DOWNLOAD_BLOCK",
     "DOWNLOAD_BLOCKS_AHEAD", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
     "MAX_COALESCED_READ", "NEW_CHUNK", "PUTS_IN_FLIGHT", "READ_WINDOW", "WAITING_BYTES", "ZSTD_LEVEL", "batched",
     "lease_holder", "log", "pack_blob_key", "read_ahead", "used_bytes",
@@ -45,6 +45,9 @@ DOWNLOAD_BLOCKS_AHEAD = 2
 # (2 MiB blocks halve the ranged GETs on OSS, ~0.1 s of CPU per 100 MB, but add ~8 MiB to a download's RSS.)
 DOWNLOAD_BLOCK = 1024 * 1024
 DECODES_IN_FLIGHT = max(os.cpu_count() or 1, 1)
+# Decoded blocks a download keeps buffers for: those decoding (one more than DECODES_IN_FLIGHT while the next is
+# queued), read ahead, the one being sent and the one the transport may still hold.
+DECODED_BUFFERS_KEPT = DECODES_IN_FLIGHT + 1 + DOWNLOAD_BLOCKS_AHEAD + 2
 # 1 MiB body blocks read ahead of the pipeline: one keeps it fed (the socket buffers the next), each one more
 # is 1 MiB more RSS and no faster on loopback.
 BODY_BLOCKS_AHEAD = 1
