@@ -1,7 +1,11 @@
-"""The one compiled part: eacct.chunks._native (the chunker's inner loops without the GIL; see its source).
+"""The compiled parts, each optional: the install goes on without one where its compiler or headers are missing.
 
-Optional: where there is no compiler or no OpenSSL headers the install goes on without it, and the chunker
-hashes with hashlib and cuts with the fastcdc package instead. Everything else is configured in pyproject.toml.
+- eacct.chunks._native: the chunker's inner loops without the GIL (needs OpenSSL's headers); without it the
+  chunker hashes with hashlib and cuts with the fastcdc package.
+- eacct.chunks._frames: batches of chunks compressed into zstd frames without the GIL (needs libzstd's headers);
+  without it uploads compress chunk by chunk with python-zstandard.
+
+Everything else is configured in pyproject.toml.
 """
 
 from setuptools import Extension, setup
@@ -9,5 +13,6 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("eacct.chunks._native", ["eacct/chunks/_native.c"], libraries=["crypto"], optional=True),
+        Extension("eacct.chunks._frames", ["eacct/chunks/_frames.c"], libraries=["zstd"], optional=True),
     ],
 )

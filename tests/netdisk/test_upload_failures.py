@@ -29,6 +29,7 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
 from eacct import errors
+from eacct.chunks.frames import FrameCompressor
 from eacct.db import unit_of_work, utcnow
 from eacct.netdisk import store, versions
 from eacct.netdisk.store import spool
@@ -306,10 +307,10 @@ async def test_a_compression_thread_finishing_after_abandon_does_not_recreate_it
     loop = asyncio.get_running_loop()
 
     class SlowCompressor:
-        def compress(self, piece: bytes) -> bytes:
+        def compress_into(self, pieces, out) -> list[int]:
             time.sleep(0.01)  # a busy machine: the thread is still compressing when the upload is abandoned
             loop.call_soon_threadsafe(first_frame_written.set)
-            return real.compress(piece)
+            return real.compress_into(pieces, out)
 
     upload.new_compressor = SlowCompressor
     await upload.feed(content)
@@ -430,14 +431,14 @@ async def test_a_compression_thread_failing_mid_upload_refuses_it_and_keeps_noth
 
     class FailingCompressor:
         def __init__(self) -> None:
-            self.real = zstandard.ZstdCompressor(level=1)
+            self.real = FrameCompressor(level=1)
 
-        def compress(self, piece: bytes) -> bytes:
+        def compress_into(self, pieces, out) -> list[int]:
             nonlocal compressed
-            compressed += len(piece)
+            compressed += sum(len(piece) for piece in pieces)
             if compressed > 4 * store.WAITING_BYTES:
                 raise zstandard.ZstdError("compression context broke")
-            return self.real.compress(piece)
+            return self.real.compress_into(pieces, out)
 
     real_put = blobs.put
 
@@ -470,7 +471,7 @@ async def test_a_compression_thread_failing_over_http_is_a_json_error_and_the_ye
     used = (await member.call("GET", "/netdisk"))[1]["used_bytes"]
 
     class BrokenCompressor:
-        def compress(self, piece: bytes) -> bytes:
+        def compress_into(self, pieces, out) -> list[int]:
             raise zstandard.ZstdError("compression context broke")
 
     monkeypatch.setattr(store.Upload, "new_compressor", lambda upload: BrokenCompressor())

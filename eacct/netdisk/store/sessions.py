@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-import zstandard
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
 from eacct.config import Settings
 from eacct.db import unit_of_work
+from eacct.chunks.frames import FrameCompressor, batch_bound
 from eacct.netdisk.models import Pack, Version
 from eacct.netdisk.store.common import NEW_CHUNK, ZSTD_LEVEL, log
 from eacct.netdisk.store.index import CommitRules, commit
@@ -22,6 +22,8 @@ from eacct.storage import BlobStore, BlobStoreError
 
 __all__ = ["commit_session", "store_chunks"]
 
+# Chunks of a stored batch compressed and written together (at most a few hundred KiB of frames).
+_CHUNKS_PER_WRITE = 32
 # (digest, pack id, offset, stored length, raw size) of a chunk a session holds.
 Held = tuple[bytes, str, int, int, int]
 
@@ -34,10 +36,21 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
     placed: list[Held] = []
 
     def spool() -> None:
-        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        for digest, piece in chunks:
-            frame = compressor.compress(piece)
-            placed.append((digest, pack.pack_id, pack.append([frame]), len(frame), len(piece)))
+        compressor = FrameCompressor(ZSTD_LEVEL)
+        frames = bytearray()
+        # A few hundred KiB of frames at a time, written together: one write per group, not one per chunk.
+        for start in range(0, len(chunks), _CHUNKS_PER_WRITE):
+            group = chunks[start : start + _CHUNKS_PER_WRITE]
+            pieces = [piece for _, piece in group]
+            needed = batch_bound(sum(len(piece) for piece in pieces), len(pieces))
+            if len(frames) < needed:
+                frames = bytearray(needed)
+            lengths = compressor.compress_into(pieces, frames)
+            with memoryview(frames)[: sum(lengths)] as written:
+                offset = pack.append([written])
+            for (digest, piece), length in zip(group, lengths):
+                placed.append((digest, pack.pack_id, offset, length, len(piece)))
+                offset += length
         pack.close()
 
     try:

@@ -9,7 +9,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-import zstandard
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,8 +16,10 @@ from eacct import errors
 from eacct.config import Settings
 from eacct.db import driver_placeholders, read_scalars, unit_of_work, utcnow
 from eacct.storage import BlobStore, BlobStoreError
+from eacct.storage.buffers import BufferPool
 from eacct.chunks.chunker import ArchiveChunker
 from eacct.chunks.digests import sha256_many
+from eacct.chunks.frames import FrameCompressor, batch_bound
 from eacct.chunks.manifest import ENTRY
 from eacct.netdisk.models import Pack, UploadLease, Version
 from eacct.netdisk.store.common import (
@@ -91,7 +92,9 @@ class Upload:
         # its chunks are looked up, compressed and written.
         self.chunker = ArchiveChunker(views=True)
         # zstd contexts are not thread-safe: each compression job takes one from here (or makes one).
-        self.compressors: list[zstandard.ZstdCompressor] = []
+        self.compressors: list[FrameCompressor] = []
+        # A batch's frames are written into one of these and spooled from it: no fresh memory per frame.
+        self.frame_buffers = BufferPool(keep=COMPRESSIONS_IN_FLIGHT + 2)
         self.received = 0
         self.manifest = bytearray()
         # Chunks this upload stored itself: digest → NEW_CHUNK-packed (pack number, offset, stored length,
@@ -121,8 +124,8 @@ class Upload:
         self.sealed: list[PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
         self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
         self.spooling: asyncio.Future[None] | None = None
-        # Batches of new chunks being compressed, oldest first: (chunks, future of their frames).
-        self.compressing: deque[tuple[list[tuple[bytes, bytes]], asyncio.Future[list[bytes]]]] = deque()
+        # Batches of new chunks being compressed, oldest first: (chunks, future of their frames and frame lengths).
+        self.compressing: deque[tuple[list[tuple[bytes, bytes]], asyncio.Future[tuple[memoryview, list[int]]]]] = deque()
         # Full packs go to the blob store in the background while the body keeps streaming.
         self.puts: set[asyncio.Task[None]] = set()
         self.indexing: set[asyncio.Task[None]] = set()  # a sealed pack's rows going into the index
@@ -296,16 +299,20 @@ class Upload:
         self.compressing.append((to_store, asyncio.ensure_future(asyncio.to_thread(self._compress, to_store))))
         await self._write_compressed(COMPRESSIONS_IN_FLIGHT)
 
-    def _compress(self, chunks: list[tuple[bytes, bytes]]) -> list[bytes]:
+    def _compress(self, chunks: list[tuple[bytes, bytes]]) -> tuple[memoryview, list[int]]:
+        """The batch's frames, one after another in a reused buffer, and their lengths."""
         compressor = self.compressors.pop() if self.compressors else self.new_compressor()
         try:
-            return [compressor.compress(piece) for _, piece in chunks]
+            pieces = [piece for _, piece in chunks]
+            buffer = self.frame_buffers.take(batch_bound(sum(len(piece) for piece in pieces), len(pieces)))
+            lengths = compressor.compress_into(pieces, buffer)
+            return memoryview(buffer)[: sum(lengths)], lengths
         finally:
             self.compressors.append(compressor)
 
-    def new_compressor(self) -> zstandard.ZstdCompressor:
+    def new_compressor(self) -> FrameCompressor:
         """A zstd context for one compression thread at a time."""
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        return FrameCompressor(ZSTD_LEVEL)
 
     async def _write_compressed(self, allowed_in_flight: int) -> None:
         """Append compressed batches to the spooled pack, in file order, until at most `allowed_in_flight`
@@ -313,20 +320,21 @@ class Upload:
         while len(self.compressing) > allowed_in_flight:
             chunks, compressing = self.compressing[0]
             # Shielded: if this task is cancelled the threads still run, and `abandon` waits for them.
-            frames = await asyncio.shield(compressing)
+            compressed = await asyncio.shield(compressing)
             self.compressing.popleft()
-            self.spooling = asyncio.ensure_future(asyncio.to_thread(self._spool, chunks, frames))
+            self.spooling = asyncio.ensure_future(asyncio.to_thread(self._spool, chunks, compressed))
             await asyncio.shield(self.spooling)
             if self.pack.size >= self.settings.pack_target_bytes:
                 await self._seal_pack()
 
-    def _spool(self, chunks: list[tuple[bytes, bytes]], frames: list[bytes]) -> None:
-        offset = self.pack.append(frames)
+    def _spool(self, chunks: list[tuple[bytes, bytes]], compressed: tuple[memoryview, list[int]]) -> None:
+        frames, lengths = compressed
+        offset = self.pack.append([frames])
         pack_number = len(self.pack_ids)
-        for (digest, piece), frame in zip(chunks, frames):
-            self.new_chunks[digest] = NEW_CHUNK.pack(pack_number, offset, len(frame), len(piece))
+        for (digest, piece), length in zip(chunks, lengths):
+            self.new_chunks[digest] = NEW_CHUNK.pack(pack_number, offset, length, len(piece))
             self.unindexed.append(digest)
-            offset += len(frame)
+            offset += length
 
     async def _seal_pack(self) -> None:
         """Send the current pack to the blob store in the background, registered as pending first so gc
