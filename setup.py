@@ -2,8 +2,8 @@
 
 - eacct.chunks._native: the chunker's inner loops without the GIL (needs OpenSSL's headers); without it the
   chunker hashes with hashlib and cuts with the fastcdc package.
-- eacct.chunks._frames: batches of chunks compressed into zstd frames without the GIL (needs libzstd's headers);
-  without it uploads compress chunk by chunk with python-zstandard.
+- eacct.chunks._frames: batches of chunks compressed into zstd frames, and decompressed back, without the GIL
+  (needs libzstd's headers); without it uploads and downloads go chunk by chunk with python-zstandard.
 
 Everything else is configured in pyproject.toml.
 """

@@ -1,4 +1,5 @@
-/* A batch of chunks compressed into zstd frames, one after another in the caller's buffer, without the GIL.
+/* A batch of chunks compressed into zstd frames, one after another in the caller's buffer, without the GIL; and
+ * a batch of such frames decompressed back into the caller's buffer the same way (downloads).
  *
  * An upload compresses every new chunk of a year (~100k for 1 GB) on worker threads while the event loop reads
  * the body. Compressed one call per chunk, each call hands the GIL back and forth, and with the loop and the
@@ -135,6 +136,145 @@ done:
     return result;
 }
 
+typedef struct {
+    PyObject_HEAD
+    ZSTD_DCtx *context;
+    int busy;
+} Decompressor;
+
+static int
+decompressor_init(Decompressor *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "", keywords))
+        return -1;
+    if (self->context == NULL)
+        self->context = ZSTD_createDCtx();
+    if (self->context == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void
+decompressor_dealloc(Decompressor *self)
+{
+    ZSTD_freeDCtx(self->context);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Sizes from a sequence of ints into a new array; NULL with an exception set when one is not a size. */
+static size_t *
+sizes_of(PyObject *sequence, Py_ssize_t *count, size_t *total)
+{
+    PyObject *items = PySequence_Fast(sequence, "sizes must be a sequence of ints");
+    if (items == NULL)
+        return NULL;
+    *count = PySequence_Fast_GET_SIZE(items);
+    size_t *sizes = PyMem_Calloc(*count > 0 ? (size_t)*count : 1, sizeof(size_t));
+    *total = 0;
+    if (sizes == NULL)
+        PyErr_NoMemory();
+    for (Py_ssize_t i = 0; sizes != NULL && i < *count; i++) {
+        sizes[i] = PyLong_AsSize_t(PySequence_Fast_GET_ITEM(items, i));
+        if (sizes[i] == (size_t)-1 && PyErr_Occurred()) {
+            PyMem_Free(sizes);
+            sizes = NULL;
+            break;
+        }
+        *total += sizes[i];
+    }
+    Py_DECREF(items);
+    return sizes;
+}
+
+static PyObject *
+decompressor_decompress_into(Decompressor *self, PyObject *args)
+{
+    Py_buffer frames, out;
+    PyObject *frame_lengths, *raw_sizes;
+    if (!PyArg_ParseTuple(args, "y*OOw*", &frames, &frame_lengths, &raw_sizes, &out))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t count = 0, raw_count = 0;
+    size_t frames_total = 0, raw_total = 0, failed_at = (size_t)-1, failure = 0, got = 0;
+    size_t *lengths = sizes_of(frame_lengths, &count, &frames_total);
+    size_t *sizes = lengths == NULL ? NULL : sizes_of(raw_sizes, &raw_count, &raw_total);
+    if (lengths == NULL || sizes == NULL)
+        goto done;
+    if (raw_count != count) {
+        PyErr_SetString(PyExc_ValueError, "one raw size per frame length is needed");
+        goto done;
+    }
+    if (frames_total > (size_t)frames.len || raw_total > (size_t)out.len) {
+        PyErr_Format(PyExc_ValueError, "the frames take %zu bytes of %zd, their content %zu of %zd",
+                     frames_total, frames.len, raw_total, out.len);
+        goto done;
+    }
+    if (self->context == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Decompressor was not initialised");
+        goto done;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "a Decompressor serves one call at a time");
+        goto done;
+    }
+    self->busy = 1;
+    ZSTD_DCtx *context = self->context;
+    const char *source = frames.buf;
+    char *target = out.buf;
+    PyThreadState *state = raw_total >= RELEASE_GIL_BYTES ? PyEval_SaveThread() : NULL;
+    size_t read = 0, written = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        got = ZSTD_decompressDCtx(context, target + written, sizes[i], source + read, lengths[i]);
+        if (ZSTD_isError(got) || got != sizes[i]) {
+            failed_at = (size_t)i;
+            failure = got;
+            break;
+        }
+        read += lengths[i];
+        written += sizes[i];
+    }
+    if (state != NULL)
+        PyEval_RestoreThread(state);
+    self->busy = 0;
+    if (failed_at != (size_t)-1) {
+        if (ZSTD_isError(failure))
+            PyErr_Format(PyExc_ValueError, "frame %zu does not decompress: %s", failed_at, ZSTD_getErrorName(failure));
+        else
+            PyErr_Format(PyExc_ValueError, "frame %zu holds %zu bytes, not %zu", failed_at, got, sizes[failed_at]);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(lengths);
+    PyMem_Free(sizes);
+    PyBuffer_Release(&frames);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef decompressor_methods[] = {
+    {"decompress_into", (PyCFunction)decompressor_decompress_into, METH_VARARGS,
+     "decompress_into(frames, frame_lengths, raw_sizes, out)\n\n"
+     "Decompress the frames lying one after another in `frames` into `out`, one after another; each must give\n"
+     "exactly its raw size (ValueError otherwise). The GIL is released while a large batch decompresses."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DecompressorType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "eacct.chunks._frames.Decompressor",
+    .tp_doc = "Decompressor(): a zstd context for batches of frames; one call at a time.",
+    .tp_basicsize = sizeof(Decompressor),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)decompressor_init,
+    .tp_dealloc = (destructor)decompressor_dealloc,
+    .tp_methods = decompressor_methods,
+};
+
 static PyObject *
 frames_bound(PyObject *module, PyObject *size)
 {
@@ -171,21 +311,20 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef frames_module = {
-    PyModuleDef_HEAD_INIT, "_frames", "zstd frames of a batch of chunks, compressed without the GIL.", -1,
+    PyModuleDef_HEAD_INIT, "_frames", "zstd frames of a batch of chunks, compressed and decompressed without the GIL.", -1,
     module_methods,
 };
 
 PyMODINIT_FUNC
 PyInit__frames(void)
 {
-    if (PyType_Ready(&CompressorType) < 0)
+    if (PyType_Ready(&CompressorType) < 0 || PyType_Ready(&DecompressorType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&frames_module);
     if (module == NULL)
         return NULL;
-    Py_INCREF(&CompressorType);
-    if (PyModule_AddObject(module, "Compressor", (PyObject *)&CompressorType) < 0) {
-        Py_DECREF(&CompressorType);
+    if (PyModule_AddObjectRef(module, "Compressor", (PyObject *)&CompressorType) < 0
+        || PyModule_AddObjectRef(module, "Decompressor", (PyObject *)&DecompressorType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -9,7 +9,7 @@ import pytest
 import zstandard
 
 from eacct.chunks import frames
-from eacct.chunks.frames import FrameCompressor, batch_bound
+from eacct.chunks.frames import FrameCompressor, FrameDecompressor, FrameError, batch_bound
 from tests.chunks.gil import counted_while
 
 
@@ -20,10 +20,22 @@ def pieces_of_every_kind() -> list:
 
 
 @pytest.fixture(params=["native", "python-zstandard"])
-def compressor(request, monkeypatch):
+def implementation(request, monkeypatch):
     if request.param == "python-zstandard":
         monkeypatch.setattr(frames, "_NativeCompressor", None)
+        monkeypatch.setattr(frames, "_NativeDecompressor", None)
+    return request.param
+
+
+@pytest.fixture
+def compressor(implementation):
     return FrameCompressor(level=1)
+
+
+def compressed(pieces) -> tuple[bytes, list[int]]:
+    out = bytearray(batch_bound(sum(len(piece) for piece in pieces), len(pieces)))
+    lengths = FrameCompressor(level=1).compress_into(pieces, out)
+    return bytes(out[: sum(lengths)]), lengths
 
 
 def frames_of(out, lengths) -> list[bytes]:
@@ -107,3 +119,44 @@ def test_other_threads_run_while_a_large_batch_is_compressed():
 def test_a_level_zstd_does_not_know_is_refused():
     with pytest.raises(ValueError):
         FrameCompressor(level=1000)
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 120])
+def test_a_batch_of_frames_decompresses_back_one_after_another(implementation, count):
+    pieces = (pieces_of_every_kind() * 20)[:count]
+    data, lengths = compressed(pieces)
+    out = bytearray(sum(len(piece) for piece in pieces))
+    FrameDecompressor().decompress_into(memoryview(data), lengths, [len(piece) for piece in pieces], out)
+    assert bytes(out) == b"".join(bytes(piece) for piece in pieces)
+
+
+def test_a_frame_of_another_size_than_stored_is_a_frame_error(implementation):
+    data, lengths = compressed([b"a" * 1000, b"b" * 2000])
+    for sizes in ([1000, 1999], [1000, 2001], [999, 2000]):
+        with pytest.raises(FrameError):
+            FrameDecompressor().decompress_into(data, lengths, sizes, bytearray(4000))
+
+
+def test_a_damaged_frame_is_a_frame_error(implementation):
+    data, lengths = compressed([os.urandom(3000), b"c" * 5000])
+    damaged = bytearray(data)
+    damaged[lengths[0] + 2 : lengths[0] + 8] = b"\xff" * 6
+    with pytest.raises(FrameError):
+        FrameDecompressor().decompress_into(bytes(damaged), lengths, [3000, 5000], bytearray(8000))
+
+
+def test_frames_longer_than_their_buffer_are_refused(implementation):
+    data, lengths = compressed([os.urandom(3000)])
+    with pytest.raises(ValueError):
+        FrameDecompressor().decompress_into(data[:-5], lengths, [3000], bytearray(3000))
+
+
+def test_other_threads_run_while_a_large_batch_is_decompressed():
+    letters = random.Random(8)
+    pieces = [bytes(letters.choices(b"abcdefghijklmnop 0123456789", k=128 * 1024)) for _ in range(8)] * 64
+    data, lengths = compressed(pieces)
+    out = bytearray(sum(len(piece) for piece in pieces))
+    decompressor = FrameDecompressor()
+    sizes = [len(piece) for piece in pieces]
+    during, seconds = counted_while(lambda: decompressor.decompress_into(data, lengths, sizes, out))
+    assert seconds > 0.01 and during > 1000 * seconds, (during, seconds)

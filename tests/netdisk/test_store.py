@@ -12,7 +12,7 @@ import zstandard
 from sqlalchemy import func, select, update
 
 from eacct import errors
-from eacct.chunks import digests
+from eacct.chunks import digests, frames
 from eacct.db import unit_of_work
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk import store, versions
@@ -247,6 +247,30 @@ async def test_a_download_stopped_early_leaves_no_block_decoding(sessions, blobs
     decoding = [task for task in asyncio.all_tasks() if "_fetch_and_decode" in repr(task.get_coro())]
     assert decoding == []
     assert await read_all(sessions, blobs, version.version_id) == content
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-frames", "python-zstandard"])
+@pytest.mark.parametrize("where", ["whole", "edge"], ids=["among-whole-chunks", "at-the-edge-of-the-range"])
+async def test_a_frame_that_no_longer_decompresses_fails_its_block_as_damaged(
+        sessions, blobs, settings, owner, tmp_path, monkeypatch, native, where):
+    """A damaged frame in a pack is the store's NotFound ("已损坏"), never a decompressor's own exception."""
+    if not native:
+        monkeypatch.setattr(frames, "_NativeDecompressor", None)
+    content = b"".join(os.urandom(64) * 128 for _ in range(60))  # compressible: frames with sequences to break
+    version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
+    async with unit_of_work(sessions, read_only=True) as session:
+        chunk, key = (await session.execute(select(Chunk, Pack.blob_key).join(Pack, Pack.id == Chunk.pack_id)
+                                            .where(Chunk.owner_id == owner).order_by(Chunk.offset.desc()))).first()
+    data = bytearray(await blobs.get(key))
+    middle = chunk.offset + chunk.stored_length // 2
+    data[middle : middle + 8] = b"\xff" * 8
+    pack = tmp_path / "pack"
+    pack.write_bytes(bytes(data))
+    await blobs.delete(key)
+    await blobs.put(key, pack)
+    start = 0 if where == "whole" else 3
+    with pytest.raises(errors.NotFound, match="损坏"):
+        await read_all(sessions, blobs, version.version_id, start)
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native-digests", "hashlib"])

@@ -7,15 +7,15 @@ from collections import deque
 from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Iterator
 
-import zstandard
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
-from eacct.db import unit_of_work
+from eacct.db import driver_placeholders, read_rows, unit_of_work
 from eacct.storage import BlobNotFound, BlobStore, BlobStoreError
 from eacct.storage.buffers import BufferPool
 from eacct.chunks.digests import sha256_many
+from eacct.chunks.frames import FrameDecompressor, FrameError
 from eacct.chunks.manifest import iter_manifest
 from eacct.netdisk.models import Version, VersionManifest
 from eacct.netdisk.store.common import (
@@ -96,12 +96,10 @@ async def _located_blocks(sessions, owner_id: int, entries: bytes, start: int, e
             yield block
 
 
-# Plain SQL: no per-value type processing of ~2000 digests in and four columns out per window (half the CPU
-# of the ORM's select; a 1 GB year has ~130k chunks to locate).
-_LOCATE = text(
-    'SELECT chunks.digest, packs.blob_key, chunks."offset", chunks.stored_length FROM chunks '
-    "JOIN packs ON packs.id = chunks.pack_id WHERE chunks.owner_id = :owner_id AND chunks.digest IN :digests"
-).bindparams(bindparam("digests", expanding=True))
+# Handed to the driver as it is, with a marker per digest: SQLAlchemy would expand and process the IN list of ~2000
+# digests on the event loop's thread for every window (a 1 GB year has ~130k chunks to locate).
+_LOCATE = ('SELECT chunks.digest, packs.blob_key, chunks."offset", chunks.stored_length FROM chunks '
+           "JOIN packs ON packs.id = chunks.pack_id WHERE chunks.owner_id = {} AND chunks.digest IN ({})")
 
 
 async def _locate(sessions, owner_id: int, window, local: Locator | None) -> dict[bytes, tuple[str, int, int]]:
@@ -112,8 +110,9 @@ async def _locate(sessions, owner_id: int, window, local: Locator | None) -> dic
         where = {digest: place for digest in digests if (place := local(digest)) is not None}
     indexed = [digest for digest in digests if digest not in where]
     if indexed:
-        async with unit_of_work(sessions, read_only=True) as session:
-            rows = (await session.execute(_LOCATE, {"owner_id": owner_id, "digests": indexed})).all()
+        # One statement, one round trip (db.read_rows): a chunk's place never changes while a version refers to it.
+        owner, markers = driver_placeholders(sessions.dialect, 1 + len(indexed)).split(", ", 1)
+        rows = await read_rows(sessions, _LOCATE.format(owner, markers), (owner_id, *indexed))
         where.update({digest: (key, offset, length) for digest, key, offset, length in rows})
     if len(where) != len(digests):
         raise errors.NotFound("该版本的数据已不完整")
@@ -157,42 +156,49 @@ async def _fetch_and_decode(blobs: BlobStore, runs: list[Run], buffers: BufferPo
 
 
 def _decode_runs(datas: list[memoryview], runs: list, buffers: BufferPool) -> memoryview:
-    decompressor = zstandard.ZstdDecompressor()  # one per call: calls run on several threads at once
-    # Each chunk is copied into the block as soon as it is decompressed: a block's raw bytes are held once, not
-    # twice (a list of chunks, then their join).
+    decompressor = FrameDecompressor()  # one per call: calls run on several threads at once
+    # A run's whole chunks are decompressed straight into the block, in one native call (eacct.chunks.frames): a
+    # download hands the GIL back and forth once per run, not once per chunk, and holds a block's bytes once.
     size = sum(take for items in runs for (_, _, _, take), _ in items)
     out = buffers.take(size)
     position = 0
-    # The block's chunks are verified together once it is decoded, in one native call (eacct.chunks.digests):
-    # a download hands the GIL back and forth once per block, not once per chunk. The block is not handed on
-    # before that check has passed. A whole chunk is checked where it was copied to; the first or last chunk of
-    # a range, only part of which goes out, is kept whole until then (at most two per block).
+    # The block's chunks are verified together once it is decoded, in one native call (eacct.chunks.digests).
+    # The block is not handed on before that check has passed. A whole chunk is checked where it was decoded to;
+    # the first or last chunk of a range, only part of which goes out, is kept whole until then.
     placed: list[memoryview] = []
-    checked: list[memoryview | bytes] = []
+    checked: list[memoryview | bytearray] = []
     expected: list[bytes] = []
     try:
         with memoryview(out)[:size] as target:
             for data, items in zip(datas, runs):
+                if all(skip == 0 and take == raw_size for (_, raw_size, skip, take), _ in items):
+                    raw_total = sum(raw_size for (_, raw_size, _, _), _ in items)
+                    destination = target[position : position + raw_total]
+                    placed.append(destination)
+                    decompressor.decompress_into(data, [length for _, length in items],
+                                                 [raw_size for (_, raw_size, _, _), _ in items], destination)
+                    for (digest, raw_size, _, _), _ in items:
+                        chunk = target[position : position + raw_size]
+                        placed.append(chunk)
+                        checked.append(chunk)
+                        expected.append(digest)
+                        position += raw_size
+                    continue
                 with memoryview(data) as view:
                     offset = 0
                     for (digest, raw_size, skip, take), length in items:
-                        raw = decompressor.decompress(view[offset : offset + length], max_output_size=raw_size)
+                        raw = bytearray(raw_size)
+                        decompressor.decompress_into(view[offset : offset + length], [length], [raw_size], raw)
                         offset += length
-                        if len(raw) != raw_size:
-                            raise errors.NotFound("该版本的数据已损坏")
-                        destination = target[position : position + take]
-                        placed.append(destination)
-                        if skip == 0 and take == raw_size:
-                            destination[:] = raw
-                            checked.append(destination)
-                        else:
-                            destination[:] = memoryview(raw)[skip : skip + take]
-                            checked.append(raw)
+                        target[position : position + take] = memoryview(raw)[skip : skip + take]
+                        checked.append(raw)
                         expected.append(digest)
                         position += take
         if sha256_many(checked) != expected:
             raise errors.NotFound("该版本的数据已损坏")
+    except FrameError as exc:
+        raise errors.NotFound("该版本的数据已损坏") from exc
     finally:
-        for destination in placed:
-            destination.release()
+        for view in placed:
+            view.release()
     return memoryview(out)[:size]
