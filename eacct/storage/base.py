@@ -99,6 +99,9 @@ class BlobStore(abc.ABC):
         return self._spool
 
     _spool: Path | None = None
+    # Whether spool files are written to disk as they grow (eacct.storage.writeback): yes where the spool file
+    # itself becomes the blob, so its bytes go to this disk anyway; no where it is sent elsewhere and deleted.
+    spool_write_behind = False
 
     async def leftovers(self) -> list[Leftover]:
         """Working files that gc may reclaim once no live upload owns them (spool files, half-made puts)."""

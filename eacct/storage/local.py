@@ -49,6 +49,8 @@ class _OpenFiles:
 class LocalBlobStore(BlobStore):
     """Blobs as files under one directory; a put is fsynced and renamed into place atomically."""
 
+    spool_write_behind = True  # a put links the spool file into place
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)

@@ -91,3 +91,38 @@ async def test_an_upload_does_not_count_on_another_uploads_pending_chunks(sessio
     await first.abandon()
     await store.collect_garbage(sessions, blobs, settings)
     assert await read_all(sessions, blobs, version.version_id) == content
+
+
+async def test_a_small_upload_writes_twice_and_its_packs_end_up_with_their_sizes(sessions, blobs, settings, owner,
+                                                                                 monkeypatch):
+    """Every write waits its turn on SQLite: a small upload registers its pack with its lease (one write) and
+    commits (the second); the pack's size, unknown when it was registered, is recorded by the commit."""
+    writes = []
+    real_unit_of_work = upload_module.unit_of_work
+
+    def counting_unit_of_work(factory, **kw):
+        if not kw.get("read_only"):
+            writes.append("upload")
+        return real_unit_of_work(factory, **kw)
+
+    real_commit = index.commit
+
+    async def counting_commit(sessions_, upload, rules):
+        writes.append("commit")
+        return await real_commit(sessions_, upload, rules)
+
+    monkeypatch.setattr(upload_module, "unit_of_work", counting_unit_of_work)
+    monkeypatch.setattr(upload_module, "commit", counting_commit)
+    small = os.urandom(40_000)
+    await put(sessions, blobs, settings, owner, small)
+    assert writes == ["upload", "commit"]
+
+    writes.clear()
+    big = os.urandom(3_500_000)  # several packs (1 MB each in tests): later ones are registered as they are sealed
+    version = await put(sessions, blobs, settings, owner, big)
+    assert await read_all(sessions, blobs, version.version_id) == big
+    async with sessions() as session:
+        packs = list(await session.execute(select(Pack.blob_key, Pack.size, Pack.committed)))
+    assert len(packs) >= 3 and all(committed for _, _, committed in packs)
+    for blob_key, size, _ in packs:
+        assert size == sum(len(block) for block in [await blobs.get(blob_key)]) > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from eacct.chunks.frames import FrameCompressor
 from eacct.db import unit_of_work, utcnow
 from eacct.netdisk import store, versions
 from eacct.netdisk.store import spool
-from eacct.storage import LocalBlobStore
+from eacct.storage import LocalBlobStore, writeback
 from eacct.netdisk.models import Ledger, Pack, UploadLease, Version
 from tests.conftest import Desktop, new_ledger_id
 from tests.netdisk.ledgers import body_of
@@ -533,6 +534,27 @@ async def test_a_database_failure_midway_through_an_upload_refuses_it_and_keeps_
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", fail_the_third)
     assert seen >= 3
+    assert await count(sessions, Version) == 0 and await count(sessions, Pack) == 0
+    assert await count(sessions, UploadLease) == 0
+    assert await pack_keys(blobs) == [] and spool_files(blobs) == []
+
+
+async def test_an_io_error_while_a_spool_file_is_written_behind_refuses_the_upload_and_keeps_nothing(
+        sessions, blobs, settings, owner, monkeypatch):
+    """The kernel reporting an I/O error when writeback of a spool file is started (eacct.storage.writeback) fails
+    the upload like a failed write: nothing of it is kept."""
+    if not blobs.spool_write_behind:
+        pytest.skip("this store's spool files are sent away, not written behind")
+
+    def failing_sync_range(fd, offset, length, flags):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(writeback, "sync_file_range", failing_sync_range)
+    content = os.urandom(3 * 1024 * 1024)
+    incoming = incoming_for(owner, content)
+    with pytest.raises(OSError):
+        await store.receive_version(sessions, blobs, settings, incoming, body_of(content),
+                                    versions.UploadRules(settings, incoming, None), free_bytes=10**9)
     assert await count(sessions, Version) == 0 and await count(sessions, Pack) == 0
     assert await count(sessions, UploadLease) == 0
     assert await pack_keys(blobs) == [] and spool_files(blobs) == []

@@ -156,6 +156,7 @@ class CommittableUpload(Protocol):
     incoming: VersionClaim
     manifest: bytearray
     pending_packs: list[tuple[str, str]]
+    pack_sizes_at_commit: dict[str, int]  # packs registered before their size was known
     lease_id: str
     lease_taken: bool
     new_bytes: int

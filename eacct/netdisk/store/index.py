@@ -99,6 +99,8 @@ async def commit(sessions: async_sessionmaker[AsyncSession], upload: Committable
             )
             if result.rowcount != len(upload.pending_packs):
                 raise errors.RetryUpload()
+        for pack_id, size in upload.pack_sizes_at_commit.items():
+            await session.execute(update(Pack).where(Pack.id == pack_id).values(size=size))
         if upload.lease_taken:
             result = await session.execute(delete(UploadLease).where(UploadLease.id == upload.lease_id))
             if result.rowcount != 1:  # gc reclaimed this upload's lease: its spool files may be gone

@@ -32,7 +32,7 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
                        chunks: list[tuple[bytes, bytes]]) -> list[Held]:
     """Compress verified chunks into one pack registered as pending under `lease_id` (before its blob is put,
     so gc can always find it), then put it durably; where each chunk now lies."""
-    pack = PackWriter(blobs.spool_dir(), owner_id, lease_id)
+    pack = PackWriter(blobs.spool_dir(), owner_id, lease_id, write_behind=blobs.spool_write_behind)
     placed: list[Held] = []
 
     def spool() -> None:

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eacct.storage.writeback import WriteBehind
 from eacct.netdisk.store.common import pack_blob_key
 
 __all__ = ["PackWriter"]
@@ -26,6 +27,9 @@ class PackWriter:
     size: int = 0
     handle: object | None = None
     discarded: bool = False
+    # Start writing the file to disk as it grows (BlobStore.spool_write_behind).
+    write_behind: bool = False
+    _behind: WriteBehind | None = field(default=None, repr=False)
 
     @property
     def path(self) -> Path:
@@ -53,6 +57,8 @@ class PackWriter:
                 while rest:
                     rest = rest[os.write(fd, rest):]
             self.size += total
+        if self._behind is not None:
+            self._behind.appended(self.size)
         return offset
 
     def open(self) -> None:
@@ -61,12 +67,15 @@ class PackWriter:
             raise RuntimeError("pack writer already discarded")
         if self.handle is None:
             self.handle = open(self.path, "wb", buffering=0)
+            if self.write_behind:
+                self._behind = WriteBehind(self.handle.fileno())
 
     def close(self) -> None:
         # No fsync here: the blob store's `put` is what makes a pack durable (the local one fsyncs it).
         if self.handle is not None:
             self.handle.close()
             self.handle = None
+            self._behind = None
 
     def discard(self) -> None:
         self.discarded = True

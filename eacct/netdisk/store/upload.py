@@ -123,6 +123,9 @@ class Upload:
         self.pack = self._new_pack()
         self.sealed: list[PackWriter] = []  # spool files handed to a put, removed by it (or by abandon)
         self.pending_packs: list[tuple[str, str]] = []  # (pack id, blob key) registered, not committed
+        # The first pack's row goes in with the lease, before its size is known; the commit records the size.
+        self.early_pack: str | None = None
+        self.pack_sizes_at_commit: dict[str, int] = {}
         self.spooling: asyncio.Future[None] | None = None
         # Batches of new chunks being compressed, oldest first: (chunks, future of their frames and frame lengths).
         self.compressing: deque[tuple[list[tuple[bytes, bytes]], asyncio.Future[tuple[memoryview, list[int]]]]] = deque()
@@ -133,16 +136,23 @@ class Upload:
         self.hashing: asyncio.Future[None] | None = None
 
     def _new_pack(self) -> PackWriter:
-        return PackWriter(self.blobs.spool_dir(), self.incoming.owner_id, self.lease_id)
+        return PackWriter(self.blobs.spool_dir(), self.incoming.owner_id, self.lease_id,
+                          write_behind=self.blobs.spool_write_behind)
 
     async def _take_lease(self) -> None:
         """Register the lease before the first file is written, and keep it alive while the upload is."""
         if self.lease_taken:
             return
+        pack = self.pack
         async with unit_of_work(self.sessions) as session:
             now = utcnow()
             session.add(UploadLease(id=self.lease_id, holder=lease_holder(), heartbeat_at=now, created_at=now))
+            # Registered now rather than when sealed: a small upload then writes once before its commit, not
+            # twice, and on SQLite every write waits its turn behind everyone else's.
+            session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=0,
+                             lease_id=self.lease_id))
         self.lease_taken = True
+        self.early_pack = pack.pack_id
         self.heartbeat = asyncio.create_task(self._keep_lease())
 
     async def _keep_lease(self) -> None:
@@ -345,10 +355,13 @@ class Upload:
         if self.lease_lost:
             raise errors.RetryUpload()
         await asyncio.to_thread(pack.close)
-        # The row comes before the writer is replaced: until then `abandon` still finds the spool file.
-        async with unit_of_work(self.sessions) as session:
-            session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=pack.size,
-                             lease_id=self.lease_id))
+        if pack.pack_id == self.early_pack:
+            self.pack_sizes_at_commit[pack.pack_id] = pack.size
+        else:
+            # The row comes before the writer is replaced: until then `abandon` still finds the spool file.
+            async with unit_of_work(self.sessions) as session:
+                session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=pack.size,
+                                 lease_id=self.lease_id))
         self.pending_packs.append((pack.pack_id, pack.blob_key))
         self.pack_ids.append(pack.pack_id)
         self.sealed.append(pack)
