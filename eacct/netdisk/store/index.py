@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Protocol
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -92,15 +92,16 @@ async def commit(sessions: async_sessionmaker[AsyncSession], upload: Committable
         await session.flush()
         session.add(VersionManifest(version_id=version.id, entries=bytes(upload.manifest)))
         if upload.pending_packs:
+            values: dict = {"committed": True, "lease_id": None}
+            if upload.pack_sizes_at_commit:  # in the same statement: every statement here holds the write lock
+                values["size"] = case(upload.pack_sizes_at_commit, value=Pack.id, else_=Pack.size)
             result = await session.execute(
                 update(Pack)
                 .where(Pack.id.in_([pack_id for pack_id, _ in upload.pending_packs]), Pack.committed.is_(False))
-                .values(committed=True, lease_id=None)
+                .values(**values)
             )
             if result.rowcount != len(upload.pending_packs):
                 raise errors.RetryUpload()
-        for pack_id, size in upload.pack_sizes_at_commit.items():
-            await session.execute(update(Pack).where(Pack.id == pack_id).values(size=size))
         if upload.lease_taken:
             result = await session.execute(delete(UploadLease).where(UploadLease.id == upload.lease_id))
             if result.rowcount != 1:  # gc reclaimed this upload's lease: its spool files may be gone
