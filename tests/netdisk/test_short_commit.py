@@ -10,6 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from eacct import errors
 from eacct.netdisk import store, versions
 from eacct.netdisk.hooks import NetdiskHooks
 from eacct.netdisk.models import Chunk, Pack, Version
@@ -126,3 +127,37 @@ async def test_a_small_upload_writes_twice_and_its_packs_end_up_with_their_sizes
     assert len(packs) >= 3 and all(committed for _, _, committed in packs)
     for blob_key, size, _ in packs:
         assert size == sum(len(block) for block in [await blobs.get(blob_key)]) > 0
+
+
+@pytest.mark.parametrize("meanwhile", ["gone", "pending_in_another_upload"])
+async def test_a_repeat_counts_one_reference_on_every_known_chunk_and_is_refused_when_one_went_missing(
+        sessions, blobs, settings, owner, monkeypatch, meanwhile):
+    """A year uploaded again stores nothing and counts on the chunks it knows (more than one statement's worth).
+    If gc removed one of them between the lookup and the commit, the commit refuses (RetryUpload) and keeps
+    nothing, also when another upload has meanwhile put a row for it in a pack not committed yet."""
+    content = os.urandom(6_000_000)  # ~700 chunks
+    ledger_id = str(uuid.uuid4())
+    await put(sessions, blobs, settings, owner, content, ledger_id)
+    monkeypatch.setattr(index, "REFS_BATCH", 100)
+    second = await put(sessions, blobs, settings, owner, content, ledger_id)
+    assert {refs for refs, _ in await chunk_refs(sessions, owner)} == {2}
+    assert await read_all(sessions, blobs, second.version_id) == content
+
+    async def commit_after_a_chunk_went(sessions_, upload, rules):
+        async with sessions() as session, session.begin():
+            doomed = await session.scalar(select(Chunk).where(Chunk.owner_id == owner).limit(1))
+            await session.execute(Chunk.__table__.delete().where(Chunk.digest == doomed.digest))
+            if meanwhile == "pending_in_another_upload":
+                pending = Pack(id=uuid.uuid4().hex, owner_id=owner, blob_key="packs/elsewhere", size=1)
+                session.add(pending)
+                await session.flush()
+                session.add(Chunk(owner_id=owner, digest=doomed.digest, pack_id=pending.id, offset=0,
+                                  stored_length=1, raw_size=doomed.raw_size, refs=0))
+        return await index.commit(sessions_, upload, rules)
+
+    monkeypatch.setattr(upload_module, "commit", commit_after_a_chunk_went)
+    with pytest.raises(errors.RetryUpload):
+        await put(sessions, blobs, settings, owner, content, ledger_id)
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Version)) == 2
+    assert {refs for refs, committed in await chunk_refs(sessions, owner) if committed} == {2}

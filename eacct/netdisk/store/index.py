@@ -154,14 +154,24 @@ async def _take_over_pending(session: AsyncSession, upload: CommittableUpload, d
         await session.execute(statement, batch)
 
 
+# Reference counting on many chunks at once (a re-upload of a 1 GB year counts on ~60k chunks it did not store),
+# handed to the driver as it is: SQLAlchemy would build and process each long IN list on the event loop while
+# the commit holds SQLite's write lock. A chunk is counted on only where its pack is committed: a row of another
+# upload's pending pack may still be abandoned (checked per row by primary key, not against every pack).
+_ADD_REFS = "UPDATE chunks SET refs = refs + {} WHERE owner_id = {} AND digest IN ({})"
+_IN_COMMITTED_PACK = " AND EXISTS (SELECT 1 FROM packs WHERE packs.id = chunks.pack_id AND packs.committed)"
+REFS_BATCH = 2000
+
+
 async def _add_refs(session: AsyncSession, owner_id: int, digests: list[bytes], delta: int) -> None:
-    committed = select(Pack.id).where(Pack.committed.is_(True))
-    for batch in batched(digests, LOOKUP_BATCH):
-        where = [Chunk.owner_id == owner_id, Chunk.digest.in_(batch)]
+    connection = await session.connection()
+    for batch in batched(digests, REFS_BATCH):
+        delta_marker, owner_marker, digest_markers = driver_placeholders(
+            connection.dialect, 2 + len(batch)).split(", ", 2)
+        statement = _ADD_REFS.format(delta_marker, owner_marker, digest_markers)
         if delta > 0:
-            # Never count on a row of another upload's pending pack: that upload may still be abandoned.
-            where.append(Chunk.pack_id.in_(committed))
-        result = await session.execute(update(Chunk).where(*where).values(refs=Chunk.refs + delta))
+            statement += _IN_COMMITTED_PACK
+        result = await connection.exec_driver_sql(statement, (delta, owner_id, *batch))
         if delta > 0 and result.rowcount != len(batch):
             # gc removed an unreferenced chunk this upload counted on; the client simply uploads again.
             raise errors.RetryUpload()
