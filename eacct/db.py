@@ -308,6 +308,13 @@ def driver_placeholders(dialect, count: int) -> str:
     raise NotImplementedError(f"parameter style {dialect.paramstyle}")
 
 
+def driver_list_markers(dialect, singles: int, listed: int) -> list[str]:
+    """Markers for `singles` single values followed by one IN list of `listed` values, in the driver's style:
+    the single markers, then the list's markers joined by commas (the parameters go in that order)."""
+    markers = driver_placeholders(dialect, singles + listed).split(", ", singles)
+    return markers if listed else [*markers, ""]
+
+
 async def read_rows(factory: SessionFactory, statement, parameters: dict | tuple | None = None) -> list[tuple]:
     """Every row of one read statement, which is its own snapshot: one round trip to the database, without
     BEGIN or COMMIT, on SQLite (no write lock either) as on PostgreSQL. For hot reads that need no consistency

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import exc, text
 
 from eacct.cli import run_serving
-from eacct.db import create_engine, driver_placeholders, make_session_factory, read_scalars, unit_of_work
+from eacct.db import create_engine, driver_list_markers, driver_placeholders, make_session_factory, read_scalars, unit_of_work
 
 
 @pytest.fixture
@@ -184,6 +184,12 @@ async def test_a_streamed_result_runs_inside_the_transaction_its_unit_began(engi
 @pytest.mark.parametrize("style,markers", [("qmark", "?, ?, ?"), ("numeric_dollar", "$1, $2, $3")])
 def test_driver_placeholders_are_in_the_drivers_own_style(style, markers):
     assert driver_placeholders(SimpleNamespace(paramstyle=style), 3) == markers
+
+
+@pytest.mark.parametrize("style,markers", [("qmark", ["?", "?", "?, ?, ?"]),
+                                           ("numeric_dollar", ["$1", "$2", "$3, $4, $5"])])
+def test_driver_list_markers_are_the_singles_then_one_joined_list(style, markers):
+    assert driver_list_markers(SimpleNamespace(paramstyle=style), 2, 3) == markers
 
 
 def test_driver_placeholders_refuse_a_style_they_do_not_know():

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
 from eacct.chunks.manifest import iter_manifest
-from eacct.db import driver_placeholders, unit_of_work, utcnow
+from eacct.db import driver_list_markers, driver_placeholders, unit_of_work, utcnow
 from eacct.netdisk.models import Chunk, Pack, UploadLease, Version, VersionManifest
 from eacct.netdisk.store.common import CommittableUpload, batched
 
@@ -166,8 +166,7 @@ REFS_BATCH = 2000
 async def _add_refs(session: AsyncSession, owner_id: int, digests: list[bytes], delta: int) -> None:
     connection = await session.connection()
     for batch in batched(digests, REFS_BATCH):
-        delta_marker, owner_marker, digest_markers = driver_placeholders(
-            connection.dialect, 2 + len(batch)).split(", ", 2)
+        delta_marker, owner_marker, digest_markers = driver_list_markers(connection.dialect, 2, len(batch))
         statement = _ADD_REFS.format(delta_marker, owner_marker, digest_markers)
         if delta > 0:
             statement += _IN_COMMITTED_PACK

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
-from eacct.db import driver_placeholders, read_rows, unit_of_work
+from eacct.db import driver_list_markers, read_rows, unit_of_work
 from eacct.storage import BlobNotFound, BlobStore, BlobStoreError
 from eacct.storage.buffers import BufferPool
 from eacct.chunks.digests import sha256_many
@@ -111,7 +111,7 @@ async def _locate(sessions, owner_id: int, window, local: Locator | None) -> dic
     indexed = [digest for digest in digests if digest not in where]
     if indexed:
         # One statement, one round trip (db.read_rows): a chunk's place never changes while a version refers to it.
-        owner, markers = driver_placeholders(sessions.dialect, 1 + len(indexed)).split(", ", 1)
+        owner, markers = driver_list_markers(sessions.dialect, 1, len(indexed))
         rows = await read_rows(sessions, _LOCATE.format(owner, markers), (owner_id, *indexed))
         where.update({digest: (key, offset, length) for digest, key, offset, length in rows})
     if len(where) != len(digests):

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
 from eacct.config import Settings
-from eacct.db import driver_placeholders, read_scalars, unit_of_work, utcnow
+from eacct.db import driver_list_markers, read_scalars, unit_of_work, utcnow
 from eacct.storage import BlobStore, BlobStoreError
 from eacct.storage.buffers import BufferPool
 from eacct.chunks.chunker import ArchiveChunker
@@ -279,7 +279,7 @@ class Upload:
             unknown.difference_update(await self.reference.known(digest for digest, _, _ in batch))
         if unknown:
             # One statement, one round trip: an upload makes hundreds of these while every core is busy.
-            owner, digests = driver_placeholders(self.sessions.dialect, 1 + len(unknown)).split(", ", 1)
+            owner, digests = driver_list_markers(self.sessions.dialect, 1, len(unknown))
             unknown.difference_update(await read_scalars(
                 self.sessions, _KNOWN.format(owner, digests), (self.incoming.owner_id, *unknown)))
         to_store = []
