@@ -14,6 +14,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +32,13 @@ from eacct.startup import SettingError, bind_listeners, open_storage
 __all__ = ["main"]
 
 WORKER_THREADS = 4
+# Worker threads do the bulk work of transfers (hashing, cutting, compressing, decompressing) and password
+# hashing. At the same priority as the event loop and the database threads, a CPU-bound 1 GB upload takes the
+# cores from every other member's requests: their small writes, each a dozen trips between the loop and its
+# database thread, held SQLite's write lock 5x longer and queued up to a second (bench/commit_block.py). The
+# workers run at the lowest priority instead: they get whatever the request path leaves, which on an otherwise
+# idle machine is all of it.
+WORKER_NICENESS = 19
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
 M_TRIM_THRESHOLD = -1
@@ -73,9 +81,7 @@ async def _serve(settings: Settings, *, reuse_port: bool = False, migrate: bool 
         loop.add_signal_handler(signum, stopping.set)
 
     async def few_worker_threads(app: web.Application) -> None:
-        # Hashing, compression and password checks run on worker threads; a small pool keeps glibc from
-        # growing a memory arena per thread, which is most of what a large transfer leaves behind in RSS.
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="eacct-worker"))
+        loop.set_default_executor(worker_pool())
 
     # The port first: nothing is opened or migrated for a service that could not listen anyway.
     listeners = bind_listeners(settings, reuse_port=reuse_port)
@@ -292,6 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                           required=True)
     wechat.add_parser("menu", help="publish the menu (帮助, 网盘共享, 会员中心 → the member pages)").set_defaults(run=cmd_wechat_menu)
     return parser
+
+
+def worker_pool() -> ThreadPoolExecutor:
+    """The server's worker threads: few (each would otherwise grow a glibc memory arena of its own, most of what
+    a large transfer leaves behind in RSS), and below the request path in CPU priority (`WORKER_NICENESS`)."""
+    return ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="eacct-worker",
+                              initializer=lower_thread_priority)
+
+
+def lower_thread_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux, where niceness is per thread; elsewhere setting
+    it would renice the whole process, so nothing is done)."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+    except OSError:  # a sandbox that forbids it: the workers keep the process's priority
+        pass
 
 
 def freeze_start_up_objects() -> None:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 import weakref
@@ -49,6 +50,9 @@ def test_serve_on_the_embedded_default_applies_migrations_and_answers(tmp_path):
             data=json.dumps({"account": "13564271675", "password": "secret-1", "nickname": "小王"}).encode())
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 201
+        if sys.platform == "linux":  # the password was hashed on a worker thread, below the request path's priority
+            assert thread_niceness(server.pid)[server.pid] == 0
+            assert cli.WORKER_NICENESS in thread_niceness(server.pid).values()
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -211,6 +215,28 @@ asyncio.run(main())
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def thread_niceness(pid: int) -> dict[int, int]:
+    """Each thread of process `pid` and its niceness (Linux /proc; the 19th field of a task's stat)."""
+    niceness = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        niceness[int(task)] = int(fields[16])
+    return niceness
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+def test_worker_threads_run_below_the_request_path_in_cpu_priority():
+    """Bulk work (hashing, compression, password hashing) gets what the event loop and the database threads leave:
+    a 1 GB upload no longer slows every other member's requests (bench/commit_block.py)."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with cli.worker_pool() as pool:
+        worker = pool.submit(lambda: (threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0))).result()
+        assert worker[1] == cli.WORKER_NICENESS
+        assert thread_niceness(os.getpid())[worker[0]] == cli.WORKER_NICENESS
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # only the workers, not the caller
 
 
 def test_serving_freezes_what_start_up_built_after_collecting_cyclic_garbage():
