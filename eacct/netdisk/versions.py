@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -100,12 +100,11 @@ async def check_before_upload(session: AsyncSession, settings: Settings, incomin
 
 async def check_version_cap(session: AsyncSession, settings: Settings, incoming: IncomingVersion) -> None:
     """At most `max_versions_per_member` versions per member (rule 15), counting what retention will prune."""
-    held = await session.scalar(select(func.count()).select_from(Version).where(Version.owner_id == incoming.owner_id))
-    in_year = await session.scalar(
-        select(func.count()).select_from(Version).where(
-            Version.ledger_id == incoming.ledger_id, Version.year == incoming.year
-        )
-    )
+    # Both counts in one statement: inside the commit every statement is a trip while SQLite's write lock is held.
+    in_this_year = case((and_(Version.ledger_id == incoming.ledger_id, Version.year == incoming.year), 1), else_=0)
+    held, in_year = (await session.execute(
+        select(func.count(), func.coalesce(func.sum(in_this_year), 0)).where(Version.owner_id == incoming.owner_id)
+    )).one()
     # Retention will prune this year's oldest version when it is full, so such an upload adds nothing.
     after = held + 1 - (1 if in_year >= settings.versions_kept_per_year else 0)
     if after > settings.max_versions_per_member:
@@ -118,20 +117,15 @@ async def check_version_cap(session: AsyncSession, settings: Settings, incoming:
 async def prune(session: AsyncSession, settings: Settings, ledger_id: str, year: int, owner_id: int) -> None:
     """Keep the newest N versions of the year; the one just committed (verified) is always among them, and so
     is the newest the owner uploaded through cloud backup (recipients' uploads cannot push it out)."""
-    owners_latest = await session.scalar(
-        select(func.max(Version.id)).where(
-            Version.ledger_id == ledger_id, Version.year == year, Version.via == "backup",
-            Version.uploaded_by_id == owner_id,
-        )
-    )
-    stale = (
-        await session.scalars(
-            select(Version.id)
-            .where(Version.ledger_id == ledger_id, Version.year == year)
-            .order_by(Version.id.desc())
-            .offset(max(settings.versions_kept_per_year, 1))
-        )
-    ).all()
+    # The year's few versions in one statement (a year holds at most N + 1 here), the choice made in Python.
+    year_versions = (await session.execute(
+        select(Version.id, Version.via, Version.uploaded_by_id)
+        .where(Version.ledger_id == ledger_id, Version.year == year)
+        .order_by(Version.id.desc())
+    )).all()
+    owners_latest = next((version_id for version_id, via, uploader in year_versions
+                          if via == "backup" and uploader == owner_id), None)
+    stale = [version_id for version_id, _, _ in year_versions[max(settings.versions_kept_per_year, 1):]]
     await store.release_versions(session, owner_id, [version_id for version_id in stale if version_id != owners_latest])
 
 

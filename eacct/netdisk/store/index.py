@@ -178,9 +178,13 @@ async def _add_refs(session: AsyncSession, owner_id: int, digests: list[bytes], 
 
 async def release_versions(session: AsyncSession, owner_id: int, version_ids: list[int]) -> None:
     """Delete versions and drop their references; chunks nobody uses stop counting against the quota at once."""
-    for version_id in version_ids:
-        entries = await session.scalar(select(VersionManifest.entries).where(VersionManifest.version_id == version_id))
+    if not version_ids:
+        return
+    for version_id in version_ids:  # one manifest in memory at a time; read and deleted in one statement
+        entries = await session.scalar(
+            delete(VersionManifest).where(VersionManifest.version_id == version_id).returning(VersionManifest.entries)
+            .execution_options(synchronize_session=False)
+        )
         digests = list({digest for digest, _ in iter_manifest(entries or b"")})
         await _add_refs(session, owner_id, digests, -1)
-        await session.execute(delete(VersionManifest).where(VersionManifest.version_id == version_id))
-        await session.execute(delete(Version).where(Version.id == version_id))
+    await session.execute(delete(Version).where(Version.id.in_(version_ids)))
