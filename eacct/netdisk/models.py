@@ -120,6 +120,21 @@ class UploadLease(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
+class UploadClaim(Base):
+    """References a running upload counted ahead of its commit, on chunks it found already stored: a large
+    re-upload counts them in short transactions of their own instead of holding the write lock for all of them
+    in the commit. They belong to the upload's lease. The commit takes them over (deleting the lease deletes
+    these rows; the references stay, now the version's); an upload that fails, or whose lease gc reclaims,
+    drops them in the same transaction that deletes its lease."""
+
+    __tablename__ = "upload_claims"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    lease_id: Mapped[str] = mapped_column(ForeignKey("upload_leases.id", ondelete="CASCADE"), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    digests: Mapped[bytes] = mapped_column(LargeBinary)  # 32 bytes per chunk, one reference each
+
+
 class Chunk(Base):
     """Where one distinct chunk of an owner lives. `refs` counts the versions using it; quota = sum of
     `raw_size` over chunks with refs > 0. Unreferenced rows stay until gc, so a concurrent upload that

@@ -6,14 +6,16 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from eacct import errors
 from eacct.netdisk import store, versions
 from eacct.netdisk.hooks import NetdiskHooks
-from eacct.netdisk.models import Chunk, Pack, Version
+from eacct.db import utcnow
+from eacct.netdisk.models import Chunk, Pack, UploadClaim, UploadLease, Version
 from eacct.netdisk.store import index, upload as upload_module
 
 
@@ -129,21 +131,26 @@ async def test_a_small_upload_writes_twice_and_its_packs_end_up_with_their_sizes
         assert size == sum(len(block) for block in [await blobs.get(blob_key)]) > 0
 
 
+@pytest.mark.parametrize("counted", ["by_the_commit", "ahead_of_the_commit"])
 @pytest.mark.parametrize("meanwhile", ["gone", "pending_in_another_upload"])
 async def test_a_repeat_counts_one_reference_on_every_known_chunk_and_is_refused_when_one_went_missing(
-        sessions, blobs, settings, owner, monkeypatch, meanwhile):
-    """A year uploaded again stores nothing and counts on the chunks it knows (more than one statement's worth).
-    If gc removed one of them between the lookup and the commit, the commit refuses (RetryUpload) and keeps
-    nothing, also when another upload has meanwhile put a row for it in a pack not committed yet."""
+        sessions, blobs, settings, owner, monkeypatch, meanwhile, counted):
+    """A year uploaded again stores nothing and counts on the chunks it knows (more than one statement's worth),
+    in its commit or, when there are many, in claims ahead of it. If gc removed one of them after the lookup,
+    before it was counted, the upload is refused (RetryUpload) and keeps nothing, also when another upload has
+    meanwhile put a row for it in a pack not committed yet."""
     content = os.urandom(6_000_000)  # ~700 chunks
     ledger_id = str(uuid.uuid4())
     await put(sessions, blobs, settings, owner, content, ledger_id)
     monkeypatch.setattr(index, "REFS_BATCH", 100)
+    monkeypatch.setattr(index, "CLAIM_BATCH", 100 if counted == "ahead_of_the_commit" else 10_000)
     second = await put(sessions, blobs, settings, owner, content, ledger_id)
     assert {refs for refs, _ in await chunk_refs(sessions, owner)} == {2}
     assert await read_all(sessions, blobs, second.version_id) == content
 
-    async def commit_after_a_chunk_went(sessions_, upload, rules):
+    real_claim = upload_module.Upload.claim_known_chunks
+
+    async def claim_after_a_chunk_went(upload):
         async with sessions() as session, session.begin():
             doomed = await session.scalar(select(Chunk).where(Chunk.owner_id == owner).limit(1))
             await session.execute(Chunk.__table__.delete().where(Chunk.digest == doomed.digest))
@@ -153,11 +160,93 @@ async def test_a_repeat_counts_one_reference_on_every_known_chunk_and_is_refused
                 await session.flush()
                 session.add(Chunk(owner_id=owner, digest=doomed.digest, pack_id=pending.id, offset=0,
                                   stored_length=1, raw_size=doomed.raw_size, refs=0))
-        return await index.commit(sessions_, upload, rules)
+        await real_claim(upload)
 
-    monkeypatch.setattr(upload_module, "commit", commit_after_a_chunk_went)
+    monkeypatch.setattr(upload_module.Upload, "claim_known_chunks", claim_after_a_chunk_went)
     with pytest.raises(errors.RetryUpload):
         await put(sessions, blobs, settings, owner, content, ledger_id)
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Version)) == 2
+        assert await session.scalar(select(func.count()).select_from(UploadClaim)) == 0
     assert {refs for refs, committed in await chunk_refs(sessions, owner) if committed} == {2}
+
+
+async def claims_state(sessions, owner) -> tuple[int, int, set[int]]:
+    """(claim rows, lease rows, the set of refs counts on the owner's committed chunks)."""
+    async with sessions() as session:
+        claims = await session.scalar(select(func.count()).select_from(UploadClaim))
+        leases = await session.scalar(select(func.count()).select_from(UploadLease))
+    return claims, leases, {refs for refs, committed in await chunk_refs(sessions, owner) if committed}
+
+
+async def test_a_large_repeat_claims_its_references_in_short_transactions_and_the_commit_takes_them_over(
+        sessions, blobs, settings, owner, monkeypatch):
+    """The commit of a 1 GB re-upload no longer counts ~35k references while holding the write lock: they are
+    claimed ahead, 2000 per transaction, under the upload's lease; the commit takes the claims over."""
+    content = os.urandom(6_000_000)
+    ledger_id = str(uuid.uuid4())
+    await put(sessions, blobs, settings, owner, content, ledger_id)
+    chunks = len(await chunk_refs(sessions, owner))
+    monkeypatch.setattr(index, "CLAIM_BATCH", 100)
+    before_commit = []
+    real_commit = index.commit
+
+    async def commit_after_looking(sessions_, upload, rules):
+        before_commit.append(await claims_state(sessions, owner))
+        before_commit.append(sum(1 for refs, _ in await chunk_refs(sessions, owner) if refs == 2))
+        return await real_commit(sessions_, upload, rules)
+
+    monkeypatch.setattr(upload_module, "commit", commit_after_looking)
+    second = await put(sessions, blobs, settings, owner, content, ledger_id)
+    (claims, leases, _), counted_ahead = before_commit
+    assert claims == chunks // 100 and leases == 1
+    assert counted_ahead == chunks - chunks % 100  # the last, partial batch is the commit's
+    assert await claims_state(sessions, owner) == (0, 0, {2})
+    assert await read_all(sessions, blobs, second.version_id) == content
+
+
+async def test_references_claimed_ahead_are_dropped_when_the_upload_fails_before_its_commit(
+        sessions, blobs, settings, owner, monkeypatch):
+    content = os.urandom(6_000_000)
+    ledger_id = str(uuid.uuid4())
+    await put(sessions, blobs, settings, owner, content, ledger_id)
+    monkeypatch.setattr(index, "CLAIM_BATCH", 100)
+
+    async def failing_commit(sessions_, upload, rules):
+        assert upload.claimed
+        raise OSError("connection lost before the commit")
+
+    monkeypatch.setattr(upload_module, "commit", failing_commit)
+    with pytest.raises(OSError):
+        await put(sessions, blobs, settings, owner, content, ledger_id)
+    assert await claims_state(sessions, owner) == (0, 0, {1})
+
+
+async def test_gc_drops_the_claims_of_a_lapsed_upload_once_and_the_upload_cannot_commit_any_more(
+        sessions, blobs, settings, owner, monkeypatch):
+    """A process that dies after claiming leaves its claims under its lease: gc drops them with the lapsed lease.
+    The upload, should it wake up, finds its lease gone, and its own clean-up drops nothing a second time."""
+    content = os.urandom(6_000_000)
+    ledger_id = str(uuid.uuid4())
+    first = await put(sessions, blobs, settings, owner, content, ledger_id)
+    monkeypatch.setattr(index, "CLAIM_BATCH", 100)
+    claim = store.IncomingVersion(ledger_id=ledger_id, year=2018, size=len(content),
+                                  sha256=hashlib.sha256(content).hexdigest(), owner_id=owner, uploader_id=owner)
+    stalled = upload_module.Upload(sessions, blobs, settings, claim, free_bytes=1 << 40)
+    async for block in body_of(content):
+        await stalled.feed(block)
+    await stalled.finish()
+    await stalled.claim_known_chunks()
+    await stalled.release_lease()  # its heartbeats stop, as when the process dies
+    assert (await claims_state(sessions, owner))[:2] == (len(await chunk_refs(sessions, owner)) // 100, 1)
+    async with sessions() as session, session.begin():
+        await session.execute(update(UploadLease).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    report = await store.collect_garbage(sessions, blobs, settings)
+    assert report["leases"] == 1
+    assert await claims_state(sessions, owner) == (0, 0, {1})
+    with pytest.raises(errors.RetryUpload):
+        await stalled.claim_known_chunks()
+    await stalled.abandon()
+    assert await claims_state(sessions, owner) == (0, 0, {1})
+    await store.collect_garbage(sessions, blobs, settings)
+    assert await read_all(sessions, blobs, first.version_id) == content

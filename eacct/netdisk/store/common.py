@@ -165,6 +165,8 @@ class CommittableUpload(Protocol):
     # commit (the last pack's; earlier packs' rows were indexed pending as they were sealed).
     new_chunks: dict[bytes, bytes]
     index_at_commit: list[bytes]
+    # Stored chunks whose reference this upload already counted under its lease (`index.claim_references`).
+    claimed: set[bytes]
 
     def chunk_rows(self, digests: list[bytes]) -> Iterable[tuple]:
         """The index rows of these chunks of this upload, as tuples in `CHUNK_COLUMNS` order."""

@@ -11,6 +11,7 @@ from eacct.config import Settings
 from eacct.db import unit_of_work, utcnow
 from eacct.storage import BlobStore, Leftover
 from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession, UploadSessionChunk
+from eacct.netdisk.store.index import release_claims
 
 
 async def collect_garbage(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings) -> dict[str, int]:
@@ -62,11 +63,17 @@ async def reclaim_abandoned_uploads(sessions: async_sessionmaker[AsyncSession], 
     """
     now = utcnow()
     horizon = now - timedelta(seconds=settings.gc_grace_seconds)
-    lapsed = select(UploadLease.id).where(UploadLease.heartbeat_at < now - timedelta(seconds=settings.upload_lease_seconds))
     # Listed before the leases are read: a lease is committed before its upload writes any file, so a file
     # listed here whose lease is missing below belongs to an upload that has ended or died.
     leftovers = await blobs.leftovers()
     async with unit_of_work(sessions) as session:
+        # Locked (PostgreSQL): an upload refreshing its heartbeat or claiming references meanwhile either goes
+        # first (and its lease is no longer lapsed here) or finds its lease gone.
+        lapsed = list(await session.scalars(
+            select(UploadLease.id)
+            .where(UploadLease.heartbeat_at < now - timedelta(seconds=settings.upload_lease_seconds))
+            .with_for_update()
+        ))
         # In one transaction with the lease check, so a commit racing this either wins (the pack is committed
         # and not matched) or finds its pack rows gone and fails.
         stale = (
@@ -82,6 +89,7 @@ async def reclaim_abandoned_uploads(sessions: async_sessionmaker[AsyncSession], 
                 .execution_options(synchronize_session=False)
             )
         ).scalars().all()
+        await release_claims(session, lapsed)
         leases = (await session.execute(delete(UploadLease).where(UploadLease.id.in_(lapsed)))).rowcount or 0
         # Upload sessions past their day: their lease lapsed with them (its packs are reclaimed just above).
         expired = select(UploadSession.id).where(UploadSession.expires_at < now)

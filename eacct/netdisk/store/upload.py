@@ -27,7 +27,9 @@ from eacct.netdisk.store.common import (
     lease_holder, log, pack_blob_key, read_ahead,
 )
 from eacct.netdisk.store.deltas import delta_entries
-from eacct.netdisk.store.index import CommitRules, commit, index_pending_chunks
+from eacct.netdisk.store.index import (
+    CommitRules, chunks_to_claim, claim_references, commit, index_pending_chunks, release_claims,
+)
 from eacct.netdisk.store.read import read_entries
 from eacct.netdisk.store.reference import ReferenceManifest
 from eacct.netdisk.store.spool import PackWriter
@@ -109,6 +111,7 @@ class Upload:
         # extra write transaction; a large one has indexed all but its last pack while streaming.
         self.finishing = False
         self.index_at_commit: list[bytes] = []
+        self.claimed: set[bytes] = set()
         self.new_bytes = 0
         # (digest, bytes, raw size) in file order; bytes is None for a chunk a delta upload did not send.
         self.waiting: list[tuple[bytes, bytes | None, int]] = []
@@ -139,21 +142,30 @@ class Upload:
         return PackWriter(self.blobs.spool_dir(), self.incoming.owner_id, self.lease_id,
                           write_behind=self.blobs.spool_write_behind)
 
-    async def _take_lease(self) -> None:
-        """Register the lease before the first file is written, and keep it alive while the upload is."""
+    async def _take_lease(self, *, with_first_pack: bool = True) -> None:
+        """Register the lease before the first file is written (or the first reference claimed), and keep it
+        alive while the upload is."""
         if self.lease_taken:
             return
         pack = self.pack
         async with unit_of_work(self.sessions) as session:
             now = utcnow()
             session.add(UploadLease(id=self.lease_id, holder=lease_holder(), heartbeat_at=now, created_at=now))
-            # Registered now rather than when sealed: a small upload then writes once before its commit, not
-            # twice, and on SQLite every write waits its turn behind everyone else's.
-            session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=0,
-                             lease_id=self.lease_id))
+            if with_first_pack:
+                # Registered now rather than when sealed: a small upload then writes once before its commit, not
+                # twice, and on SQLite every write waits its turn behind everyone else's.
+                session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=0,
+                                 lease_id=self.lease_id))
         self.lease_taken = True
-        self.early_pack = pack.pack_id
+        if with_first_pack:
+            self.early_pack = pack.pack_id
         self.heartbeat = asyncio.create_task(self._keep_lease())
+
+    async def claim_known_chunks(self) -> None:
+        """Count the references on the chunks this upload found stored ahead of its commit, under its lease."""
+        if known := chunks_to_claim(self):
+            await self._take_lease(with_first_pack=False)
+            await claim_references(self.sessions, self, known)
 
     async def _keep_lease(self) -> None:
         interval = max(self.settings.upload_lease_seconds / HEARTBEATS_PER_LEASE, 0.05)
@@ -442,6 +454,7 @@ class Upload:
                     .execution_options(synchronize_session=False)
                 )
                 removed = list(result.scalars())
+                await release_claims(session, [self.lease_id])
                 await session.execute(delete(UploadLease).where(UploadLease.id == self.lease_id))
         except Exception:
             log.warning("could not remove the pending packs of upload %s; gc will", self.lease_id, exc_info=True)
@@ -478,6 +491,7 @@ async def receive_version(
         digest = await upload.finish()
         if digest != incoming.sha256:
             raise errors.ChecksumMismatch(received_sha256=digest)
+        await upload.claim_known_chunks()
         version = await commit(sessions, upload, rules)
     except BaseException:
         await asyncio.shield(upload.abandon())
