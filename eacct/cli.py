@@ -39,6 +39,13 @@ WORKER_THREADS = 4
 # workers run at the lowest priority instead: they get whatever the request path leaves, which on an otherwise
 # idle machine is all of it.
 WORKER_NICENESS = 19
+# How long a thread may run Python before another that waits for the GIL gets it (CPython's default is 5 ms).
+# The event loop runs Python nearly all the time under load, so a database thread woken with its statement's
+# result, or with the next statement, waited up to 5 ms for the GIL, and a small upload's commit is about fifteen
+# such trips while it holds SQLite's write lock. At 1 ms, other members' small uploads during a 1 GB re-upload
+# took p99 ~200 ms instead of 260-580, and list requests at 200 req/s p99 ~45 ms instead of 50-75
+# (bench/commit_block.py, bench/load.py).
+GIL_SWITCH_SECONDS = 0.001
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
 M_TRIM_THRESHOLD = -1
@@ -62,7 +69,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_serving(main: Coroutine[object, object, int]) -> int:
     """Run a serving coroutine on uvloop's event loop where it is installed (libuv: cheaper wake-ups from the
-    database and worker threads, a faster socket path), else on asyncio's own."""
+    database and worker threads, a faster socket path), else on asyncio's own; threads hand the GIL on after
+    `GIL_SWITCH_SECONDS`."""
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:
         import uvloop
     except ImportError:  # not on Windows; serving still works, more slowly

@@ -239,6 +239,20 @@ def test_worker_threads_run_below_the_request_path_in_cpu_priority():
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # only the workers, not the caller
 
 
+def test_serving_hands_the_gil_on_after_a_millisecond():
+    """The event loop runs Python nearly all the time under load: database threads bringing a statement's result
+    wait for the GIL at most this long (CPython's default is 5 ms)."""
+    default = sys.getswitchinterval()
+
+    async def serving() -> float:
+        return sys.getswitchinterval()
+
+    try:
+        assert cli.run_serving(serving()) == cli.GIL_SWITCH_SECONDS == 0.001
+    finally:
+        sys.setswitchinterval(default)
+
+
 def test_serving_freezes_what_start_up_built_after_collecting_cyclic_garbage():
     """Full collections then skip start-up's objects (no 50-90 ms stalls), and no garbage cycle is frozen forever."""
     class Node:
