@@ -37,6 +37,8 @@ log = logging.getLogger("eacct.db")
 READ_ONLY = "eacct_read_only"
 # Execution option of a single read (`read_rows`): no BEGIN at all, the statement is its own snapshot.
 _ONE_STATEMENT = "eacct_one_statement"
+# Execution option of a writing unit whose commit need not wait for the disk (`unit_of_work(durable=False)`).
+_NOT_DURABLE = "eacct_not_durable"
 # PostgreSQL connections idle this long are pinged before use (see `ping_idle_connections`).
 PING_IDLE_SECONDS = 5.0
 _IDLE_SINCE = "eacct_idle_since"
@@ -121,12 +123,18 @@ def create_engine(database_url: str, *, schema: str | None = None,
             options = connection.get_execution_options()
             if options.get(_ONE_STATEMENT, False):
                 return  # sqlite3 runs the statement in autocommit mode: a snapshot of its own
-            begin = "BEGIN" if options.get(READ_ONLY, False) else "BEGIN IMMEDIATE"
+            if options.get(READ_ONLY, False):
+                statements = ("BEGIN",)
+            else:
+                # Set for every writing transaction, so none inherits a non-durable one's setting.
+                synchronous = "NORMAL" if options.get(_NOT_DURABLE, False) else "FULL"
+                statements = (f"PRAGMA synchronous={synchronous}", "BEGIN IMMEDIATE")
             driver_connection = connection.connection.dbapi_connection
             if isinstance(driver_connection, OneTripConnection):
-                driver_connection.defer_begin(begin)  # sent with the transaction's first statement
+                driver_connection.defer_begin(*statements)  # sent with the transaction's first statement
             else:
-                connection.exec_driver_sql(begin)
+                for statement in statements:
+                    connection.exec_driver_sql(statement)
 
         return engine
     connect_args = {}
@@ -259,7 +267,7 @@ def make_session_factory(engine: AsyncEngine) -> SessionFactory:
 
 
 @asynccontextmanager
-async def unit_of_work(factory: SessionFactory, *, read_only: bool = False
+async def unit_of_work(factory: SessionFactory, *, read_only: bool = False, durable: bool = True
                        ) -> AsyncIterator[AsyncSession]:
     """One transaction: commit when the block ends normally, roll back on any exception. Work registered
     with `after_commit` runs once the commit has succeeded, and is dropped on rollback.
@@ -270,7 +278,11 @@ async def unit_of_work(factory: SessionFactory, *, read_only: bool = False
     starts writing late can fail with "database is locked", so it must not happen).
     A writing unit on SQLite first waits for its turn in the factory's `WriteQueue` (from before BEGIN
     IMMEDIATE until the commit or rollback has ended): keep it short, and never open a second writing unit
-    inside one in the same task (NestedWriteError, on PostgreSQL too, so tests on either database find it)."""
+    inside one in the same task (NestedWriteError, on PostgreSQL too, so tests on either database find it).
+    `durable=False` is for writes about work in progress that nothing visible depends on yet (an upload's lease,
+    pending packs and rows, claims, heartbeats): on SQLite their commit does not wait for the disk while it holds
+    the write lock (synchronous=NORMAL under WAL: still atomic; the next durable commit, whose fsync covers the
+    whole log, carries them to the disk; a power cut before that may undo them whole, never in part)."""
     if read_only:
         async with factory(execution_options={READ_ONLY: True}, info={READ_ONLY: True}) as session:
             async with session.begin():
@@ -285,13 +297,14 @@ async def unit_of_work(factory: SessionFactory, *, read_only: bool = False
                                "finish the first before opening the second")
     marker = _WRITING.set(asyncio.current_task())
     try:
+        options = {} if durable else {"execution_options": {_NOT_DURABLE: True}}
         if factory.write_queue is None:
-            async with factory() as session:
+            async with factory(**options) as session:
                 async with session.begin():
                     yield session
         else:
             async with factory.write_queue.turn():
-                async with factory() as session:
+                async with factory(**options) as session:
                     async with session.begin():
                         yield session
     finally:

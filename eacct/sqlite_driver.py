@@ -30,11 +30,12 @@ from sqlalchemy.util.concurrency import await_
 __all__ = ["OneTripConnection", "one_trip_dbapi"]
 
 
-def _run_statement(connection: sqlite3.Connection, begin: str | None, operation: str, parameters: Any, many: bool):
+def _run_statement(connection: sqlite3.Connection, begin: tuple[str, ...] | None, operation: str, parameters: Any,
+                   many: bool):
     """On the connection's thread: begin (if a BEGIN waits), execute, fetch every row, close; returns what the
     cursor must remember."""
-    if begin is not None:
-        connection.execute(begin)
+    for statement in begin or ():
+        connection.execute(statement)
     cursor = connection.cursor()
     try:
         if many:
@@ -121,14 +122,15 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     def __init__(self, dbapi: Any, connection: aiosqlite.Connection) -> None:
         super().__init__(dbapi, connection)
-        # A BEGIN the next statement runs first (on the same trip); None when none waits.
-        self._begin: str | None = None
+        # The statements starting a transaction (its settings, then BEGIN) the next statement runs first, on the
+        # same trip; None when none wait.
+        self._begin: tuple[str, ...] | None = None
 
-    def defer_begin(self, statement: str) -> None:
-        """Start a transaction with `statement` (a BEGIN) on the same trip as the next statement."""
-        self._begin = statement
+    def defer_begin(self, *statements: str) -> None:
+        """Start a transaction with `statements` (the last a BEGIN) on the same trip as the next statement."""
+        self._begin = statements
 
-    def take_begin(self) -> str | None:
+    def take_begin(self) -> tuple[str, ...] | None:
         """The BEGIN waiting for the next statement, if any; it is then that statement's to run."""
         begin, self._begin = self._begin, None
         return begin
@@ -141,10 +143,9 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     def _exec_begin(self) -> None:
         """Run a waiting BEGIN now, on a trip of its own."""
-        begin = self.take_begin()
-        if begin is not None:
+        for statement in self.take_begin() or ():
             try:
-                await_(self._connection._execute(self._connection._conn.execute, begin))
+                await_(self._connection._execute(self._connection._conn.execute, statement))
             except Exception as error:
                 self._handle_exception(error)
 

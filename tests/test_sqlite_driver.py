@@ -195,3 +195,29 @@ def test_driver_list_markers_are_the_singles_then_one_joined_list(style, markers
 def test_driver_placeholders_refuse_a_style_they_do_not_know():
     with pytest.raises(NotImplementedError):
         driver_placeholders(SimpleNamespace(paramstyle="pyformat"), 2)
+
+
+async def test_a_unit_that_need_not_be_durable_skips_the_fsync_and_no_later_unit_inherits_that(engine, trips):
+    """An upload's in-progress writes (lease, pending packs and rows, claims) commit at synchronous=NORMAL: no
+    fsync while they hold the write lock. Every other writing unit runs at FULL, on whichever pooled connection,
+    after a non-durable unit that ran no statement or failed midway; the setting costs no trip of its own."""
+    sessions = make_session_factory(engine)
+
+    async def synchronous(durable: bool) -> int:
+        async with unit_of_work(sessions, durable=durable) as session:
+            return (await session.execute(text("PRAGMA synchronous"))).scalar()
+
+    assert await synchronous(True) == 2  # connects first: trips counted from here
+    for _ in range(4):
+        before = len(trips)
+        assert await synchronous(False) == 1
+        assert len(trips) - before == 2
+        assert await synchronous(True) == 2
+        async with unit_of_work(sessions, durable=False):
+            pass
+        assert await synchronous(True) == 2
+        with pytest.raises(RuntimeError):
+            async with unit_of_work(sessions, durable=False) as session:
+                await session.execute(text("SELECT 1"))
+                raise RuntimeError("failed midway")
+        assert await synchronous(True) == 2

@@ -49,7 +49,7 @@ async def index_pending_chunks(sessions: async_sessionmaker[AsyncSession], rows:
     already there from a concurrent upload)."""
     rows = list(rows)
     for batch in batched(rows, PENDING_BATCH):
-        async with unit_of_work(sessions) as session:
+        async with unit_of_work(sessions, durable=False) as session:
             await _insert_rows(session, batch)
     async with unit_of_work(sessions, read_only=True) as session:
         return await session.scalar(select(func.count()).where(Chunk.pack_id == pack_id)) == len(rows)
@@ -216,7 +216,7 @@ async def claim_references(sessions: async_sessionmaker[AsyncSession], upload: C
     the claims over."""
     owner_id = upload.incoming.owner_id
     for batch in batched(digests, CLAIM_BATCH):
-        async with unit_of_work(sessions) as session:
+        async with unit_of_work(sessions, durable=False) as session:
             # Also the lease's heartbeat; on PostgreSQL the row lock orders this against gc reclaiming the lease.
             alive = await session.execute(
                 update(UploadLease).where(UploadLease.id == upload.lease_id).values(heartbeat_at=utcnow()))

@@ -148,7 +148,7 @@ class Upload:
         if self.lease_taken:
             return
         pack = self.pack
-        async with unit_of_work(self.sessions) as session:
+        async with unit_of_work(self.sessions, durable=False) as session:
             now = utcnow()
             session.add(UploadLease(id=self.lease_id, holder=lease_holder(), heartbeat_at=now, created_at=now))
             if with_first_pack:
@@ -176,7 +176,7 @@ class Upload:
             except TimeoutError:
                 pass
             try:
-                async with unit_of_work(self.sessions) as session:
+                async with unit_of_work(self.sessions, durable=False) as session:
                     result = await session.execute(
                         update(UploadLease).where(UploadLease.id == self.lease_id).values(heartbeat_at=utcnow())
                     )
@@ -371,7 +371,7 @@ class Upload:
             self.pack_sizes_at_commit[pack.pack_id] = pack.size
         else:
             # The row comes before the writer is replaced: until then `abandon` still finds the spool file.
-            async with unit_of_work(self.sessions) as session:
+            async with unit_of_work(self.sessions, durable=False) as session:
                 session.add(Pack(id=pack.pack_id, owner_id=pack.owner_id, blob_key=pack.blob_key, size=pack.size,
                                  lease_id=self.lease_id))
         self.pending_packs.append((pack.pack_id, pack.blob_key))
