@@ -46,7 +46,6 @@ WORKER_NICENESS = 19
 # took p99 ~200 ms instead of 260-580, and list requests at 200 req/s p99 ~45 ms instead of 50-75
 # (bench/commit_block.py, bench/load.py).
 GIL_SWITCH_SECONDS = 0.001
-GC_YOUNG_OBJECTS = 10_000  # see freeze_start_up_objects
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
 M_TRIM_THRESHOLD = -1
@@ -333,15 +332,9 @@ def freeze_start_up_objects() -> None:
 
     A full collection otherwise scans them all, stalling every request for 50-90 ms a few times a minute under
     load (bench/load.py); frozen, it scans only what requests have created since. Collected first, so only
-    live objects are frozen and nothing cyclic is kept forever.
-
-    Under load the objects requests keep alive (connections, sessions, pools) still grow the oldest generation
-    to ~100k, and each full collection of them took 30-55 ms of the loop's CPU, twice or three times in 15 s at
-    200 req/s. A young generation of `GC_YOUNG_OBJECTS` instead of 700 promotes far fewer objects that were only
-    alive for the request under way, and no full collection came in such a run (bench/load.py)."""
+    live objects are frozen and nothing cyclic is kept forever."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
 
 
 def _tune_malloc() -> None:

@@ -263,16 +263,12 @@ def test_serving_freezes_what_start_up_built_after_collecting_cyclic_garbage():
     dead = weakref.ref(cycle)
     del cycle
     before = gc.get_freeze_count()
-    thresholds = gc.get_threshold()
     try:
         cli.freeze_start_up_objects()
         assert dead() is None  # collected before the freeze, not kept in the permanent generation
         assert gc.get_freeze_count() > before
-        # Fewer objects alive only for the request under way reach the oldest generation: fewer full collections.
-        assert gc.get_threshold() == (cli.GC_YOUNG_OBJECTS, *thresholds[1:]) and cli.GC_YOUNG_OBJECTS > thresholds[0]
     finally:
         gc.unfreeze()
-        gc.set_threshold(*thresholds)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
