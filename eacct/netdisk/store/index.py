@@ -29,7 +29,7 @@ LOOKUP_BATCH = 500
 
 __all__ = [
     "CHUNK_COLUMNS", "CommitRules", "chunks_to_claim", "claim_references", "commit", "index_pending_chunks",
-    "release_claims", "release_versions",
+    "refresh_lease", "release_claims", "release_versions",
 ]
 
 
@@ -217,14 +217,18 @@ async def claim_references(sessions: async_sessionmaker[AsyncSession], upload: C
     owner_id = upload.incoming.owner_id
     for batch in batched(digests, CLAIM_BATCH):
         async with unit_of_work(sessions, durable=False) as session:
-            # Also the lease's heartbeat; on PostgreSQL the row lock orders this against gc reclaiming the lease.
-            alive = await session.execute(
-                update(UploadLease).where(UploadLease.id == upload.lease_id).values(heartbeat_at=utcnow()))
-            if alive.rowcount != 1:
+            # On PostgreSQL the lease's row lock orders this against gc reclaiming the lease.
+            if not await refresh_lease(session, upload.lease_id):
                 raise errors.RetryUpload()
             await _add_refs(session, owner_id, batch, +1)
             session.add(UploadClaim(lease_id=upload.lease_id, owner_id=owner_id, digests=b"".join(batch)))
         upload.claimed.update(batch)
+
+
+async def refresh_lease(session: AsyncSession, lease_id: str) -> bool:
+    """Renew an upload lease's heartbeat; False if gc has reclaimed the lease."""
+    result = await session.execute(update(UploadLease).where(UploadLease.id == lease_id).values(heartbeat_at=utcnow()))
+    return result.rowcount == 1
 
 
 async def release_claims(session: AsyncSession, lease_ids: list[str]) -> None:

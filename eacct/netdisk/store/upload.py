@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -28,7 +28,7 @@ from eacct.netdisk.store.common import (
 )
 from eacct.netdisk.store.deltas import delta_entries
 from eacct.netdisk.store.index import (
-    CommitRules, chunks_to_claim, claim_references, commit, index_pending_chunks, release_claims,
+    CommitRules, chunks_to_claim, claim_references, commit, index_pending_chunks, refresh_lease, release_claims,
 )
 from eacct.netdisk.store.read import read_entries
 from eacct.netdisk.store.reference import ReferenceManifest
@@ -177,10 +177,8 @@ class Upload:
                 pass
             try:
                 async with unit_of_work(self.sessions, durable=False) as session:
-                    result = await session.execute(
-                        update(UploadLease).where(UploadLease.id == self.lease_id).values(heartbeat_at=utcnow())
-                    )
-                if result.rowcount == 0:
+                    alive = await refresh_lease(session, self.lease_id)
+                if not alive:
                     # gc took the lease (heartbeats failed for too long): this upload cannot commit any more.
                     self.lease_lost = True
                     log.warning("upload lease %s was reclaimed by gc", self.lease_id)
