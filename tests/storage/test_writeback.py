@@ -1,9 +1,12 @@
 """Write-behind of spool files (eacct.storage.writeback): writeback starts per step and at most a window of the
-file waits for the disk; filesystems without sync_file_range fall back to the fsync alone; I/O errors surface."""
+file waits for the disk, and what reached it leaves the page cache; filesystems without sync_file_range fall back
+to the fsync alone; I/O errors surface."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import sys
 import uuid
@@ -32,7 +35,9 @@ class Recorder:
 
 def test_writeback_starts_once_a_step_is_appended_and_waits_only_beyond_the_window():
     calls = Recorder()
-    behind = WriteBehind(7, sync_range=calls, step=MiB, window=2 * MiB)
+    dropped = []
+    behind = WriteBehind(7, sync_range=calls, step=MiB, window=2 * MiB,
+                         drop=lambda fd, offset, length: dropped.append((offset, length)))
     behind.appended(MiB // 2)
     assert calls.calls == []  # less than a step: nothing yet
     behind.appended(MiB)
@@ -43,6 +48,29 @@ def test_writeback_starts_once_a_step_is_appended_and_waits_only_beyond_the_wind
     assert calls.calls[2:] == [(2 * MiB + 100, 2 * MiB - 100, WRITE), (0, 2 * MiB, WAIT_WRITE_WAIT)]
     behind.appended(6 * MiB)
     assert calls.calls[4:] == [(4 * MiB, 2 * MiB, WRITE), (2 * MiB, 2 * MiB, WAIT_WRITE_WAIT)]
+    # Exactly what was waited for leaves the page cache, and nothing still on its way to the disk.
+    assert dropped == [(0, 2 * MiB), (2 * MiB, 2 * MiB)]
+
+
+def resident_pages(path, length: int) -> list[bool]:
+    """Which of the file's pages are in the page cache (mincore over a read-only mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    pages = (length + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vector = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as handle:
+        address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap")
+        try:
+            if libc.mincore(address, length, vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            libc.munmap(address, length)
+    return [bool(entry & 1) for entry in vector]
 
 
 @pytest.mark.parametrize("code", [errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP])
@@ -72,6 +100,24 @@ def test_the_system_call_is_there_and_a_file_written_behind_reads_back_whole(tmp
             handle.write(content[start : start + 300_000])
             behind.appended(min(start + 300_000, len(content)))
     assert (tmp_path / "f").read_bytes() == content
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range and mincore are Linux's")
+def test_written_stretches_leave_the_page_cache_and_the_window_stays(tmp_path):
+    content = os.urandom(8 * MiB)
+    path = tmp_path / "f"
+    with open(path, "wb", buffering=0) as handle:
+        behind = WriteBehind(handle.fileno(), step=MiB, window=2 * MiB)
+        for start in range(0, len(content), MiB):
+            handle.write(content[start : start + MiB])
+            behind.appended(start + MiB)
+        resident = resident_pages(path, len(content))
+    per_mib = MiB // mmap.PAGESIZE
+    # Waited for and dropped: everything up to the window behind the end (6 MiB of the 8).
+    assert not any(resident[: 6 * per_mib])
+    # Not yet known to be on the disk: kept, so nothing is read back from it.
+    assert all(resident[6 * per_mib :])
+    assert path.read_bytes() == content
 
 
 def test_spool_files_of_the_local_store_are_written_behind_and_others_not(tmp_path, monkeypatch):
