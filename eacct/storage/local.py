@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from eacct.storage.base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, Leftover, modified_time, spool_files, check_key
 from eacct.storage.buffers import BufferPool
+from eacct.storage.writeback import drop_cached
 
 __all__ = ["LocalBlobStore"]
 
@@ -126,7 +127,10 @@ class LocalBlobStore(BlobStore):
                 for path, offset, length in paths:
                     with whole[position : position + length] as target:
                         # Shorter at the end of the file: the view holds what was read, never older bytes.
-                        views.append(target[: os.preadv(files.fd(path), [target], offset)])
+                        fd = files.fd(path)
+                        views.append(target[: os.preadv(fd, [target], offset)])
+                        # Read once per download: dropped, its pages take the next range (as spool files' do).
+                        drop_cached(fd, offset, length)
                     position += length
             return consume(views)
         finally:

@@ -5,8 +5,9 @@ filesystem meanwhile (other members' small uploads, SQLite's WAL commits) waits 
 out first: 20-50 ms each instead of about one. Writing behind keeps at most `WRITE_BEHIND_WINDOW` bytes of the file
 waiting, so the final fsync is short too (what PostgreSQL's `*_flush_after` and RocksDB's `bytes_per_sync` do).
 
-Once a stretch is on the disk its pages are dropped from the page cache: a backup written is rarely read soon, and
-kept it would push out what is (the database's pages). Freed at once, the same pages take the next stretch:
+Once a stretch is on the disk its pages are dropped from the page cache (`drop_cached`; the local store does the same
+with what a download read): a backup written is rarely read soon, and kept it would push out what is (the
+database's pages). Freed at once, the same pages take the next stretch:
 filling fresh page-cache pages cost ~2.5 s of kernel CPU per GB written on our VMs (the hypervisor backs each page
 on first touch), recycled ones ~0.25 s (`bench/transfer.py`, `copy_folio_from_iter_atomic` in `perf`).
 Linux only (`sync_file_range`); elsewhere, or on a filesystem that does not support it, files are written as before

@@ -4,7 +4,6 @@ to the fsync alone; I/O errors surface."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import os
@@ -16,6 +15,7 @@ import pytest
 from eacct.netdisk.store.spool import PackWriter
 from eacct.storage import writeback
 from eacct.storage.writeback import WriteBehind
+from tests.storage.page_cache import resident_pages
 
 MiB = 1 << 20
 WRITE = 2
@@ -50,27 +50,6 @@ def test_writeback_starts_once_a_step_is_appended_and_waits_only_beyond_the_wind
     assert calls.calls[4:] == [(4 * MiB, 2 * MiB, WRITE), (2 * MiB, 2 * MiB, WAIT_WRITE_WAIT)]
     # Exactly what was waited for leaves the page cache, and nothing still on its way to the disk.
     assert dropped == [(0, 2 * MiB), (2 * MiB, 2 * MiB)]
-
-
-def resident_pages(path, length: int) -> list[bool]:
-    """Which of the file's pages are in the page cache (mincore over a read-only mapping of it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    pages = (length + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-    vector = (ctypes.c_ubyte * pages)()
-    with open(path, "rb") as handle:
-        address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
-        if address in (None, ctypes.c_void_p(-1).value):
-            raise OSError(ctypes.get_errno(), "mmap")
-        try:
-            if libc.mincore(address, length, vector) != 0:
-                raise OSError(ctypes.get_errno(), "mincore")
-        finally:
-            libc.munmap(address, length)
-    return [bool(entry & 1) for entry in vector]
 
 
 @pytest.mark.parametrize("code", [errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP])
