@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from aiohttp import web, web_protocol
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from eacct import errors
 from eacct.config import Settings

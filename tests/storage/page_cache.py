@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 
 
 def resident_pages(path, length: int) -> list[bool]:
