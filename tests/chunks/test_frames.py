@@ -108,10 +108,11 @@ def test_a_failed_call_keeps_no_view_of_the_pieces_or_the_output():
 def test_other_threads_run_while_a_large_batch_is_compressed():
     """The native call gives up the GIL for the batch: a Python thread keeps counting meanwhile."""
     letters = random.Random(7)
-    # Text-like bytes (random data zstd stores as it is, without work): 64 MiB, a few hundred milliseconds.
+    # Text-like bytes (random data zstd stores as it is, without work): 64 MiB at level 5, a few hundred
+    # milliseconds (level 1 took under 50 ms on a fast machine: too short a window to count in).
     pieces = [bytes(letters.choices(b"abcdefghijklmnop 0123456789", k=128 * 1024)) for _ in range(8)] * 64
     out = bytearray(batch_bound(sum(len(piece) for piece in pieces), len(pieces)))
-    compressor = FrameCompressor(level=1)
+    compressor = FrameCompressor(level=5)
     during, seconds = counted_while(lambda: compressor.compress_into(pieces, out))
     assert seconds > 0.05 and during > 1000 * seconds, (during, seconds)
 
