@@ -7,9 +7,9 @@ waiting, so the final fsync is short too (what PostgreSQL's `*_flush_after` and 
 
 Once a stretch is on the disk its pages are dropped from the page cache (`drop_cached`; the local store does the same
 with what a download read): a backup written is rarely read soon, and kept it would push out what is (the
-database's pages). Freed at once, the same pages take the next stretch:
-filling fresh page-cache pages cost ~2.5 s of kernel CPU per GB written on our VMs (the hypervisor backs each page
-on first touch), recycled ones ~0.25 s (`bench/transfer.py`, `copy_folio_from_iter_atomic` in `perf`).
+database's pages). Freed at once, the same pages take the next stretch: filling fresh page-cache pages cost up to
+~2.5 s of kernel CPU per GB written on our VMs (the hypervisor backs each page on first touch), recycled ones
+~0.25 s (bench/results/issue11-session9.txt).
 Linux only (`sync_file_range`); elsewhere, or on a filesystem that does not support it, files are written as before
 and made durable by their fsync alone.
 """

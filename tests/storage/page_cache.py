@@ -4,6 +4,29 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
+from pathlib import Path
+
+# Filesystems whose files live in memory: there is no disk copy to drop their pages for.
+_IN_MEMORY = {"tmpfs", "ramfs"}
+
+
+def filesystem_type(path) -> str:
+    """The type of the filesystem `path` lies on (the longest mount point above it in /proc/mounts)."""
+    target = os.path.realpath(path)
+    best, kind = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount_point, fs_type, *_ = line.split()
+        mount_point = mount_point.replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, kind = mount_point, fs_type
+    return kind
+
+
+def pages_can_be_dropped(path) -> bool:
+    """Whether the file system under `path` keeps files on a disk, so their cached pages can be dropped."""
+    return filesystem_type(path) not in _IN_MEMORY
 
 
 def resident_pages(path, length: int) -> list[bool]:

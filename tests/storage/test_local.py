@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 from eacct.storage import LocalBlobStore
-from tests.storage.page_cache import resident_pages
+from tests.storage.page_cache import pages_can_be_dropped, resident_pages
 
 MiB = 1 << 20
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore is Linux's")
 
 
 async def test_ranges_read_for_a_download_leave_the_page_cache(tmp_path: Path) -> None:
+    if not pages_can_be_dropped(tmp_path):
+        pytest.skip("the temporary directory is in memory: its pages are the files themselves")
     store = LocalBlobStore(tmp_path / "blobs")
     content = os.urandom(4 * MiB)
     source = tmp_path / "pack"
