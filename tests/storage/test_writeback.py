@@ -52,6 +52,16 @@ def test_writeback_starts_once_a_step_is_appended_and_waits_only_beyond_the_wind
     assert dropped == [(0, 2 * MiB), (2 * MiB, 2 * MiB)]
 
 
+def test_dropping_pages_is_advice_that_never_fails_the_write():
+    """Where the kernel cannot drop (a pipe: ESPIPE; a closed descriptor: EBADF), nothing is raised."""
+    reading, writing = os.pipe()
+    try:
+        writeback.drop_cached(writing, 0, MiB)
+    finally:
+        os.close(reading), os.close(writing)
+    writeback.drop_cached(writing, 0, MiB)
+
+
 @pytest.mark.parametrize("code", [errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP])
 def test_a_file_where_sync_file_range_does_not_apply_is_written_without_it(code):
     calls = Recorder(fail_with=code)
