@@ -21,6 +21,7 @@ def pieces_of_every_kind() -> list:
 def implementation(request, monkeypatch):
     if request.param == "hashlib":
         monkeypatch.setattr(digests, "_native_sha256_many", None)
+        monkeypatch.setattr(digests, "_native_sha256_spans", None)
     return request.param
 
 
@@ -65,4 +66,30 @@ def test_other_threads_run_while_a_large_batch_is_hashed():
     """The native call gives up the GIL for the batch: a Python thread keeps counting meanwhile."""
     pieces = [os.urandom(1 << 20)] * 256  # 256 MiB: a few hundred milliseconds of hashing
     during, seconds = counted_while(lambda: digests.sha256_many(pieces))
+    assert seconds > 0.05 and during > 1000 * seconds, (during, seconds)
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [1], [8192, 0, 100, 70_000], [300_000], [100] * 3000],
+                         ids=["none", "empty-span", "one-byte", "mixed", "whole-buffer", "many"])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_sha256_spans_gives_each_consecutive_spans_sha256_concatenated(implementation, sizes, kind):
+    data = os.urandom(300_000)
+    expected, offset = b"", 0
+    for size in sizes:
+        expected += hashlib.sha256(data[offset : offset + size]).digest()
+        offset += size
+    assert digests.sha256_spans(kind(data), sizes) == expected
+
+
+@pytest.mark.parametrize("sizes", [[300_001], [200_000, 100_001], [-1], [10, -5, 20]],
+                         ids=["past-the-end", "sum-past-the-end", "negative", "negative-among-others"])
+def test_sha256_spans_that_do_not_fit_the_buffer_are_a_value_error(implementation, sizes):
+    with pytest.raises(ValueError):
+        digests.sha256_spans(bytes(300_000), sizes)
+
+
+def test_other_threads_run_while_a_large_buffer_is_hashed_in_spans():
+    """Like sha256_many, the spans are hashed without the GIL."""
+    data = os.urandom(1 << 20) * 256
+    during, seconds = counted_while(lambda: digests.sha256_spans(data, [8192] * (len(data) // 8192)))
     assert seconds > 0.05 and during > 1000 * seconds, (during, seconds)

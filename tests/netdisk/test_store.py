@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import uuid
+from itertools import accumulate
 
 import pytest
 import zstandard
@@ -17,6 +18,7 @@ from eacct.db import unit_of_work
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk import store, versions
 from eacct.chunks.manifest import iter_manifest
+from eacct.netdisk.store import read
 from eacct.netdisk.store.common import DECODED_BUFFERS_KEPT, DOWNLOAD_BLOCK
 from eacct.netdisk.models import Chunk, Ledger, Netdisk, Pack, Version, VersionManifest
 from tests.netdisk.ledgers import body_of, edit_rows, make_ledger_db, tar_year
@@ -69,6 +71,30 @@ async def test_reads_of_any_range_match_the_content(sessions, blobs, settings, o
     version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
     for start, end in ((0, 1), (5, 70_000), (65_535, 65_537), (699_999, 700_000), (123_456, 654_321)):
         assert await read_all(sessions, blobs, version.version_id, start, end) == content[start:end]
+
+
+async def test_reads_across_windows_and_blocks_match_the_content(sessions, blobs, settings, owner, monkeypatch):
+    """Ranges that start and end at and inside chunks, windows and blocks, with windows of a few chunks and blocks
+    of a few runs, so every edge of the read plan is crossed."""
+    content = os.urandom(900_000)
+    version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
+    async with sessions() as session:
+        row = await session.scalar(select(Version).where(Version.public_id == version.version_id))
+        entries = await session.scalar(select(VersionManifest.entries).where(VersionManifest.version_id == row.id))
+    monkeypatch.setattr(read, "FIRST_READ_WINDOW", 2)
+    monkeypatch.setattr(read, "READ_WINDOW", 3)
+    monkeypatch.setattr(read, "DOWNLOAD_BLOCK", 70_000)
+    monkeypatch.setattr(read, "MAX_COALESCED_READ", 50_000)
+    cuts = list(accumulate(size for _, size in iter_manifest(entries)))
+    assert len(cuts) > 12
+    edges = [0, 1, cuts[0] - 1, cuts[0], cuts[0] + 1, cuts[2], cuts[3] - 1, cuts[3], cuts[5] + 7, cuts[-2],
+             len(content) - 1, len(content)]
+    for start in edges:
+        for end in [*edges, None]:
+            if end is None or end >= start:
+                got = await read_all(sessions, blobs, version.version_id, start, end)
+                assert got == content[start:end], (start, end)
+    assert await read_all(sessions, blobs, version.version_id, len(content) + 5) == b""
 
 
 async def test_downloaded_blocks_kept_by_the_reader_stay_intact_while_later_ones_reuse_buffers(
@@ -281,6 +307,7 @@ async def test_a_chunk_whose_bytes_no_longer_match_its_digest_is_never_handed_ou
     block, whether the chunk is verified with the block's others or on its own (the edge of a range)."""
     if not native:
         monkeypatch.setattr(digests, "_native_sha256_many", None)
+        monkeypatch.setattr(digests, "_native_sha256_spans", None)
     content = os.urandom(400_000)
     version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
     async with unit_of_work(sessions, read_only=True) as session:

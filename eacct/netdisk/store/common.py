@@ -19,7 +19,7 @@ from eacct.netdisk.models import Chunk
 
 __all__ = [
     "BODY_BLOCKS_AHEAD", "COMPRESSIONS_IN_FLIGHT", "CommittableUpload", "DECODED_BUFFERS_KEPT", "DECODES_IN_FLIGHT", "DOWNLOAD_BLOCK",
-    "DOWNLOAD_BLOCKS_AHEAD", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
+    "DOWNLOAD_BLOCKS_AHEAD", "FIRST_READ_WINDOW", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
     "MAX_COALESCED_READ", "NEW_CHUNK", "PUTS_IN_FLIGHT", "READ_WINDOW", "WAITING_BYTES", "ZSTD_LEVEL", "batched",
     "lease_holder", "log", "pack_blob_key", "read_ahead", "used_bytes",
 ]
@@ -53,6 +53,9 @@ DECODED_BUFFERS_KEPT = DECODES_IN_FLIGHT + 1 + DOWNLOAD_BLOCKS_AHEAD + 2
 BODY_BLOCKS_AHEAD = 1
 STOP_GRACE_SECONDS = 2.0
 READ_WINDOW = 2048
+# The first window is smaller: the first byte waits for its lookup, and ~2000 digests take tens of ms to find
+# on a busy SQLite; a few blocks' worth gets the download going while the next window is located.
+FIRST_READ_WINDOW = 256
 MAX_COALESCED_READ = 4 * 1024 * 1024
 ZSTD_LEVEL = 1
 # Identifies this process in the leases it holds (host, pid, and a random part since pids are reused).

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left, bisect_right
 from collections import deque
 from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -14,12 +17,13 @@ from eacct import errors
 from eacct.db import driver_list_markers, read_rows, unit_of_work
 from eacct.storage import BlobNotFound, BlobStore, BlobStoreError
 from eacct.storage.buffers import BufferPool
-from eacct.chunks.digests import sha256_many
+from eacct.chunks.digests import sha256_spans
 from eacct.chunks.frames import FrameDecompressor, FrameError
-from eacct.chunks.manifest import iter_manifest
+from eacct.chunks.manifest import ENTRY, iter_manifest
 from eacct.netdisk.models import Version, VersionManifest
 from eacct.netdisk.store.common import (
-    DECODED_BUFFERS_KEPT, DECODES_IN_FLIGHT, DOWNLOAD_BLOCK, DOWNLOAD_BLOCKS_AHEAD, MAX_COALESCED_READ, READ_WINDOW, log, read_ahead,
+    DECODED_BUFFERS_KEPT, DECODES_IN_FLIGHT, DOWNLOAD_BLOCK, DOWNLOAD_BLOCKS_AHEAD, FIRST_READ_WINDOW, MAX_COALESCED_READ,
+    READ_WINDOW, log, read_ahead,
 )
 
 __all__ = ["read_entries", "read_version"]
@@ -60,8 +64,8 @@ async def read_entries(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
     # Decoded blocks are written into reused buffers: a fresh MiB per block costs a page fault per 4 KiB.
     buffers = BufferPool(keep=DECODED_BUFFERS_KEPT)
     try:
-        async for block in _located_blocks(sessions, owner_id, entries, start, end, local):
-            in_flight.append(asyncio.create_task(_fetch_and_decode(blobs, block, buffers)))
+        async for window, runs in _located_blocks(sessions, owner_id, entries, start, end, local):
+            in_flight.append(asyncio.create_task(_fetch_and_decode(blobs, window, runs, buffers)))
             if len(in_flight) > DECODES_IN_FLIGHT:
                 yield await in_flight.popleft()
         while in_flight:
@@ -72,28 +76,68 @@ async def read_entries(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
         await asyncio.gather(*in_flight, return_exceptions=True)
 
 
+@dataclass(slots=True)
+class Window:
+    """Up to `READ_WINDOW` consecutive chunks of a read, column by column (one list per field, not a tuple per chunk):
+    a download plans and verifies ~130k chunks a GB, and each Python object per chunk is loop time.
+
+    Only the window's first chunk may be cut at its start (`head_skip` bytes not wanted) and only its last at its end
+    (wanted up to `tail_end`): a read is one range of the file."""
+
+    digests: list[bytes]
+    sizes: list[int]
+    head_skip: int
+    tail_end: int
+    stored: list[int] = field(default_factory=list)  # stored (compressed) lengths, once located
+
+    def partial(self, index: int) -> bool:
+        """Whether only part of this chunk is wanted."""
+        last = len(self.sizes) - 1
+        return (index == 0 and self.head_skip > 0) or (index == last and self.tail_end != self.sizes[last])
+
+    def wanted(self, index: int) -> tuple[int, int]:
+        """The bytes of this chunk that are wanted: (skip, end)."""
+        return (self.head_skip if index == 0 else 0,
+                self.tail_end if index == len(self.sizes) - 1 else self.sizes[index])
+
+
+# A run: (blob key, offset, length, first, end): the window's chunks first..end-1, read with one ranged request.
+Run = tuple[str, int, int, int, int]
+
+
 async def _located_blocks(sessions, owner_id: int, entries: bytes, start: int, end: int | None,
-                          local: Locator | None) -> AsyncIterator[list[Run]]:
-    """The chunks of `start`..`end`, located `READ_WINDOW` at a time, as blocks of runs to read."""
-    end = sum(size for _, size in iter_manifest(entries)) if end is None else end
-    position = 0
-    window: list[tuple[bytes, int, int, int]] = []  # digest, raw size, skip, take
-    for digest, raw_size in iter_manifest(entries):
-        chunk_start, position = position, position + raw_size
+                          local: Locator | None) -> AsyncIterator[tuple[Window, list[Run]]]:
+    """The chunks of `start`..`end` (None: to the end), located `READ_WINDOW` at a time, as blocks of runs to read."""
+    if end is not None and end <= start:
+        return
+    position = 0  # where the window begins in the file
+    first, window_bytes = 0, FIRST_READ_WINDOW * ENTRY.size
+    while first < len(entries):
+        digests, sizes = _columns(entries[first : first + window_bytes])
+        first, window_bytes = first + window_bytes, READ_WINDOW * ENTRY.size
+        cumulative = list(accumulate(sizes))
+        window_start, position = position, position + cumulative[-1]
         if position <= start:
             continue
-        if chunk_start >= end:
-            break
-        skip = max(start - chunk_start, 0)
-        take = min(end, position) - chunk_start - skip
-        window.append((digest, raw_size, skip, take))
-        if len(window) >= READ_WINDOW:
-            for block in _blocks(window, await _locate(sessions, owner_id, window, local)):
-                yield block
-            window = []
-    if window:
-        for block in _blocks(window, await _locate(sessions, owner_id, window, local)):
-            yield block
+        low, head_skip = 0, 0
+        if start > window_start:  # the range starts inside this window: at the chunk holding byte `start`
+            low = bisect_right(cumulative, start - window_start)
+            head_skip = start - window_start - (cumulative[low - 1] if low else 0)
+        high, tail_end = len(sizes), sizes[-1]
+        if end is not None and end < position:  # it ends inside this window: with the chunk holding byte end - 1
+            high = bisect_left(cumulative, end - window_start) + 1
+            tail_end = end - window_start - (cumulative[high - 2] if high > 1 else 0)
+        window = Window(digests[low:high], sizes[low:high], head_skip, tail_end)
+        for runs in _blocks(window, await _locate(sessions, owner_id, window.digests, local)):
+            yield window, runs
+        if end is not None and position >= end:
+            return
+
+
+def _columns(entries: bytes) -> tuple[list[bytes], list[int]]:
+    """The digests and the raw sizes of these manifest entries."""
+    digests, sizes = zip(*iter_manifest(entries))
+    return list(digests), list(sizes)
 
 
 # Handed to the driver as it is, with a marker per digest: SQLAlchemy would expand and process the IN list of ~2000
@@ -102,52 +146,53 @@ _LOCATE = ('SELECT chunks.digest, packs.blob_key, chunks."offset", chunks.stored
            "JOIN packs ON packs.id = chunks.pack_id WHERE chunks.owner_id = {} AND chunks.digest IN ({})")
 
 
-async def _locate(sessions, owner_id: int, window, local: Locator | None) -> dict[bytes, tuple[str, int, int]]:
-    """Where each chunk of the window lies: digest → (blob key, offset, stored length)."""
-    digests = list({digest for digest, *_ in window})
+async def _locate(sessions, owner_id: int, digests: list[bytes], local: Locator | None) -> dict[bytes, tuple]:
+    """Where each of these chunks lies: digest → (digest, blob key, offset, stored length)."""
+    wanted = set(digests)
     where = {}
     if local is not None:
-        where = {digest: place for digest in digests if (place := local(digest)) is not None}
-    indexed = [digest for digest in digests if digest not in where]
+        where = {digest: (digest, *place) for digest in wanted if (place := local(digest)) is not None}
+    indexed = [digest for digest in wanted if digest not in where] if where else list(wanted)
     if indexed:
         # One statement, one round trip (db.read_rows): a chunk's place never changes while a version refers to it.
         owner, markers = driver_list_markers(sessions.dialect, 1, len(indexed))
         rows = await read_rows(sessions, _LOCATE.format(owner, markers), (owner_id, *indexed))
-        where.update({digest: (key, offset, length) for digest, key, offset, length in rows})
-    if len(where) != len(digests):
+        where.update({row[0]: row for row in rows})
+    if len(where) != len(wanted):
         raise errors.NotFound("该版本的数据已不完整")
     return where
 
 
-# A run: (blob key, offset, length, [(window item, stored length), ...]) read with one ranged request.
-Run = tuple[str, int, int, list]
-
-
-def _blocks(window, where: dict) -> Iterator[list[Run]]:
-    """The window's chunks as runs, grouped into blocks of about `DOWNLOAD_BLOCK` raw bytes."""
+def _blocks(window: Window, where: dict[bytes, tuple]) -> Iterator[list[Run]]:
+    """The window's chunks as runs (adjacent chunks of one pack in one read), grouped into blocks of about
+    `DOWNLOAD_BLOCK` raw bytes; fills in `window.stored`."""
+    places = [where[digest] for digest in window.digests]
+    window.stored = [place[3] for place in places]
     runs: list[Run] = []
     raw_bytes = 0
-    for item in window:
-        key, offset, length = where[item[0]]
-        if raw_bytes and raw_bytes + item[1] > DOWNLOAD_BLOCK:
+    key = None
+    run_offset = run_end = run_first = 0
+    for index, ((_, place_key, offset, length), size) in enumerate(zip(places, window.sizes)):
+        if raw_bytes and raw_bytes + size > DOWNLOAD_BLOCK:
+            runs.append((key, run_offset, run_end - run_offset, run_first, index))
             yield runs
-            runs, raw_bytes = [], 0
-        last = runs[-1] if runs else None
-        if last and last[0] == key and last[1] + last[2] == offset and last[2] + length <= MAX_COALESCED_READ:
-            last[3].append((item, length))
-            runs[-1] = (key, last[1], last[2] + length, last[3])
+            runs, raw_bytes, key = [], 0, None
+        if place_key == key and offset == run_end and run_end + length - run_offset <= MAX_COALESCED_READ:
+            run_end += length
         else:
-            runs.append((key, offset, length, [(item, length)]))
-        raw_bytes += item[1]
-    if runs:
+            if key is not None:
+                runs.append((key, run_offset, run_end - run_offset, run_first, index))
+            key, run_offset, run_end, run_first = place_key, offset, offset + length, index
+        raw_bytes += size
+    if key is not None:
+        runs.append((key, run_offset, run_end - run_offset, run_first, len(places)))
         yield runs
 
 
-async def _fetch_and_decode(blobs: BlobStore, runs: list[Run], buffers: BufferPool) -> memoryview:
-    items_of_runs = [items for *_, items in runs]
+async def _fetch_and_decode(blobs: BlobStore, window: Window, runs: list[Run], buffers: BufferPool) -> memoryview:
     try:
-        return await blobs.read_ranges([(key, offset, length) for key, offset, length, _ in runs],
-                                       lambda datas: _decode_runs(datas, items_of_runs, buffers))
+        return await blobs.read_ranges([(key, offset, length) for key, offset, length, _, _ in runs],
+                                       lambda datas: _decode_runs(datas, window, runs, buffers))
     except BlobNotFound as exc:
         raise errors.NotFound("该版本的数据已不完整") from exc
     except BlobStoreError as exc:
@@ -155,50 +200,69 @@ async def _fetch_and_decode(blobs: BlobStore, runs: list[Run], buffers: BufferPo
         raise errors.StorageUnavailable("云存储暂时不可用，请稍后重新下载") from exc
 
 
-def _decode_runs(datas: list[memoryview], runs: list, buffers: BufferPool) -> memoryview:
+def _decode_runs(datas: list[memoryview], window: Window, runs: list[Run], buffers: BufferPool) -> memoryview:
+    """The block's wanted bytes, decompressed into a reused buffer and verified before they are handed on."""
     decompressor = FrameDecompressor()  # one per call: calls run on several threads at once
-    # A run's whole chunks are decompressed straight into the block, in one native call (eacct.chunks.frames): a
-    # download hands the GIL back and forth once per run, not once per chunk, and holds a block's bytes once.
-    size = sum(take for items in runs for (_, _, _, take), _ in items)
+    sizes, stored, digests = window.sizes, window.stored, window.digests
+    size = 0
+    for *_, first, end in runs:
+        size += sum(sizes[first:end])
+        if window.partial(first) or window.partial(end - 1):
+            for index in {first, end - 1}:
+                skip, stop = window.wanted(index)
+                size -= sizes[index] - (stop - skip)
     out = buffers.take(size)
     position = 0
-    # The block's chunks are verified together once it is decoded, in one native call (eacct.chunks.digests).
-    # The block is not handed on before that check has passed. A whole chunk is checked where it was decoded to;
-    # the first or last chunk of a range, only part of which goes out, is kept whole until then.
-    placed: list[memoryview] = []
-    checked: list[memoryview | bytearray] = []
-    expected: list[bytes] = []
     try:
         with memoryview(out)[:size] as target:
-            for data, items in zip(datas, runs):
-                if all(skip == 0 and take == raw_size for (_, raw_size, skip, take), _ in items):
-                    raw_total = sum(raw_size for (_, raw_size, _, _), _ in items)
-                    destination = target[position : position + raw_total]
-                    placed.append(destination)
-                    decompressor.decompress_into(data, [length for _, length in items],
-                                                 [raw_size for (_, raw_size, _, _), _ in items], destination)
-                    for (digest, raw_size, _, _), _ in items:
-                        chunk = target[position : position + raw_size]
-                        placed.append(chunk)
-                        checked.append(chunk)
-                        expected.append(digest)
-                        position += raw_size
-                    continue
+            for data, (*_, first, end) in zip(datas, runs):
                 with memoryview(data) as view:
-                    offset = 0
-                    for (digest, raw_size, skip, take), length in items:
-                        raw = bytearray(raw_size)
-                        decompressor.decompress_into(view[offset : offset + length], [length], [raw_size], raw)
-                        offset += length
-                        target[position : position + take] = memoryview(raw)[skip : skip + take]
-                        checked.append(raw)
-                        expected.append(digest)
-                        position += take
-        if sha256_many(checked) != expected:
-            raise errors.NotFound("该版本的数据已损坏")
+                    read = 0
+                    # Whole chunks (all but perhaps the range's first and last) are decompressed straight into the
+                    # block in one native call per run, and verified together in one more (eacct.chunks.digests).
+                    for low, high in _whole_and_partial(window, first, end):
+                        stored_length = sum(stored[low:high])
+                        frames = view[read : read + stored_length]
+                        read += stored_length
+                        if high - low == 1 and window.partial(low):
+                            position = _decode_partial(decompressor, frames, window, low, target, position)
+                            continue
+                        raw_total = sum(sizes[low:high])
+                        with target[position : position + raw_total] as destination:
+                            decompressor.decompress_into(frames, stored[low:high], sizes[low:high], destination)
+                            if sha256_spans(destination, sizes[low:high]) != b"".join(digests[low:high]):
+                                raise errors.NotFound("该版本的数据已损坏")
+                        position += raw_total
     except FrameError as exc:
         raise errors.NotFound("该版本的数据已损坏") from exc
-    finally:
-        for view in placed:
-            view.release()
     return memoryview(out)[:size]
+
+
+def _whole_and_partial(window: Window, first: int, end: int) -> list[tuple[int, int]]:
+    """A run's chunks first..end-1 as stretches to decode in order: a partly wanted chunk alone, whole ones together."""
+    stretches = []
+    low, high = first, end
+    if window.partial(low):
+        stretches.append((low, low + 1))
+        low += 1
+    tail = high > low and window.partial(high - 1)
+    if tail:
+        high -= 1
+    if high > low:
+        stretches.append((low, high))
+    if tail:
+        stretches.append((high, high + 1))
+    return stretches
+
+
+def _decode_partial(decompressor: FrameDecompressor, frame: memoryview, window: Window, index: int,
+                    target: memoryview, position: int) -> int:
+    """Decode and verify a chunk only part of which is wanted; copy that part to `position`, return the new position."""
+    raw_size = window.sizes[index]
+    raw = bytearray(raw_size)
+    decompressor.decompress_into(frame, [len(frame)], [raw_size], raw)
+    if sha256_spans(raw, [raw_size]) != window.digests[index]:
+        raise errors.NotFound("该版本的数据已损坏")
+    skip, stop = window.wanted(index)
+    target[position : position + stop - skip] = memoryview(raw)[skip:stop]
+    return position + stop - skip
