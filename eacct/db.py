@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
@@ -328,7 +328,7 @@ def driver_list_markers(dialect, singles: int, listed: int) -> list[str]:
     return markers if listed else [*markers, ""]
 
 
-async def read_rows(factory: SessionFactory, statement, parameters: dict | tuple | None = None) -> list[tuple]:
+async def read_rows(factory: SessionFactory, statement, parameters: dict | tuple | None = None) -> list[Sequence]:
     """Every row of one read statement, which is its own snapshot: one round trip to the database, without
     BEGIN or COMMIT, on SQLite (no write lock either) as on PostgreSQL. For hot reads that need no consistency
     with another statement (an upload's chunk lookups)."""
@@ -341,7 +341,9 @@ async def read_rows(factory: SessionFactory, statement, parameters: dict | tuple
             result = await connection.exec_driver_sql(statement, tuple(parameters or ()))
         else:
             result = await session.execute(statement, parameters)
-        return [tuple(row) for row in result]
+        # Rows as SQLAlchemy makes them (tuple-like, built natively): a download locates ~130k chunks per GB, and a
+        # tuple() of each row cost its event loop a tenth of its time.
+        return result.fetchall()
 
 
 async def read_scalars(factory: SessionFactory, statement, parameters: dict | tuple | None = None) -> list:
