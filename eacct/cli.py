@@ -26,18 +26,20 @@ from eacct.app import create_app
 from eacct.config import Settings
 from eacct.db import unit_of_work
 from eacct.providers import provide
-from eacct.secrets import hash_secret
+from eacct.secrets import PasswordHashing, hash_secret
 from eacct.startup import SettingError, bind_listeners, open_storage
 
 __all__ = ["main"]
 
 WORKER_THREADS = 4
-# Worker threads do the bulk work of transfers (hashing, cutting, compressing, decompressing) and password
-# hashing. At the same priority as the event loop and the database threads, a CPU-bound 1 GB upload takes the
-# cores from every other member's requests: their small writes, each a dozen trips between the loop and its
-# database thread, held SQLite's write lock 5x longer and queued up to a second (bench/commit_block.py). The
-# workers run at the lowest priority instead: they get whatever the request path leaves, which on an otherwise
-# idle machine is all of it.
+# Two pools of worker threads. The bulk pool does large transfers' block work (hashing, cutting, compressing,
+# decompressing; BlobStore.bulk_executor) and password hashing. At the same priority as the event loop and the
+# database threads, a CPU-bound 1 GB upload takes the cores from every other member's requests: their small
+# writes, each a dozen trips between the loop and its database thread, held SQLite's write lock 5x longer and
+# queued up to a second (bench/commit_block.py). The bulk pool runs at the lowest priority instead: it gets
+# whatever the request path leaves, which on an otherwise idle machine is all of it. The default pool runs the
+# short hops (a file opened, fsynced, renamed; a small transfer's blocks) at the request path's priority: in the
+# bulk pool, a 16 KiB upload's ten hops queued behind a large upload's blocks and took 0.4-0.5 s.
 WORKER_NICENESS = 19
 # How long a thread may run Python before another that waits for the GIL gets it (CPython's default is 5 ms).
 # The event loop runs Python nearly all the time under load, so a database thread woken with its statement's
@@ -94,10 +96,12 @@ async def _serve(settings: Settings, *, reuse_port: bool = False, migrate: bool 
 
     # The port first: nothing is opened or migrated for a service that could not listen anyway.
     listeners = bind_listeners(settings, reuse_port=reuse_port)
+    bulk = bulk_pool()
     try:
         async with provide(settings, migrate=migrate, probe_writes=True) as provided:
+            provided.blobs.bulk_executor = bulk
             app = create_app(settings, engine=provided.engine, blobs=provided.blobs,
-                             collect_garbage_on_start=collect_garbage)
+                             collect_garbage_on_start=collect_garbage, hashing=PasswordHashing(executor=bulk))
             app.on_startup.append(few_worker_threads)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_SHUTDOWN_SECONDS)
             await runner.setup()
@@ -116,6 +120,7 @@ async def _serve(settings: Settings, *, reuse_port: bool = False, migrate: bool 
     finally:
         for sock in listeners:
             sock.close()
+        bulk.shutdown(wait=True)  # requests are over: whatever still runs there is a cancelled upload's last block
     log.info("eacct stopped")
     return 0
 
@@ -310,9 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def worker_pool() -> ThreadPoolExecutor:
-    """The server's worker threads: few (each would otherwise grow a glibc memory arena of its own, most of what
-    a large transfer leaves behind in RSS), and below the request path in CPU priority (`WORKER_NICENESS`)."""
-    return ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="eacct-worker",
+    """The loop's default executor: short blocking hops, at the request path's CPU priority."""
+    return ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="eacct-worker")
+
+
+def bulk_pool() -> ThreadPoolExecutor:
+    """Threads for bulk work: few (each would otherwise grow a glibc memory arena of its own, most of what a large
+    transfer leaves behind in RSS), and below the request path in CPU priority (`WORKER_NICENESS`)."""
+    return ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="eacct-bulk",
                               initializer=lower_thread_priority)
 
 

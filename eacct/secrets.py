@@ -7,6 +7,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from functools import lru_cache
@@ -29,15 +30,18 @@ _holding: ContextVar["PasswordHashing | None"] = ContextVar("eacct_hashing_holdi
 
 
 class PasswordHashing:
-    """Bounds argon2 work to the cores: at most `slots` (default: the cores less one) hashes run at once (in the default executor, off the
+    """Bounds argon2 work to the cores: at most `slots` (default: the cores less one) hashes run at once (in `executor`, off the
     event loop), at most `queue` more wait for a slot, and the rest are shed with 503 busy at once.
 
     One per application (an app dependency); argon2 is CPU- and memory-bound, so more parallel hashes than
     cores only make every request slower and let a login flood starve the rest of the service."""
 
-    def __init__(self, slots: int | None = None, queue: int | None = None, retry_after: int = 1) -> None:
+    def __init__(self, slots: int | None = None, queue: int | None = None, retry_after: int = 1,
+                 executor: Executor | None = None) -> None:
+        """`executor`: where the hashes run (the server's low-priority bulk pool); None, the loop's default one."""
         # One core is left to the event loop (every other request) unless the machine has only one.
         self.slots = max(1, slots or (os.cpu_count() or 1) - 1)
+        self.executor = executor
         self.queue = self.slots * 4 if queue is None else queue
         self.retry_after = retry_after
         self._semaphore = asyncio.Semaphore(self.slots)
@@ -78,7 +82,7 @@ class PasswordHashing:
     async def run(self, work: Callable[[], T]) -> T:
         """Run `work` (a blocking argon2 call) in the executor once a slot is free; Busy when the queue is full."""
         async with self.slot():
-            return await asyncio.to_thread(work)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
 
 @lru_cache(maxsize=4)

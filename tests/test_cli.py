@@ -228,15 +228,25 @@ def thread_niceness(pid: int) -> dict[int, int]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
-def test_worker_threads_run_below_the_request_path_in_cpu_priority():
-    """Bulk work (hashing, compression, password hashing) gets what the event loop and the database threads leave:
-    a 1 GB upload no longer slows every other member's requests (bench/commit_block.py)."""
+def test_bulk_threads_run_below_the_request_path_in_cpu_priority():
+    """Bulk work (large transfers' blocks, password hashing) gets what the event loop and the database threads
+    leave: a 1 GB upload no longer slows every other member's requests (bench/commit_block.py)."""
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    with cli.worker_pool() as pool:
+    with cli.bulk_pool() as pool:
         worker = pool.submit(lambda: (threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0))).result()
         assert worker[1] == cli.WORKER_NICENESS
         assert thread_niceness(os.getpid())[worker[0]] == cli.WORKER_NICENESS
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # only the workers, not the caller
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+def test_default_worker_threads_keep_the_request_paths_priority():
+    """Short hops (a small upload's file work and blocks) must not wait behind bulk work at the lowest priority."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with cli.worker_pool() as pool:
+        worker = pool.submit(lambda: (threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0))).result()
+        assert worker[1] == own
+        assert thread_niceness(os.getpid())[worker[0]] == own
 
 
 def test_serving_hands_the_gil_on_after_a_millisecond():

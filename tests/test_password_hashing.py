@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -98,3 +100,14 @@ async def test_argon2_inside_a_writing_unit_of_work_is_refused(sessions, setting
                 await hash_secret(settings, "secret", bounded)
     async with unit_of_work(sessions, read_only=True):  # reads hold no write lock: hashing there is allowed
         assert await verify_secret(settings, await hash_secret(settings, "secret", hashing), "secret", hashing)
+
+
+async def test_hashes_run_on_the_executor_given(settings):
+    """The server hands its low-priority bulk pool to PasswordHashing (eacct.cli): argon2 runs there, below the
+    request path, and not on the default executor the short hops use."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="given-bulk") as bulk:
+        hashing = PasswordHashing(slots=1, executor=bulk)
+        threads = []
+        stored = await hashing.run(lambda: threads.append(threading.current_thread().name) or "done")
+        assert await verify_secret(settings, await hash_secret(settings, "secret", hashing), "secret", hashing)
+    assert stored == "done" and threads and threads[0].startswith("given-bulk")

@@ -13,6 +13,7 @@ import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,12 +74,25 @@ class BlobStore(abc.ABC):
         """Several bounded ranges `(key, offset, length)`, in order; a backend may fetch them together."""
         return [await self.get(key, offset, length) for key, offset, length in ranges]
 
-    async def read_ranges(self, ranges: list[tuple[str, int, int]], consume: Callable[[list[memoryview]], T]) -> T:
-        """Hand several bounded ranges `(key, offset, length)`, in order, to `consume` on a worker thread; what
-        it returns. The views are valid only during the call (a backend may read into buffers it reuses), so
-        `consume` copies whatever it keeps. A range past the end of its object is shorter, as with `get`."""
+    async def read_ranges(self, ranges: list[tuple[str, int, int]], consume: Callable[[list[memoryview]], T], *,
+                          bulk: bool = False) -> T:
+        """Hand several bounded ranges `(key, offset, length)`, in order, to `consume` on a worker thread (of
+        `bulk_executor` when `bulk`); what it returns. The views are valid only during the call (a backend may read
+        into buffers it reuses), so `consume` copies whatever it keeps. A range past the end of its object is
+        shorter, as with `get`."""
         datas = await self.get_many(ranges)
-        return await asyncio.to_thread(consume, [memoryview(data) for data in datas])
+        return await self.off_loop(bulk, consume, [memoryview(data) for data in datas])
+
+    # Where large transfers' byte work runs: a download's reading and decoding, an upload's hashing, cutting,
+    # compressing and spooling (eacct.netdisk.store). The server sets a pool below the request path in CPU
+    # priority (eacct.cli), so a 1 GB transfer gets what other members' requests leave, while their own short
+    # thread hops run on the loop's default executor at normal priority. None: the default executor.
+    bulk_executor: Executor | None = None
+
+    def off_loop(self, bulk: bool, function: Callable[..., T], *args) -> asyncio.Future[T]:
+        """Run `function(*args)` on a worker thread: `bulk_executor`'s for a large transfer's block, else the
+        loop's default executor's."""
+        return asyncio.get_running_loop().run_in_executor(self.bulk_executor if bulk else None, function, *args)
 
     @abc.abstractmethod
     def stream(self, key: str, block_size: int = 1 << 20) -> AsyncIterator[bytes]:

@@ -113,10 +113,11 @@ class LocalBlobStore(BlobStore):
         paths = [(self._path(key), offset, length) for key, offset, length in ranges]
         return await asyncio.to_thread(self._get_many_sync, paths)
 
-    async def read_ranges(self, ranges: list[tuple[str, int, int]], consume: Callable[[list[memoryview]], T]) -> T:
+    async def read_ranges(self, ranges: list[tuple[str, int, int]], consume: Callable[[list[memoryview]], T], *,
+                          bulk: bool = False) -> T:
         # One worker-thread hop reads and consumes, into a buffer that is reused: no fresh memory per block.
         paths = [(self._path(key), offset, length) for key, offset, length in ranges]
-        return await asyncio.to_thread(self._read_ranges_sync, paths, consume)
+        return await self.off_loop(bulk, self._read_ranges_sync, paths, consume)
 
     def _read_ranges_sync(self, paths: list[tuple[Path, int, int]], consume: Callable[[list[memoryview]], T]) -> T:
         buffer = self._read_buffers.take(sum(length for _, _, length in paths))

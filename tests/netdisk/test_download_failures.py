@@ -70,10 +70,10 @@ async def break_pack(blobs, key: str, how: str, tmp_path, monkeypatch) -> None:
     if how == "storage-down":
         read_ranges = blobs.read_ranges
 
-        async def unavailable_for_that_pack(ranges, consume):
+        async def unavailable_for_that_pack(ranges, consume, **options):
             if any(range_key == key for range_key, _, _ in ranges):
                 raise BlobStoreError("connection refused (injected)")
-            return await read_ranges(ranges, consume)
+            return await read_ranges(ranges, consume, **options)
 
         monkeypatch.setattr(blobs, "read_ranges", unavailable_for_that_pack)
         return

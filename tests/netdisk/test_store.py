@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate
 
 import pytest
@@ -18,7 +19,7 @@ from eacct.db import unit_of_work
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk import store, versions
 from eacct.chunks.manifest import iter_manifest
-from eacct.netdisk.store import read
+from eacct.netdisk.store import read, upload as upload_module
 from eacct.netdisk.store.common import DECODED_BUFFERS_KEPT, DOWNLOAD_BLOCK
 from eacct.netdisk.models import Chunk, Ledger, Netdisk, Pack, Version, VersionManifest
 from tests.netdisk.ledgers import body_of, edit_rows, make_ledger_db, tar_year
@@ -95,6 +96,45 @@ async def test_reads_across_windows_and_blocks_match_the_content(sessions, blobs
                 got = await read_all(sessions, blobs, version.version_id, start, end)
                 assert got == content[start:end], (start, end)
     assert await read_all(sessions, blobs, version.version_id, len(content) + 5) == b""
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    """A bulk executor that remembers what it was given to run."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.ran: list[str] = []
+
+    def submit(self, function, /, *args, **kwargs):
+        self.ran.append(getattr(function, "__name__", repr(function)))
+        return super().submit(function, *args, **kwargs)
+
+
+@pytest.mark.parametrize("size", [100_000, 3_000_000], ids=["small", "large"])
+async def test_a_transfer_is_bulk_work_only_beyond_its_first_bytes(sessions, blobs, settings, owner, monkeypatch,
+                                                                     size):
+    """A small upload or download never waits in the low-priority bulk pool behind a large one: its blocks run at
+    the request path's priority; a large one's first bytes do too, the rest on the blob store's bulk executor."""
+    threshold = 1_500_000
+    monkeypatch.setattr(upload_module, "INTERACTIVE_TRANSFER_BYTES", threshold)
+    monkeypatch.setattr(read, "INTERACTIVE_TRANSFER_BYTES", threshold)
+    monkeypatch.setattr(read, "DOWNLOAD_BLOCK", 256 * 1024)
+    bulk = RecordingExecutor()
+    monkeypatch.setattr(blobs, "bulk_executor", bulk)
+    try:
+        content = os.urandom(size)
+        version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
+        uploaded, bulk.ran = bulk.ran, []
+        assert await read_all(sessions, blobs, version.version_id) == content
+        downloaded = bulk.ran
+    finally:
+        bulk.shutdown()
+    if size < threshold:
+        assert uploaded == [] and downloaded == []
+    else:
+        assert {"_cut", "update", "_compress", "_spool"} <= set(uploaded)
+        # Blocks of 256 KiB: the first six (1.5 MB) are read at the request path's priority, the rest in bulk.
+        assert 0 < len(downloaded) < -(-size // (256 * 1024)) - 5, downloaded
 
 
 async def test_downloaded_blocks_kept_by_the_reader_stay_intact_while_later_ones_reuse_buffers(

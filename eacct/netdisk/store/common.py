@@ -19,7 +19,7 @@ from eacct.netdisk.models import Chunk
 
 __all__ = [
     "BODY_BLOCKS_AHEAD", "COMPRESSIONS_IN_FLIGHT", "CommittableUpload", "DECODED_BUFFERS_KEPT", "DECODES_IN_FLIGHT", "DOWNLOAD_BLOCK",
-    "DOWNLOAD_BLOCKS_AHEAD", "FIRST_READ_WINDOW", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "LOOKUP_BATCH",
+    "DOWNLOAD_BLOCKS_AHEAD", "FIRST_READ_WINDOW", "HEARTBEATS_PER_LEASE", "INSERT_BATCH", "INTERACTIVE_TRANSFER_BYTES", "LOOKUP_BATCH",
     "MAX_COALESCED_READ", "NEW_CHUNK", "PUTS_IN_FLIGHT", "READ_WINDOW", "WAITING_BYTES", "ZSTD_LEVEL", "batched",
     "lease_holder", "log", "pack_blob_key", "read_ahead", "used_bytes",
 ]
@@ -52,6 +52,10 @@ DECODED_BUFFERS_KEPT = DECODES_IN_FLIGHT + 1 + DOWNLOAD_BLOCKS_AHEAD + 2
 # is 1 MiB more RSS and no faster on loopback.
 BODY_BLOCKS_AHEAD = 1
 STOP_GRACE_SECONDS = 2.0
+# The first bytes of every transfer are worked on at the request path's priority, so a small upload or download
+# (a day's delta, a chunk query, a 16 KiB year) is over before it could queue behind a large one; beyond them a
+# transfer is bulk, on the blob store's low-priority executor (BlobStore.bulk_executor, bench/commit_block.py).
+INTERACTIVE_TRANSFER_BYTES = 8 * 1024 * 1024
 READ_WINDOW = 2048
 # The first window is smaller: the first byte waits for its lookup, and ~2000 digests take tens of ms to find
 # on a busy SQLite; a few blocks' worth gets the download going while the next window is located.

@@ -22,8 +22,8 @@ from eacct.chunks.frames import FrameDecompressor, FrameError
 from eacct.chunks.manifest import ENTRY, iter_manifest
 from eacct.netdisk.models import Version, VersionManifest
 from eacct.netdisk.store.common import (
-    DECODED_BUFFERS_KEPT, DECODES_IN_FLIGHT, DOWNLOAD_BLOCK, DOWNLOAD_BLOCKS_AHEAD, FIRST_READ_WINDOW, MAX_COALESCED_READ,
-    READ_WINDOW, log, read_ahead,
+    DECODED_BUFFERS_KEPT, DECODES_IN_FLIGHT, DOWNLOAD_BLOCK, DOWNLOAD_BLOCKS_AHEAD, FIRST_READ_WINDOW,
+    INTERACTIVE_TRANSFER_BYTES, MAX_COALESCED_READ, READ_WINDOW, log, read_ahead,
 )
 
 __all__ = ["read_entries", "read_version"]
@@ -64,8 +64,11 @@ async def read_entries(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
     # Decoded blocks are written into reused buffers: a fresh MiB per block costs a page fault per 4 KiB.
     buffers = BufferPool(keep=DECODED_BUFFERS_KEPT)
     try:
+        scheduled = 0  # raw bytes of the blocks handed to worker threads so far
         async for window, runs in _located_blocks(sessions, owner_id, entries, start, end, local):
-            in_flight.append(asyncio.create_task(_fetch_and_decode(blobs, window, runs, buffers)))
+            bulk = scheduled >= INTERACTIVE_TRANSFER_BYTES
+            scheduled += sum(sum(window.sizes[first:stop]) for *_, first, stop in runs)
+            in_flight.append(asyncio.create_task(_fetch_and_decode(blobs, window, runs, buffers, bulk)))
             if len(in_flight) > DECODES_IN_FLIGHT:
                 yield await in_flight.popleft()
         while in_flight:
@@ -189,10 +192,11 @@ def _blocks(window: Window, where: dict[bytes, tuple]) -> Iterator[list[Run]]:
         yield runs
 
 
-async def _fetch_and_decode(blobs: BlobStore, window: Window, runs: list[Run], buffers: BufferPool) -> memoryview:
+async def _fetch_and_decode(blobs: BlobStore, window: Window, runs: list[Run], buffers: BufferPool,
+                            bulk: bool) -> memoryview:
     try:
         return await blobs.read_ranges([(key, offset, length) for key, offset, length, _, _ in runs],
-                                       lambda datas: _decode_runs(datas, window, runs, buffers))
+                                       lambda datas: _decode_runs(datas, window, runs, buffers), bulk=bulk)
     except BlobNotFound as exc:
         raise errors.NotFound("该版本的数据已不完整") from exc
     except BlobStoreError as exc:

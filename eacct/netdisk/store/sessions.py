@@ -13,7 +13,7 @@ from eacct.config import Settings
 from eacct.db import unit_of_work
 from eacct.chunks.frames import FrameCompressor, batch_bound
 from eacct.netdisk.models import Pack, Version
-from eacct.netdisk.store.common import NEW_CHUNK, ZSTD_LEVEL, log
+from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, NEW_CHUNK, ZSTD_LEVEL, log
 from eacct.netdisk.store.index import CommitRules, commit
 from eacct.netdisk.store.read import read_entries
 from eacct.netdisk.store.spool import PackWriter
@@ -54,7 +54,7 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
         pack.close()
 
     try:
-        await asyncio.to_thread(spool)
+        await blobs.off_loop(sum(len(piece) for _, piece in chunks) > INTERACTIVE_TRANSFER_BYTES, spool)
         async with unit_of_work(sessions) as session:
             session.add(Pack(id=pack.pack_id, owner_id=owner_id, blob_key=pack.blob_key, size=pack.size, lease_id=lease_id))
         try:
@@ -87,7 +87,7 @@ async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: Blob
     size = 0
     async for block in read_entries(sessions, blobs, incoming.owner_id, manifest, 0, None, upload._new_location):
         size += len(block)
-        await asyncio.to_thread(digest.update, block)
+        await blobs.off_loop(size > INTERACTIVE_TRANSFER_BYTES, digest.update, block)
     if size != incoming.size:
         raise errors.BadRequest("清单中的数据块大小之和与声明的年度数据大小不符")
     if digest.hexdigest() != incoming.sha256:

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import delete
@@ -23,8 +23,8 @@ from eacct.chunks.frames import FrameCompressor, batch_bound
 from eacct.chunks.manifest import ENTRY
 from eacct.netdisk.models import Pack, UploadLease, Version
 from eacct.netdisk.store.common import (
-    BODY_BLOCKS_AHEAD, COMPRESSIONS_IN_FLIGHT, HEARTBEATS_PER_LEASE, LOOKUP_BATCH, NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL,
-    lease_holder, log, pack_blob_key, read_ahead,
+    BODY_BLOCKS_AHEAD, COMPRESSIONS_IN_FLIGHT, HEARTBEATS_PER_LEASE, INTERACTIVE_TRANSFER_BYTES, LOOKUP_BATCH,
+    NEW_CHUNK, PUTS_IN_FLIGHT, WAITING_BYTES, ZSTD_LEVEL, lease_holder, log, pack_blob_key, read_ahead,
 )
 from eacct.netdisk.store.deltas import delta_entries
 from eacct.netdisk.store.index import (
@@ -193,6 +193,10 @@ class Upload:
             # Not cancelled: a heartbeat torn mid-transaction could leave SQLite's write lock behind.
             await asyncio.gather(asyncio.shield(self.heartbeat), return_exceptions=True)
 
+    def _off_loop(self, function: Callable, *args) -> asyncio.Future:
+        """A block's work on a worker thread: the blob store's bulk one past the first INTERACTIVE_TRANSFER_BYTES."""
+        return self.blobs.off_loop(self.received > INTERACTIVE_TRANSFER_BYTES, function, *args)
+
     def _cut(self, data: bytes, final: bool) -> list[tuple[bytes, bytes, int]]:
         pieces = self.chunker.feed(data) if data else []
         if final:
@@ -207,8 +211,8 @@ class Upload:
         self._count(len(data))
         previous = await self._cut_result()
         if data:
-            self.hashing = asyncio.ensure_future(asyncio.to_thread(self.hasher.update, data))
-        self.cutting = asyncio.ensure_future(asyncio.to_thread(self._cut, data, False))
+            self.hashing = self._off_loop(self.hasher.update, data)
+        self.cutting = self._off_loop(self._cut, data, False)
         await self._take(previous)
 
     def _count(self, size: int) -> None:
@@ -249,7 +253,7 @@ class Upload:
         """Store the rest; return the whole year's sha256 (a delta upload's is read back from the store)."""
         if not self.incoming.delta:
             await self._take(await self._cut_result())
-            self.waiting += await asyncio.to_thread(self._cut, b"", True)
+            self.waiting += await self._off_loop(self._cut, b"", True)
         await self._place_waiting()
         await self._write_compressed(1)  # packs filled before the last batch are indexed now, as while streaming
         self.finishing = True
@@ -264,7 +268,7 @@ class Upload:
         async for block in read_entries(self.sessions, self.blobs, self.incoming.owner_id, bytes(self.manifest),
                                          0, None, self._new_location):
             size += len(block)
-            await asyncio.to_thread(digest.update, block)
+            await self._off_loop(digest.update, block)
         if size != self.incoming.size:
             raise errors.BadRequest("清单中的数据块大小之和与 X-Archive-Size 不符")
         return digest.hexdigest()
@@ -316,7 +320,7 @@ class Upload:
             await asyncio.shield(self.spooling)
         for digest, _ in to_store:  # placed once compressed; known from now on, so a repeat is not stored twice
             self.new_chunks[digest] = _NOT_KEPT
-        self.compressing.append((to_store, asyncio.ensure_future(asyncio.to_thread(self._compress, to_store))))
+        self.compressing.append((to_store, self._off_loop(self._compress, to_store)))
         await self._write_compressed(COMPRESSIONS_IN_FLIGHT)
 
     def _compress(self, chunks: list[tuple[bytes, bytes]]) -> tuple[memoryview, list[int]]:
@@ -342,7 +346,7 @@ class Upload:
             # Shielded: if this task is cancelled the threads still run, and `abandon` waits for them.
             compressed = await asyncio.shield(compressing)
             self.compressing.popleft()
-            self.spooling = asyncio.ensure_future(asyncio.to_thread(self._spool, chunks, compressed))
+            self.spooling = self._off_loop(self._spool, chunks, compressed)
             await asyncio.shield(self.spooling)
             if self.pack.size >= self.settings.pack_target_bytes:
                 await self._seal_pack()
@@ -464,16 +468,9 @@ class Upload:
                 log.warning("could not delete blob %s; gc will", blob_key, exc_info=True)
 
 
-async def receive_version(
-    sessions: async_sessionmaker[AsyncSession],
-    blobs: BlobStore,
-    settings: Settings,
-    incoming: IncomingVersion,
-    body: AsyncIterator[bytes],
-    rules: CommitRules,
-    *,
-    free_bytes: int,
-) -> Version:
+async def receive_version(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
+                          incoming: IncomingVersion, body: AsyncIterator[bytes], rules: CommitRules, *,
+                          free_bytes: int) -> Version:
     """Store an uploaded year as a new version; it becomes visible only when complete and verified.
 
     At most `free_bytes` new bytes are stored (the service's quota); `rules` run inside the commit."""
