@@ -121,6 +121,14 @@ async def test_a_transfer_is_bulk_work_only_beyond_its_first_bytes(sessions, blo
     monkeypatch.setattr(read, "DOWNLOAD_BLOCK", 256 * 1024)
     bulk = RecordingExecutor()
     monkeypatch.setattr(blobs, "bulk_executor", bulk)
+    read_ranges = blobs.read_ranges
+    block_is_bulk: list[bool] = []  # each download block, in the order asked for
+
+    async def recording(ranges, consume, *, bulk: bool = False):
+        block_is_bulk.append(bulk)
+        return await read_ranges(ranges, consume, bulk=bulk)
+
+    monkeypatch.setattr(blobs, "read_ranges", recording)
     try:
         content = os.urandom(size)
         version = await put(sessions, blobs, settings, owner, str(uuid.uuid4()), 2018, content)
@@ -130,11 +138,14 @@ async def test_a_transfer_is_bulk_work_only_beyond_its_first_bytes(sessions, blo
     finally:
         bulk.shutdown()
     if size < threshold:
-        assert uploaded == [] and downloaded == []
+        assert uploaded == [] and downloaded == [] and not any(block_is_bulk)
     else:
         assert {"_cut", "update", "_compress", "_spool"} <= set(uploaded)
-        # Blocks of 256 KiB: the first six (1.5 MB) are read at the request path's priority, the rest in bulk.
-        assert 0 < len(downloaded) < -(-size // (256 * 1024)) - 5, downloaded
+        # Blocks of at most 256 KiB, so at least 6 start within the first 1.5 MB: those at the request path's
+        # priority, the rest in bulk, each of them on the bulk executor.
+        interactive = block_is_bulk.index(True)
+        assert 6 <= interactive <= 12 and all(block_is_bulk[interactive:]), block_is_bulk
+        assert len(downloaded) == len(block_is_bulk) - interactive
 
 
 async def test_downloaded_blocks_kept_by_the_reader_stay_intact_while_later_ones_reuse_buffers(
