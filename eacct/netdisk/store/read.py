@@ -208,27 +208,22 @@ def _decode_runs(datas: list[memoryview], window: Window, runs: list[Run], buffe
     """The block's wanted bytes, decompressed into a reused buffer and verified before they are handed on."""
     decompressor = FrameDecompressor()  # one per call: calls run on several threads at once
     sizes, stored, digests = window.sizes, window.stored, window.digests
-    size = 0
-    for *_, first, end in runs:
-        size += sum(sizes[first:end])
-        if window.partial(first) or window.partial(end - 1):
-            for index in {first, end - 1}:
-                skip, stop = window.wanted(index)
-                size -= sizes[index] - (stop - skip)
+    stretches_of_runs = [_whole_and_partial(window, first, end) for *_, first, end in runs]
+    size = sum(_stretch_bytes(window, low, high) for stretches in stretches_of_runs for low, high in stretches)
     out = buffers.take(size)
     position = 0
     try:
         with memoryview(out)[:size] as target:
-            for data, (*_, first, end) in zip(datas, runs):
+            for data, stretches in zip(datas, stretches_of_runs):
                 with memoryview(data) as view:
                     read = 0
                     # Whole chunks (all but perhaps the range's first and last) are decompressed straight into the
                     # block in one native call per run, and verified together in one more (eacct.chunks.digests).
-                    for low, high in _whole_and_partial(window, first, end):
+                    for low, high in stretches:
                         stored_length = sum(stored[low:high])
                         frames = view[read : read + stored_length]
                         read += stored_length
-                        if high - low == 1 and window.partial(low):
+                        if _is_partial_chunk(window, low, high):
                             position = _decode_partial(decompressor, frames, window, low, target, position)
                             continue
                         raw_total = sum(sizes[low:high])
@@ -257,6 +252,19 @@ def _whole_and_partial(window: Window, first: int, end: int) -> list[tuple[int, 
     if tail:
         stretches.append((high, high + 1))
     return stretches
+
+
+def _is_partial_chunk(window: Window, low: int, high: int) -> bool:
+    """Whether a stretch of `_whole_and_partial` is one chunk only part of which is wanted."""
+    return high - low == 1 and window.partial(low)
+
+
+def _stretch_bytes(window: Window, low: int, high: int) -> int:
+    """How many bytes a stretch of `_whole_and_partial` yields."""
+    if _is_partial_chunk(window, low, high):
+        skip, stop = window.wanted(low)
+        return stop - skip
+    return sum(window.sizes[low:high])
 
 
 def _decode_partial(decompressor: FrameDecompressor, frame: memoryview, window: Window, index: int,
