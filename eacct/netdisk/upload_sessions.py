@@ -81,8 +81,8 @@ def _incoming(row: UploadSession) -> IncomingVersion:
 async def open_session(sessions: async_sessionmaker[AsyncSession], settings: Settings, claim: IncomingVersion,
                        path: UploadPath) -> SessionState:
     """Start a resumable upload: the checks a streamed upload passes from its headers, then a session and its lease."""
-    incoming, _ = await admit_claim(sessions, settings, claim, owner_id=path.owner_id, uploader_id=path.uploader_id,
-                                    via=path.via, authorize=path.authorize)
+    incoming, _, _ = await admit_claim(sessions, settings, claim, owner_id=path.owner_id, uploader_id=path.uploader_id,
+                                       via=path.via, authorize=path.authorize)
     now = utcnow()
     expires_at = now + timedelta(seconds=SESSION_SECONDS)
     row = UploadSession(

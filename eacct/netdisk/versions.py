@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Row, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -28,9 +28,9 @@ from eacct.storage import BlobStore
 from eacct.text import has_unsafe_characters
 
 __all__ = [
-    "UploadRules", "admission", "admit_claim", "backup_missing_chunks", "backup_upload", "backup_version", "check_before_upload",
-    "check_expected_version", "check_version_cap", "clean_ledger_name", "find_version", "latest_version",
-    "lock_owner", "lock_owner_if_opened", "missing_chunks", "prune", "upload",
+    "UploadRules", "YearCensus", "admission", "admit_claim", "backup_missing_chunks", "backup_upload", "backup_version",
+    "check_before_upload", "check_expected_version", "check_version_cap", "clean_ledger_name", "find_version",
+    "latest_version", "lock_owner", "lock_owner_if_opened", "missing_chunks", "prune", "upload", "year_census",
 ]
 
 
@@ -54,6 +54,33 @@ async def latest_version(session: AsyncSession, ledger_id: str, year: int) -> Ve
     )
 
 
+@dataclass(frozen=True, slots=True)
+class YearCensus:
+    """What the upload rules read about a (ledger, year): its versions, newest first, as rows of (id, public_id,
+    size, via, uploaded_by_id), and how many versions their owner holds in all."""
+
+    versions: list[Row]
+    held: int
+
+    @property
+    def latest_public_id(self) -> str | None:
+        """The newest version's id, or None for a year without versions."""
+        return self.versions[0].public_id if self.versions else None
+
+
+async def year_census(session: AsyncSession, owner_id: int, ledger_id: str, year: int) -> YearCensus:
+    """The year's versions and the owner's count in one statement: the commit reads them while SQLite's write lock
+    is held, and every statement there is a trip through a busy event loop."""
+    held = select(func.count().label("held")).where(Version.owner_id == owner_id).subquery()
+    # Joined to the one-row count, so a year without versions still yields the count (its version columns NULL).
+    rows = (await session.execute(
+        select(held.c.held, Version.id, Version.public_id, Version.size, Version.via, Version.uploaded_by_id)
+        .select_from(held.outerjoin(Version, and_(Version.ledger_id == ledger_id, Version.year == year)))
+        .order_by(Version.id.desc())
+    )).all()
+    return YearCensus([row for row in rows if row.id is not None], rows[0].held)
+
+
 def clean_ledger_name(name: str) -> str:
     """A ledger name as people see it: trimmed, 1–100 characters, no control characters and nothing that
     could act as a path when the desktop program names a folder after it."""
@@ -63,11 +90,11 @@ def clean_ledger_name(name: str) -> str:
     return name
 
 
-def check_expected_version(latest: Version | None, if_match: str | None) -> None:
+def check_expected_version(census: YearCensus, if_match: str | None) -> None:
     """Refuse an upload based on a version that is no longer the newest (rule 16); nothing is lost."""
     if if_match is None:
         return
-    current = latest.public_id if latest is not None else None
+    current = census.latest_public_id
     if current != if_match:
         extra = {"latest_version_id": current}
         raise errors.VersionConflict(
@@ -85,11 +112,11 @@ async def check_before_upload(session: AsyncSession, settings: Settings, incomin
     netdisk = await session.get(Netdisk, incoming.owner_id)
     if netdisk is None:
         raise errors.NotFound("共享人的云盘尚未开通")
-    latest = await latest_version(session, incoming.ledger_id, incoming.year)
-    check_expected_version(latest, incoming.if_match)
-    await check_version_cap(session, settings, incoming)
+    census = await year_census(session, incoming.owner_id, incoming.ledger_id, incoming.year)
+    check_expected_version(census, incoming.if_match)
+    check_version_cap(settings, census)
     free = netdisk.quota_bytes - await store.used_bytes(session, incoming.owner_id)
-    reusable = latest.size if latest is not None else 0
+    reusable = census.versions[0].size if census.versions else 0
     # New bytes are at most the body (a delta body carries only new chunks) and at most what the kept
     # version cannot share.
     needed = min(incoming.size - reusable, incoming.body_bytes)
@@ -98,15 +125,10 @@ async def check_before_upload(session: AsyncSession, settings: Settings, incomin
     return free
 
 
-async def check_version_cap(session: AsyncSession, settings: Settings, incoming: IncomingVersion) -> None:
+def check_version_cap(settings: Settings, census: YearCensus) -> None:
     """At most `max_versions_per_member` versions per member (rule 15), counting what retention will prune."""
-    # Both counts in one statement: inside the commit every statement is a trip while SQLite's write lock is held.
-    in_this_year = case((and_(Version.ledger_id == incoming.ledger_id, Version.year == incoming.year), 1), else_=0)
-    held, in_year = (await session.execute(
-        select(func.count(), func.coalesce(func.sum(in_this_year), 0)).where(Version.owner_id == incoming.owner_id)
-    )).one()
     # Retention will prune this year's oldest version when it is full, so such an upload adds nothing.
-    after = held + 1 - (1 if in_year >= settings.versions_kept_per_year else 0)
+    after = census.held + 1 - (1 if len(census.versions) >= settings.versions_kept_per_year else 0)
     if after > settings.max_versions_per_member:
         raise errors.TooManyVersions(
             f"云盘中最多保存 {settings.max_versions_per_member} 个版本，已达上限；请先删除不需要的账套或年度",
@@ -114,15 +136,11 @@ async def check_version_cap(session: AsyncSession, settings: Settings, incoming:
         )
 
 
-async def prune(session: AsyncSession, settings: Settings, ledger_id: str, year: int, owner_id: int) -> None:
-    """Keep the newest N versions of the year; the one just committed (verified) is always among them, and so
-    is the newest the owner uploaded through cloud backup (recipients' uploads cannot push it out)."""
-    # The year's few versions in one statement (a year holds at most N + 1 here), the choice made in Python.
-    year_versions = (await session.execute(
-        select(Version.id, Version.via, Version.uploaded_by_id)
-        .where(Version.ledger_id == ledger_id, Version.year == year)
-        .order_by(Version.id.desc())
-    )).all()
+async def prune(session: AsyncSession, settings: Settings, owner_id: int,
+                year_versions: list[tuple[int, str, int]]) -> None:
+    """Keep the newest N of the year's versions ((id, via, uploaded_by_id), newest first); the one just committed
+    (verified) is always among them, and so is the newest the owner uploaded through cloud backup (recipients'
+    uploads cannot push it out)."""
     owners_latest = next((version_id for version_id, via, uploader in year_versions
                           if via == "backup" and uploader == owner_id), None)
     stale = [version_id for version_id, _, _ in year_versions[max(settings.versions_kept_per_year, 1):]]
@@ -139,18 +157,23 @@ class UploadRules:
     # upload, and may add rows of its own (a notification).
     admit: Callable[[AsyncSession, Version], Awaitable[None]]
     _netdisk: Netdisk | None = None
+    # The year as the owner's lock found it: nothing else changes it before this commit ends.
+    _census: YearCensus | None = None
 
     async def before_insert(self, session: AsyncSession, version: Version) -> None:
         """Lock the owner, then re-check the expected version, the version cap and access."""
-        self._netdisk = await lock_owner(session, self.incoming.owner_id)
-        check_expected_version(await latest_version(session, self.incoming.ledger_id, self.incoming.year),
-                               self.incoming.if_match)
-        await check_version_cap(session, self.settings, self.incoming)
+        incoming = self.incoming
+        self._netdisk = await lock_owner(session, incoming.owner_id)
+        self._census = await year_census(session, incoming.owner_id, incoming.ledger_id, incoming.year)
+        check_expected_version(self._census, incoming.if_match)
+        check_version_cap(self.settings, self._census)
         await self.admit(session, version)
 
     async def after_insert(self, session: AsyncSession, version: Version, new_bytes: int) -> None:
         """Prune the year to its retention, then refuse the version if the owner is now over quota."""
-        await prune(session, self.settings, self.incoming.ledger_id, self.incoming.year, self.incoming.owner_id)
+        year_versions = [(version.id, version.via, version.uploaded_by_id)]
+        year_versions += [(row.id, row.via, row.uploaded_by_id) for row in self._census.versions]
+        await prune(session, self.settings, self.incoming.owner_id, year_versions)
         used = await store.used_bytes(session, self.incoming.owner_id)
         if used > self._netdisk.quota_bytes:
             raise errors.QuotaExceeded.for_upload(new_bytes, self._netdisk.quota_bytes - (used - new_bytes))
@@ -176,23 +199,23 @@ async def upload(
     so access withdrawn during the transfer (a cancelled share) refuses the version. `on_accepted` runs
     when every check that needs no body byte has passed (the HTTP side answers 100 Continue there).
     """
-    incoming, free = await admit_claim(sessions, settings, claim, owner_id=owner_id, uploader_id=uploader_id, via=via,
-                                       authorize=authorize)
+    incoming, free, uploader = await admit_claim(sessions, settings, claim, owner_id=owner_id,
+                                                 uploader_id=uploader_id, via=via, authorize=authorize)
     if on_accepted is not None:
         await on_accepted()
     admit = admission(incoming, authorize, after_commit)
     rules = UploadRules(settings, incoming, admit)
     version = await store.receive_version(sessions, blobs, settings, incoming, body, rules, free_bytes=free)
-    async with unit_of_work(sessions, read_only=True) as session:
-        uploader = await session.get(Member, uploader_id)
     return VersionInfo.of(version, uploader)
 
 
 async def admit_claim(sessions: async_sessionmaker[AsyncSession], settings: Settings, claim: IncomingVersion, *,
                       owner_id: int, uploader_id: int, via: str,
-                      authorize: Callable[[AsyncSession], Awaitable[Ledger | None]]) -> tuple[IncomingVersion, int]:
+                      authorize: Callable[[AsyncSession], Awaitable[Ledger | None]],
+                      ) -> tuple[IncomingVersion, int, Member]:
     """The checks an upload passes before any body byte (access, ledger name, expected version, version cap,
-    quota); the claim as the commit will see it, and the owner's free bytes."""
+    quota); the claim as the commit will see it, the owner's free bytes, and the uploader (read here rather than
+    in a unit of its own after the commit)."""
     if claim.ledger_name is not None:
         claim = replace(claim, ledger_name=clean_ledger_name(claim.ledger_name))
     incoming = replace(claim, owner_id=owner_id, uploader_id=uploader_id, via=via)
@@ -202,7 +225,8 @@ async def admit_claim(sessions: async_sessionmaker[AsyncSession], settings: Sett
         if ledger is None and not claim.ledger_name:
             raise errors.Invalid("首次上传新账套时需要提供账套名称（X-Ledger-Name）")
         free = await check_before_upload(session, settings, incoming)
-    return incoming, free
+        uploader = await session.get(Member, uploader_id)
+    return incoming, free, uploader
 
 
 def admission(incoming: IncomingVersion, authorize: Callable[[AsyncSession], Awaitable[Ledger | None]],

@@ -9,7 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from eacct import errors
 from eacct.netdisk import store, versions
@@ -129,6 +129,48 @@ async def test_a_small_upload_writes_twice_and_its_packs_end_up_with_their_sizes
     assert len(packs) >= 3 and all(committed for _, _, committed in packs)
     for blob_key, size, _ in packs:
         assert size == sum(len(block) for block in [await blobs.get(blob_key)]) > 0
+
+
+async def test_a_small_repeat_upload_makes_few_statements_and_fewer_under_the_owners_lock(
+        sessions, blobs, settings, owner, engine, monkeypatch):
+    """Every statement is a trip through the event loop, and those of the commit hold SQLite's write lock (or the
+    owner's row lock): a small daily backup that prunes the year's previous version reads the year once before
+    its body and once in its commit, reads its reference's first slice with the reference, and its uploader
+    before the body."""
+    settings = settings.with_overrides(versions_kept_per_year=1)
+    ledger = str(uuid.uuid4())
+    await put(sessions, blobs, settings, owner, os.urandom(40_000), ledger)
+    statements: list[tuple[bool, str]] = []  # (inside the commit, statement)
+    committing = False
+
+    def count(connection, cursor, statement, parameters, context, executemany):
+        statements.append((committing, statement))
+
+    real_commit = index.commit
+
+    async def marking_commit(sessions_, upload, rules):
+        nonlocal committing
+        committing = True
+        try:
+            return await real_commit(sessions_, upload, rules)
+        finally:
+            committing = False
+
+    monkeypatch.setattr(upload_module, "commit", marking_commit)
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        version = await put(sessions, blobs, settings, owner, os.urandom(40_000), ledger)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    async with sessions() as session:
+        assert list(await session.scalars(select(Version.public_id))) == [version.version_id]  # it pruned
+    in_commit = [statement for inside, statement in statements if inside]
+    # Lock, year, access; version, manifest, packs, lease, rows, references; the pruned version's manifest,
+    # references and row; quota.
+    assert len(in_commit) <= 13, in_commit
+    # Before the body: access, netdisk, year, quota, uploader; the reference with its first slice; the lookup of
+    # the new chunks; the lease with its first pack (two rows).
+    assert len(statements) - len(in_commit) <= 9, [statement for inside, statement in statements if not inside]
 
 
 @pytest.mark.parametrize("counted", ["by_the_commit", "ahead_of_the_commit"])

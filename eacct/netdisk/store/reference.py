@@ -40,19 +40,27 @@ class ReferenceManifest:
     @classmethod
     async def of(cls, sessions: async_sessionmaker[AsyncSession], owner_id: int, ledger_id: str,
                  year: int) -> ReferenceManifest:
-        """The latest version of this ledger and year, else of this ledger; an empty reference if it has none."""
+        """The latest version of this ledger and year, else of this ledger; an empty reference if it has none.
+
+        Its first slice comes with it, in the same statement: the upload asks for it at once, and every trip to
+        the database is a trip through a busy event loop."""
         latest = (
-            select(Version.id, func.length(VersionManifest.entries))
-            .join(VersionManifest, VersionManifest.version_id == Version.id)
+            select(Version.id)
             .where(Version.owner_id == owner_id, Version.ledger_id == ledger_id)
             .order_by((Version.year == year).desc(), Version.id.desc())
             .limit(1)
+            .scalar_subquery()
         )
-        rows = await read_rows(sessions, latest)
+        # The slice is cut from the one manifest chosen (a subquery), never from every version being sorted.
+        rows = await read_rows(sessions, select(
+            VersionManifest.version_id, func.length(VersionManifest.entries), _slice_of_manifest(0),
+        ).where(VersionManifest.version_id == latest))
         if not rows:
             return cls(sessions, None, 0)
-        version_id, length = rows[0]
-        return cls(sessions, version_id, (length or 0) // ENTRY.size)
+        version_id, length, first_slice = rows[0]
+        reference = cls(sessions, version_id, (length or 0) // ENTRY.size)
+        reference.slice = bytes(first_slice or b"")
+        return reference
 
     async def known(self, digests: Iterable[bytes]) -> set[bytes]:
         """Of these digests, in file order, those the reference holds at or shortly after its last match."""
@@ -81,12 +89,15 @@ class ReferenceManifest:
 
     async def _read_slice(self) -> bool:
         """Read the slice that starts at the cursor; False if there is none (the version was deleted meanwhile)."""
-        start = self.cursor * ENTRY.size
-        statement = select(func.substr(VersionManifest.entries, start + 1, SLICE_ENTRIES * ENTRY.size)).where(
-            VersionManifest.version_id == self.version_id)
+        statement = select(_slice_of_manifest(self.cursor)).where(VersionManifest.version_id == self.version_id)
         slices = await read_scalars(self.sessions, statement)
         self.slice = bytes(slices[0]) if slices and slices[0] else b""
         self.slice_start = self.cursor
         if not self.slice:
             self.entries = self.cursor  # nothing more to match
         return bool(self.slice)
+
+
+def _slice_of_manifest(first_entry: int):
+    """The SQL for `SLICE_ENTRIES` entries of a manifest from entry number `first_entry` on."""
+    return func.substr(VersionManifest.entries, first_entry * ENTRY.size + 1, SLICE_ENTRIES * ENTRY.size)
