@@ -7,11 +7,12 @@ import hashlib
 import os
 from datetime import timedelta
 
-from sqlalchemy import select, update
+import pytest
+from sqlalchemy import delete, event, select, update
 
 from eacct.chunks.manifest import ENTRY
 from eacct.db import unit_of_work, utcnow
-from eacct.netdisk.models import UploadLease, UploadSession
+from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession
 from eacct.netdisk.store import collect_garbage
 from tests.conftest import new_ledger_id
 from tests.share.conftest import cancel, error_code, used_bytes, versions_of
@@ -183,3 +184,67 @@ async def test_gc_reclaims_an_expired_sessions_data_and_never_a_live_ones(world,
     status, version, _ = await commit(world.owner, "backups", world.ledger, 2017, live, manifest(pieces))
     assert status == 201, version
     assert await blob_keys(blobs) == await committed_pack_keys(sessions)
+
+
+async def chunk_rows_of(sessions, pieces: list[bytes]) -> dict[bytes, tuple[int, bool]]:
+    """digest → (refs, whether its pack is committed), for the rows of these chunks."""
+    async with unit_of_work(sessions, read_only=True) as session:
+        rows = await session.execute(
+            select(Chunk.digest, Chunk.refs, Pack.committed).join(Pack, Pack.id == Chunk.pack_id)
+            .where(Chunk.digest.in_([hashlib.sha256(p).digest() for p in pieces])))
+        return {digest: (refs, committed) for digest, refs, committed in rows}
+
+
+@pytest.fixture
+def chunk_inserts(engine):
+    """The INSERT INTO chunks statements the database runs while the test's block is being recorded."""
+    recorded: list[str] = []
+
+    def record(connection, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO CHUNKS"):
+            recorded.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    yield recorded
+    event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_a_sessions_batches_index_their_chunks_pending_and_its_commit_inserts_no_row(
+        world, sessions, blobs, chunk_inserts):
+    """The commit holds the write lock (SQLite) only to count references, as a streamed upload's does: a 1 GB
+    session's ~130k rows go into the index batch by batch, as pending rows nobody counts on until the commit."""
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(12 * PIECE + 77)
+    pieces = cut(content)
+    upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
+    for part in (pieces[:5], pieces[5:]):
+        assert (await put(owner, "backups", ledger, 2019, upload_id, batch(part)))[0] == 200
+    assert chunk_inserts  # with their packs
+    rows = await chunk_rows_of(sessions, pieces)
+    assert len(rows) == len(pieces) and set(rows.values()) == {(0, False)}
+    chunk_inserts.clear()
+    status, version, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
+    assert status == 201, version
+    assert chunk_inserts == []
+    assert set((await chunk_rows_of(sessions, pieces)).values()) == {(1, True)}
+    assert (await owner.download("backups", ledger, 2019))[1] == content
+    await nothing_left_behind(sessions, blobs)
+
+
+async def test_a_session_whose_batches_left_no_rows_is_indexed_by_its_commit(world, sessions, blobs):
+    """A session opened before batches indexed their chunks (or whose rows went with a failure) still commits a
+    whole, readable version: the commit indexes what is missing."""
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(6 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
+    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[0] == 200
+    async with unit_of_work(sessions) as session:
+        dropped = (await session.execute(delete(Chunk).where(
+            Chunk.digest.in_([hashlib.sha256(p).digest() for p in pieces[2:]])))).rowcount
+    assert dropped == len(pieces) - 2
+    status, version, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
+    assert status == 201, version
+    assert set((await chunk_rows_of(sessions, pieces)).values()) == {(1, True)}
+    assert (await owner.download("backups", ledger, 2019))[1] == content
+    await nothing_left_behind(sessions, blobs)

@@ -29,7 +29,7 @@ LOOKUP_BATCH = 500
 
 __all__ = [
     "CHUNK_COLUMNS", "CommitRules", "chunks_to_claim", "claim_references", "commit", "index_pending_chunks",
-    "refresh_lease", "release_claims", "release_versions",
+    "insert_chunk_rows", "refresh_lease", "release_claims", "release_versions", "unindexed_chunks",
 ]
 
 
@@ -50,7 +50,7 @@ async def index_pending_chunks(sessions: async_sessionmaker[AsyncSession], rows:
     rows = list(rows)
     for batch in batched(rows, PENDING_BATCH):
         async with unit_of_work(sessions, durable=False) as session:
-            await _insert_rows(session, batch)
+            await insert_chunk_rows(session, batch)
     async with unit_of_work(sessions, read_only=True) as session:
         return await session.scalar(select(func.count()).where(Chunk.pack_id == pack_id)) == len(rows)
 
@@ -64,7 +64,8 @@ _INSERT_CHUNK = ('INSERT INTO chunks (owner_id, digest, pack_id, "offset", store
                  "VALUES ({}) ON CONFLICT (owner_id, digest) DO NOTHING")
 
 
-async def _insert_rows(session: AsyncSession, rows: list[tuple]) -> None:
+async def insert_chunk_rows(session: AsyncSession, rows: list[tuple]) -> None:
+    """Insert chunk rows (tuples in `CHUNK_COLUMNS` order); a row another upload inserted first stays as it is."""
     connection = await session.connection()
     insert = _INSERT_CHUNK.format(driver_placeholders(connection.dialect, len(CHUNK_COLUMNS)))
     for batch in batched(rows, PENDING_BATCH):
@@ -109,7 +110,7 @@ async def commit(sessions: async_sessionmaker[AsyncSession], upload: Committable
             result = await session.execute(delete(UploadLease).where(UploadLease.id == upload.lease_id))
             if result.rowcount != 1:  # gc reclaimed this upload's lease: its spool files may be gone
                 raise errors.RetryUpload()
-        await _insert_rows(session, list(upload.chunk_rows(upload.index_at_commit)))
+        await insert_chunk_rows(session, list(upload.chunk_rows(upload.index_at_commit)))
         own_packs = [pack_id for pack_id, _ in upload.pending_packs]
         counted = 0
         for batch in batched(own_packs, LOOKUP_BATCH):
@@ -229,6 +230,23 @@ async def refresh_lease(session: AsyncSession, lease_id: str) -> bool:
     """Renew an upload lease's heartbeat; False if gc has reclaimed the lease."""
     result = await session.execute(update(UploadLease).where(UploadLease.id == lease_id).values(heartbeat_at=utcnow()))
     return result.rowcount == 1
+
+
+async def unindexed_chunks(sessions: async_sessionmaker[AsyncSession], owner_id: int, pack_ids: list[str],
+                           digests: list[bytes]) -> list[bytes]:
+    """Of these chunks stored in these pending packs, those without a row in the index in one of the packs (their
+    rows were not written with the packs, or another upload's row for the same chunk came first)."""
+    async with unit_of_work(sessions, read_only=True) as session:
+        indexed = 0
+        for batch in batched(pack_ids, LOOKUP_BATCH):
+            indexed += await session.scalar(select(func.count()).where(Chunk.pack_id.in_(batch)))
+        if indexed == len(digests):  # the common case in one count: every row is there
+            return []
+        present: set[bytes] = set()
+        for batch in batched(pack_ids, LOOKUP_BATCH):
+            present.update(await session.scalars(
+                select(Chunk.digest).where(Chunk.owner_id == owner_id, Chunk.pack_id.in_(batch))))
+    return [digest for digest in digests if digest not in present]
 
 
 async def release_claims(session: AsyncSession, lease_ids: list[str]) -> None:

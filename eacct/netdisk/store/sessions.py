@@ -1,5 +1,11 @@
 """Resumable uploads' mechanics: store a batch of verified chunks as pending data under a session's lease, and
-commit a session's manifest as a version (the same commit as a streamed upload's)."""
+commit a session's manifest as a version (the same commit as a streamed upload's).
+
+As for a streamed upload, the commit does not insert the chunk rows while it holds the database's write lock: a
+batch's rows go into the index as pending rows with its pack. Unlike a streamed upload, the commit still counts
+the references on the chunks a session repeats from stored versions: claimed ahead, they would be recorded under
+the session's lease, which every commit attempt of the session shares, so one attempt could not tell its claims
+from another's."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from eacct.db import unit_of_work
 from eacct.chunks.frames import FrameCompressor, batch_bound
 from eacct.netdisk.models import Pack, Version
 from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, NEW_CHUNK, ZSTD_LEVEL, log
-from eacct.netdisk.store.index import CommitRules, commit
+from eacct.netdisk.store.index import CommitRules, commit, insert_chunk_rows, unindexed_chunks
 from eacct.netdisk.store.read import read_entries
 from eacct.netdisk.store.spool import PackWriter
 from eacct.netdisk.store.upload import IncomingVersion, Upload
@@ -57,6 +63,10 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
         await blobs.off_loop(sum(len(piece) for _, piece in chunks) > INTERACTIVE_TRANSFER_BYTES, spool)
         async with unit_of_work(sessions) as session:
             session.add(Pack(id=pack.pack_id, owner_id=owner_id, blob_key=pack.blob_key, size=pack.size, lease_id=lease_id))
+            await session.flush()  # the pack's row before its chunks' rows
+            # Pending rows (refs 0), indexed now rather than all at once by the session's commit, under its lock.
+            await insert_chunk_rows(session, [(owner_id, digest, pack_id, offset, stored, raw, 0)
+                                              for digest, pack_id, offset, stored, raw in placed])
         try:
             await blobs.put(pack.blob_key, pack.path)
         except BlobStoreError as exc:
@@ -80,8 +90,10 @@ async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: Blob
     for digest, pack_id, offset, stored, raw in held:
         upload.new_chunks[digest] = NEW_CHUNK.pack(number[pack_id], offset, stored, raw)
         upload.new_bytes += raw
-    # The session's chunks were stored batch by batch without index rows: all are indexed by the commit.
-    upload.index_at_commit = [digest for digest, *_ in held]
+    # Rows its batches did not index (a session opened before they did, or another upload's row came first) are
+    # inserted by the commit; any other upload's row there is handled by the commit as for a streamed upload.
+    upload.index_at_commit = await unindexed_chunks(sessions, incoming.owner_id, upload.pack_ids,
+                                                    [digest for digest, *_ in held])
     upload.manifest = bytearray(manifest)
     digest = hashlib.sha256()
     size = 0
