@@ -1,12 +1,14 @@
 """Other members while one member's large upload commits (issue 11: p99 < 200 ms on both databases).
 
 `.venv/bin/python -m bench.commit_block [--db sqlite,postgres] [--size 256] [--rate 40] [--others 10]
-[--again] [--server-src DIR]` starts `eacct serve`, sets up `--others` members with a small year each, then runs an
+[--again] [--resumable] [--server-src DIR]` starts `eacct serve`, sets up `--others` members with a small year each, then runs an
 open-loop load (requests at a fixed rate; latency counts from the scheduled moment) of those members listing
 their backups and uploading a small year, while one more member uploads a `--size` MiB year of incompressible
 data (every chunk new: the most chunk rows one commit can index). It prints p50 / p99 / max / errors per
 request kind over the whole big upload and over its commit window (from the last body byte sent to the
-answer). `--again` uploads the big year once first and measures its repeat (a daily backup of an unchanged
+answer). `--resumable` sends the big year through an upload session instead, the way a client that can resume
+does: 8 KiB chunks in batches of 16 MiB, then the manifest to commit (the commit window is then the commit
+request). `--again` uploads the big year once first and measures its repeat (a daily backup of an unchanged
 year: nothing new is stored, and the commit counts a reference on every chunk). `--server-src DIR` runs the server from another source tree (e.g. a `git archive` of an older commit)
 for before/after figures in one run.
 """
@@ -30,6 +32,10 @@ from bench._harness import MiB, OUT, Desktop, Server, exit_on_sigterm, sha256_fi
 from bench.load import POSTGRES_URL, _postgres_schema, percentile
 
 SMALL_BYTES = 16 * 1024
+# A resumable upload's chunks (about the server's own average for a ledger, so a 1 GB year has ~130k of them) and
+# the raw bytes per batch (a batch body may carry up to 32 MiB of chunks).
+SESSION_CHUNK = 8 * 1024
+SESSION_BATCH = 16 * MiB
 
 
 async def small_upload(http, member: Desktop, ledger: str, rng: random.Random) -> int:
@@ -64,6 +70,46 @@ async def big_upload(http, member: Desktop, path: Path, sha: str, marks: dict[st
         return response.status
 
 
+def _session_batch(data: bytes) -> tuple[bytes, bytes]:
+    """A batch body (each chunk's manifest entry, then its bytes) and the chunks' manifest entries."""
+    body, entries = bytearray(), bytearray()
+    for start in range(0, len(data), SESSION_CHUNK):
+        piece = data[start : start + SESSION_CHUNK]
+        entry = hashlib.sha256(piece).digest() + len(piece).to_bytes(4, "big")
+        body += entry
+        body += piece
+        entries += entry
+    return bytes(body), bytes(entries)
+
+
+async def resumable_upload(http, member: Desktop, path: Path, sha: str, marks: dict[str, float], ledger_id: str) -> int:
+    """The big year through an upload session: open, batches of chunks, then the manifest to commit."""
+    auth = {"Authorization": f"Bearer {member.netdisk_token}"}
+    uploads = f"{member.api}/backups/{ledger_id}/years/2018/uploads"
+    marks["start"] = time.monotonic()
+    async with http.post(uploads, json={"size": path.stat().st_size, "sha256": sha, "ledger_name": "大账套"},
+                         headers=auth) as response:
+        opened = await response.json()
+        if response.status != 201:
+            raise RuntimeError(f"opening the upload session answered {response.status}: {opened}")
+    upload = f"{uploads}/{opened['upload_id']}"
+    binary = {**auth, "Content-Type": "application/octet-stream"}
+    manifest = bytearray()
+    with open(path, "rb") as handle:
+        while data := await asyncio.to_thread(handle.read, SESSION_BATCH):
+            body, entries = await asyncio.to_thread(_session_batch, data)
+            manifest += entries
+            async with http.put(upload + "/chunks", data=body, headers=binary) as response:
+                answered = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"a batch answered {response.status}: {answered[:300]!r}")
+    marks["sent"] = time.monotonic()
+    async with http.post(upload + "/commit", data=bytes(manifest), headers=binary) as response:
+        await response.read()
+        marks["done"] = time.monotonic()
+        return response.status
+
+
 async def scenario(db: str, args: argparse.Namespace, path: Path, sha: str) -> None:
     env = {"EACCT_ARGON2_TIME_COST": "1", "EACCT_ARGON2_MEMORY_KIB": "8192"}
     if args.server_src:
@@ -75,6 +121,9 @@ async def scenario(db: str, args: argparse.Namespace, path: Path, sha: str) -> N
         env.update(EACCT_DATABASE_URL=POSTGRES_URL, EACCT_DATABASE_SCHEMA=schema)
     label = f"server from {args.server_src}" if args.server_src else "this tree"
     what = "uploads the same" if args.again else "uploads"
+    if args.resumable:
+        what += " (upload session)"
+    send = resumable_upload if args.resumable else big_upload
     print(f"\n== {db} ({label}): {args.others} members at {args.rate:g} req/s while one {what} {args.size} MiB")
     try:
         with Server(extra_env=env) as server:
@@ -89,7 +138,7 @@ async def scenario(db: str, args: argparse.Namespace, path: Path, sha: str) -> N
                 big = await Desktop(http, server.base, "big").setup()
                 big_ledger = str(uuid.uuid4())
                 if args.again:  # the measured upload repeats this one: nothing new to store, every chunk counted on
-                    assert await big_upload(http, big, path, sha, {}, big_ledger) == 201
+                    assert await send(http, big, path, sha, {}, big_ledger) == 201
                 marks: dict[str, float] = {}
                 results: list[tuple[str, float, float, int]] = []  # (kind, scheduled, latency, status)
 
@@ -103,7 +152,7 @@ async def scenario(db: str, args: argparse.Namespace, path: Path, sha: str) -> N
                         status = 0
                     results.append((kind, scheduled, time.monotonic() - scheduled, status))
 
-                uploading = asyncio.create_task(big_upload(http, big, path, sha, marks, big_ledger))
+                uploading = asyncio.create_task(send(http, big, path, sha, marks, big_ledger))
                 start = time.monotonic()
                 tasks = []
                 i = 0
@@ -115,7 +164,8 @@ async def scenario(db: str, args: argparse.Namespace, path: Path, sha: str) -> N
                     i += 1
                 await asyncio.gather(*tasks)
                 status = await uploading
-                print(f"  big upload: {status}, body sent in {marks['sent'] - marks['start']:.1f} s, "
+                sent = "batches sent" if args.resumable else "body sent"
+                print(f"  big upload: {status}, {sent} in {marks['sent'] - marks['start']:.1f} s, "
                       f"then {marks['done'] - marks['sent']:.2f} s to the answer (commit window)")
                 windows = {"during the whole upload": (marks["start"], marks["done"]),
                            "during its commit window": (marks["sent"], marks["done"])}
@@ -153,6 +203,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second of the other members")
     parser.add_argument("--others", type=int, default=10)
     parser.add_argument("--server-src", default="", help="run the server from this source tree (PYTHONPATH)")
+    parser.add_argument("--resumable", action="store_true",
+                        help="send the big year through an upload session (batches of chunks, then a commit)")
     parser.add_argument("--again", action="store_true",
                         help="measure a repeat of the big upload (every chunk known: the commit counts on all of them)")
     asyncio.run(main_async(parser.parse_args()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import delete, event, select, update
 
 from eacct.chunks.manifest import ENTRY
 from eacct.db import unit_of_work, utcnow
+from eacct.netdisk import upload_sessions
 from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession
 from eacct.netdisk.store import collect_garbage
 from tests.conftest import new_ledger_id
@@ -248,3 +250,25 @@ async def test_a_session_whose_batches_left_no_rows_is_indexed_by_its_commit(wor
     assert set((await chunk_rows_of(sessions, pieces)).values()) == {(1, True)}
     assert (await owner.download("backups", ledger, 2019))[1] == content
     await nothing_left_behind(sessions, blobs)
+
+
+async def test_a_batch_is_parsed_and_verified_off_the_event_loop(world, monkeypatch):
+    """Hashing a batch of up to 32 MiB on the event loop would stall every other member's request meanwhile."""
+    loop_thread = threading.current_thread()
+    parsed_on = []
+    real_parse = upload_sessions.parse_batch
+
+    def recording_parse(body):
+        parsed_on.append(threading.current_thread())
+        return real_parse(body)
+
+    monkeypatch.setattr(upload_sessions, "parse_batch", recording_parse)
+    content = os.urandom(3 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(world.owner, "backups", world.ledger, 2019, content))[1]["upload_id"]
+    assert (await put(world.owner, "backups", world.ledger, 2019, upload_id, batch(pieces)))[0] == 200
+    bad = bytearray(batch(pieces))
+    bad[ENTRY.size] ^= 1  # the first chunk's first byte
+    status, body, _ = await put(world.owner, "backups", world.ledger, 2019, upload_id, bytes(bad))
+    assert (status, error_code(body)) == (400, "checksum_mismatch")
+    assert len(parsed_on) == 2 and loop_thread not in parsed_on
