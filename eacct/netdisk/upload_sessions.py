@@ -22,11 +22,11 @@ from eacct.chunks.digests import sha256_many
 from eacct.chunks.errors import ChunkFormatError
 from eacct.chunks.manifest import ENTRY, decode_manifest
 from eacct.config import Settings
-from eacct.db import dialect_insert, unit_of_work, utcnow
+from eacct.db import driver_list_markers, driver_placeholders, unit_of_work, utcnow
 from eacct.members.models import Member
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk.models import Chunk, Ledger, Pack, UploadLease, UploadSession, UploadSessionChunk, Version, VersionInfo
-from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, lease_holder
+from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, batched, lease_holder
 from eacct.netdisk.store.sessions import commit_session, store_chunks
 from eacct.netdisk.store.upload import IncomingVersion
 from eacct.netdisk.versions import UploadRules, admission, admit_claim
@@ -154,10 +154,8 @@ async def put_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStor
     async with unit_of_work(sessions, read_only=True) as session:
         row = await _session(session, upload_id, path, ledger_id, year)
         digests = list({digest for digest, _ in chunks})
-        known = set(await session.scalars(select(UploadSessionChunk.digest).where(
-            UploadSessionChunk.session_id == row.id, UploadSessionChunk.digest.in_(digests))))
-        known.update(await session.scalars(select(Chunk.digest).where(
-            Chunk.owner_id == row.owner_id, Chunk.refs > 0, Chunk.digest.in_(digests))))
+        known = await _known_digests(session, _HELD_BY_SESSION, row.id, digests)
+        known |= await _known_digests(session, _STORED_FOR_OWNER, row.owner_id, digests)
         held_bytes = await session.scalar(select(func.coalesce(func.sum(UploadSessionChunk.raw_size), 0)).where(
             UploadSessionChunk.session_id == row.id))
         lease_id, owner_id, size, session_id = row.lease_id, row.owner_id, row.size, row.id
@@ -168,11 +166,9 @@ async def put_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStor
         placed = await store_chunks(sessions, blobs, owner_id, lease_id, fresh)
         expires_at = utcnow() + timedelta(seconds=SESSION_SECONDS)
         async with unit_of_work(sessions) as session:
-            statement = dialect_insert(session, UploadSessionChunk).on_conflict_do_nothing(
-                index_elements=["session_id", "digest"])
-            await session.execute(statement, [
-                {"session_id": session_id, "digest": digest, "pack_id": pack_id, "offset": offset,
-                 "stored_length": stored, "raw_size": raw} for digest, pack_id, offset, stored, raw in placed])
+            connection = await session.connection()
+            insert = _HOLD_CHUNK.format(driver_placeholders(connection.dialect, 6))
+            await connection.exec_driver_sql(insert, [(session_id, *place) for place in placed])
             # Each batch keeps the session (and its lease) a day longer.
             await session.execute(update(UploadSession).where(UploadSession.id == session_id).values(expires_at=expires_at))
             lease = await session.execute(update(UploadLease).where(UploadLease.id == lease_id).values(
@@ -180,6 +176,28 @@ async def put_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStor
             if lease.rowcount != 1:
                 raise errors.RetryUpload()
     return SessionState(session_id, None, size, "", [], stored=len(fresh))
+
+
+# A batch of 32 MiB holds a few thousand chunks, and a 1 GB session ~130k. These statements go to the driver as they
+# are, with a marker per digest and a tuple per row: SQLAlchemy would expand each IN list and build a parameter
+# dictionary per row on the event loop's thread, stalling every other member's request for tens of milliseconds.
+_HELD_BY_SESSION = "SELECT digest FROM upload_session_chunks WHERE session_id = {} AND digest IN ({})"
+_STORED_FOR_OWNER = "SELECT digest FROM chunks WHERE owner_id = {} AND refs > 0 AND digest IN ({})"
+_HOLD_CHUNK = ('INSERT INTO upload_session_chunks (session_id, digest, pack_id, "offset", stored_length, raw_size) '
+               "VALUES ({}) ON CONFLICT (session_id, digest) DO NOTHING")
+# Digests per lookup statement (well under SQLite's and asyncpg's limits on parameters).
+_LOOKUP_BATCH = 2000
+
+
+async def _known_digests(session: AsyncSession, statement: str, owner: int | str, digests: list[bytes]) -> set[bytes]:
+    """Which of these digests a lookup (`_HELD_BY_SESSION`, `_STORED_FOR_OWNER`) finds."""
+    connection = await session.connection()
+    found: set[bytes] = set()
+    for batch in batched(digests, _LOOKUP_BATCH):
+        owner_marker, markers = driver_list_markers(connection.dialect, 1, len(batch))
+        result = await connection.exec_driver_sql(statement.format(owner_marker, markers), (owner, *batch))
+        found.update(bytes(digest) for digest, in result.fetchall())
+    return found
 
 
 async def commit(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings, upload_id: str,
@@ -196,8 +214,11 @@ async def commit(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, s
     async with unit_of_work(sessions, read_only=True) as session:
         row = await _session(session, upload_id, path, ledger_id, year)
         incoming = _incoming(row)
-        held = [(r.digest, r.pack_id, r.offset, r.stored_length, r.raw_size) for r in await session.scalars(
-            select(UploadSessionChunk).where(UploadSessionChunk.session_id == row.id))]
+        # Rows as the driver gives them, not ORM objects: a 1 GB session holds ~130k chunks.
+        held = (await session.execute(select(
+            UploadSessionChunk.digest, UploadSessionChunk.pack_id, UploadSessionChunk.offset,
+            UploadSessionChunk.stored_length, UploadSessionChunk.raw_size,
+        ).where(UploadSessionChunk.session_id == row.id))).all()
         pending = [(pack_id, key) for pack_id, key in (await session.execute(
             select(Pack.id, Pack.blob_key).where(Pack.lease_id == row.lease_id, Pack.committed.is_(False)))).all()]
         sizes = {digest: raw for digest, _, _, _, raw in held}

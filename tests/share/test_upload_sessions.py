@@ -272,3 +272,20 @@ async def test_a_batch_is_parsed_and_verified_off_the_event_loop(world, monkeypa
     status, body, _ = await put(world.owner, "backups", world.ledger, 2019, upload_id, bytes(bad))
     assert (status, error_code(body)) == (400, "checksum_mismatch")
     assert len(parsed_on) == 2 and loop_thread not in parsed_on
+
+
+async def test_a_batch_stores_only_what_neither_the_session_nor_the_store_has_across_lookup_statements(
+        world, monkeypatch):
+    monkeypatch.setattr(upload_sessions, "_LOOKUP_BATCH", 2)  # every lookup takes several statements
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(9 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
+    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces[:5])))[:2] == (200, {"stored": 5})
+    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[:2] == (200, {"stored": 4})
+    assert (await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces)))[0] == 201
+    # The same year again, in another session: every chunk is in the store already.
+    again = (await open_upload(owner, "backups", ledger, 2017, content))[1]["upload_id"]
+    assert (await put(owner, "backups", ledger, 2017, again, batch(pieces)))[:2] == (200, {"stored": 0})
+    assert (await commit(owner, "backups", ledger, 2017, again, manifest(pieces)))[0] == 201
+    assert (await owner.download("backups", ledger, 2017))[1] == content
