@@ -9,6 +9,7 @@ Only the member who opened a session may use it, on the path (ledger, year, back
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,14 +27,14 @@ from eacct.db import driver_list_markers, driver_placeholders, unit_of_work, utc
 from eacct.members.models import Member
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk.models import Chunk, Ledger, Pack, UploadLease, UploadSession, UploadSessionChunk, Version, VersionInfo
-from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, batched, lease_holder
+from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, batched, lease_holder, log
 from eacct.netdisk.store.sessions import commit_session, store_chunks
 from eacct.netdisk.store.upload import IncomingVersion
 from eacct.netdisk.versions import UploadRules, admission, admit_claim
 from eacct.storage import BlobStore
 
-__all__ = ["MAX_BATCH_BYTES", "SESSION_SECONDS", "SessionState", "UploadPath", "backup_path", "commit", "open_session", "put_chunks",
-           "session_state"]
+__all__ = ["FORGET_BATCH", "MAX_BATCH_BYTES", "SESSION_SECONDS", "SessionState", "UploadPath", "backup_path", "commit",
+           "forget_session", "open_session", "put_chunks", "session_state"]
 
 SESSION_SECONDS = 24 * 3600
 MAX_BATCH_BYTES = 32 * 1024 * 1024
@@ -187,6 +188,8 @@ _HOLD_CHUNK = ('INSERT INTO upload_session_chunks (session_id, digest, pack_id, 
                "VALUES ({}) ON CONFLICT (session_id, digest) DO NOTHING")
 # Digests per lookup statement (well under SQLite's and asyncpg's limits on parameters).
 _LOOKUP_BATCH = 2000
+# An ended session's chunk rows deleted per transaction (some ten milliseconds of SQLite's write lock each).
+FORGET_BATCH = 2000
 
 
 async def _known_digests(session: AsyncSession, statement: str, owner: int | str, digests: list[bytes]) -> set[bytes]:
@@ -198,6 +201,21 @@ async def _known_digests(session: AsyncSession, statement: str, owner: int | str
         result = await connection.exec_driver_sql(statement.format(owner_marker, markers), (owner, *batch))
         found.update(bytes(digest) for digest, in result.fetchall())
     return found
+
+
+async def forget_session(sessions: async_sessionmaker[AsyncSession], session_id: str) -> None:
+    """Delete an ended session's chunk rows, `FORGET_BATCH` per short transaction, then the session."""
+    while True:
+        async with unit_of_work(sessions) as session:
+            some = select(UploadSessionChunk.digest).where(UploadSessionChunk.session_id == session_id).limit(FORGET_BATCH)
+            removed = (await session.execute(
+                delete(UploadSessionChunk)
+                .where(UploadSessionChunk.session_id == session_id, UploadSessionChunk.digest.in_(some))
+                .execution_options(synchronize_session=False))).rowcount
+        if removed < FORGET_BATCH:
+            break
+    async with unit_of_work(sessions) as session:
+        await session.execute(delete(UploadSession).where(UploadSession.id == session_id))
 
 
 async def commit(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings, upload_id: str,
@@ -235,13 +253,21 @@ async def commit(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, s
 
     async def admit_and_close(session: AsyncSession, version: Version) -> None:
         await admit(session, version)
-        # The session ends with its commit: a second commit of it finds nothing.
-        await session.execute(delete(UploadSessionChunk).where(UploadSessionChunk.session_id == row.id))
-        if (await session.execute(delete(UploadSession).where(UploadSession.id == row.id))).rowcount != 1:
+        # The session ends with its commit (expired now): a second commit of it finds nothing. Its rows go after the
+        # commit, in short transactions: deleting a 1 GB year's ~130k of them would hold the write lock meanwhile.
+        now = utcnow()
+        ended = await session.execute(update(UploadSession).where(UploadSession.id == row.id,
+                                                                  UploadSession.expires_at > now).values(expires_at=now))
+        if ended.rowcount != 1:
             raise errors.NotFound("没有这个上传会话（或已过期），请重新开始上传")
 
     rules = UploadRules(settings, incoming, admit_and_close)
     version = await commit_session(sessions, blobs, settings, incoming, row.lease_id, manifest, held, pending, rules)
+    try:
+        # Shielded: a transaction torn by the client going away could leave SQLite's write lock behind.
+        await asyncio.shield(forget_session(sessions, row.id))
+    except Exception:  # the version is committed; gc removes an ended session's rows
+        log.warning("could not remove the rows of ended upload session %s; gc will", row.id, exc_info=True)
     async with unit_of_work(sessions, read_only=True) as session:
         uploader = await session.get(Member, incoming.uploader_id)
     return VersionInfo.of(version, uploader)

@@ -9,12 +9,12 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, event, func, select, update
 
 from eacct.chunks.manifest import ENTRY
 from eacct.db import unit_of_work, utcnow
 from eacct.netdisk import upload_sessions
-from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession
+from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession, UploadSessionChunk
 from eacct.netdisk.store import collect_garbage
 from tests.conftest import new_ledger_id
 from tests.share.conftest import cancel, error_code, used_bytes, versions_of
@@ -289,3 +289,49 @@ async def test_a_batch_stores_only_what_neither_the_session_nor_the_store_has_ac
     assert (await put(owner, "backups", ledger, 2017, again, batch(pieces)))[:2] == (200, {"stored": 0})
     assert (await commit(owner, "backups", ledger, 2017, again, manifest(pieces)))[0] == 201
     assert (await owner.download("backups", ledger, 2017))[1] == content
+
+
+async def session_rows(sessions) -> tuple[int, int]:
+    """(upload sessions, chunks they hold) in the database."""
+    async with unit_of_work(sessions, read_only=True) as session:
+        return (await session.scalar(select(func.count()).select_from(UploadSession)),
+                await session.scalar(select(func.count()).select_from(UploadSessionChunk)))
+
+
+async def test_an_ended_sessions_rows_are_deleted_after_its_commit_in_short_transactions(world, sessions, monkeypatch):
+    monkeypatch.setattr(upload_sessions, "FORGET_BATCH", 3)
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(10 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
+    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[0] == 200
+    assert await session_rows(sessions) == (1, len(pieces))
+    assert (await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces)))[0] == 201
+    assert await session_rows(sessions) == (0, 0)
+
+
+async def test_a_session_whose_rows_could_not_be_removed_after_its_commit_is_ended_and_gc_removes_them(
+        world, sessions, blobs, settings, monkeypatch):
+    """The version is committed whatever the clean-up meets afterwards; the session is over (a second commit
+    or a resumption finds nothing) and gc removes what is left of it."""
+    async def fails(sessions_, session_id):
+        raise ConnectionResetError("database went away after the commit")
+
+    monkeypatch.setattr(upload_sessions, "forget_session", fails)
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(4 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
+    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[0] == 200
+    status, version, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
+    assert status == 201, version
+    assert (await owner.download("backups", ledger, 2019))[1] == content
+    assert await session_rows(sessions) == (1, len(pieces))  # not deleted by the commit itself
+    status, body, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
+    assert (status, error_code(body)) == (404, "not_found")
+    status, body, _ = await owner.call("GET", f"/backups/{ledger}/years/2019/uploads/{upload_id}", netdisk=True)
+    assert status == 404
+    report = await collect_garbage(sessions, blobs, settings)
+    assert report["upload_sessions"] == 1 and await session_rows(sessions) == (0, 0)
+    assert (await owner.download("backups", ledger, 2019))[1] == content
+    await nothing_left_behind(sessions, blobs)
