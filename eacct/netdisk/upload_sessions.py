@@ -193,13 +193,14 @@ _LOOKUP_BATCH = 2000
 FORGET_BATCH = 5000
 
 
-async def _known_digests(session: AsyncSession, statement: str, owner: int | str, digests: list[bytes]) -> set[bytes]:
-    """Which of these digests a lookup (`_HELD_BY_SESSION`, `_STORED_FOR_OWNER`) finds."""
+async def _known_digests(session: AsyncSession, statement: str, whose: int | str, digests: list[bytes]) -> set[bytes]:
+    """Which of these digests a lookup finds: `_HELD_BY_SESSION` (`whose` a session id) or `_STORED_FOR_OWNER` (a
+    member id)."""
     connection = await session.connection()
     found: set[bytes] = set()
     for batch in batched(digests, _LOOKUP_BATCH):
-        owner_marker, markers = driver_list_markers(connection.dialect, 1, len(batch))
-        result = await connection.exec_driver_sql(statement.format(owner_marker, markers), (owner, *batch))
+        whose_marker, markers = driver_list_markers(connection.dialect, 1, len(batch))
+        result = await connection.exec_driver_sql(statement.format(whose_marker, markers), (whose, *batch))
         found.update(bytes(digest) for digest, in result.fetchall())
     return found
 
@@ -208,7 +209,8 @@ async def forget_session(sessions: async_sessionmaker[AsyncSession], session_id:
     """Delete an ended session's chunk rows, `FORGET_BATCH` per short transaction, then the session."""
     while True:
         async with unit_of_work(sessions) as session:
-            some = select(UploadSessionChunk.digest).where(UploadSessionChunk.session_id == session_id).limit(FORGET_BATCH)
+            some = (select(UploadSessionChunk.digest).where(UploadSessionChunk.session_id == session_id)
+                    .limit(FORGET_BATCH))
             removed = (await session.execute(
                 delete(UploadSessionChunk)
                 .where(UploadSessionChunk.session_id == session_id, UploadSessionChunk.digest.in_(some))
