@@ -16,6 +16,7 @@ from eacct.db import unit_of_work, utcnow
 from eacct.netdisk import upload_sessions
 from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession, UploadSessionChunk
 from eacct.netdisk.store import collect_garbage
+from eacct.netdisk.store import sessions as store_sessions
 from tests.conftest import new_ledger_id
 from tests.share.conftest import cancel, error_code, used_bytes, versions_of
 from tests.share.test_races import blob_keys, committed_pack_keys, nothing_left_behind, pending_packs
@@ -335,3 +336,32 @@ async def test_a_session_whose_rows_could_not_be_removed_after_its_commit_is_end
     assert report["upload_sessions"] == 1 and await session_rows(sessions) == (0, 0)
     assert (await owner.download("backups", ledger, 2019))[1] == content
     await nothing_left_behind(sessions, blobs)
+
+
+async def test_a_commits_work_per_manifest_entry_runs_off_the_event_loop(world, monkeypatch):
+    """A 1 GB year's manifest has ~130k entries: decoded, checked and placed on the event loop, it would hold every
+    other member's request for a tenth of a second at a time."""
+    loop_thread = threading.current_thread()
+    ran_on: dict[str, object] = {}
+
+    def recording(module, name):
+        real = getattr(module, name)
+
+        def run(*args):
+            ran_on[name] = threading.current_thread()
+            return real(*args)
+
+        monkeypatch.setattr(module, name, run)
+
+    for name in ("decode_manifest", "_held_sizes", "_check_manifest"):
+        recording(upload_sessions, name)
+    recording(store_sessions, "_places")
+    content = os.urandom(5 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(world.owner, "backups", world.ledger, 2019, content))[1]["upload_id"]
+    assert (await put(world.owner, "backups", world.ledger, 2019, upload_id, batch(pieces)))[0] == 200
+    status, version, _ = await commit(world.owner, "backups", world.ledger, 2019, upload_id, manifest(pieces))
+    assert status == 201, version
+    assert set(ran_on) == {"decode_manifest", "_held_sizes", "_check_manifest", "_places"}
+    assert loop_thread not in ran_on.values()
+    assert (await world.owner.download("backups", world.ledger, 2019))[1] == content

@@ -77,6 +77,10 @@ async def commit(sessions: async_sessionmaker[AsyncSession], upload: Committable
     manifest, marks its packs committed and counts references (its chunk rows are already indexed, pending),
     with the service's rules around it."""
     incoming = upload.incoming
+    # The chunks this upload neither stored nor claimed, which the commit counts on: worked out before the write
+    # lock is taken (a 1 GB year's manifest is ~130k entries).
+    others = {digest for digest, _ in iter_manifest(upload.manifest)
+              if digest not in upload.new_chunks and digest not in upload.claimed}
     async with unit_of_work(sessions) as session:
         version = Version(
             public_id=uuid.uuid4().hex,
@@ -117,8 +121,6 @@ async def commit(sessions: async_sessionmaker[AsyncSession], upload: Committable
             # Every row in this upload's packs is a distinct chunk of its manifest: one reference each.
             result = await session.execute(update(Chunk).where(Chunk.pack_id.in_(batch)).values(refs=Chunk.refs + 1))
             counted += result.rowcount or 0
-        others = {digest for digest, _ in iter_manifest(upload.manifest)
-                  if digest not in upload.new_chunks and digest not in upload.claimed}
         if counted != len(upload.new_chunks):
             elsewhere = await _stored_elsewhere(session, incoming.owner_id, list(upload.new_chunks), own_packs)
             await _take_over_pending(session, upload, elsewhere)

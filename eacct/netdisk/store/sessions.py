@@ -77,6 +77,14 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
     return placed
 
 
+def _places(held: list[Held], pack_ids: list[str]) -> tuple[dict[bytes, bytes], int]:
+    """Where each chunk a session holds lies (`NEW_CHUNK`-packed, by pack number), and their raw bytes in all."""
+    number = {pack_id: index for index, pack_id in enumerate(pack_ids)}
+    places = {digest: NEW_CHUNK.pack(number[pack_id], offset, stored, raw)
+              for digest, pack_id, offset, stored, raw in held}
+    return places, sum(raw for *_, raw in held)
+
+
 async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
                          incoming: IncomingVersion, lease_id: str, manifest: bytes, held: list[Held],
                          pending_packs: list[tuple[str, str]], rules: CommitRules) -> Version:
@@ -86,10 +94,9 @@ async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: Blob
     upload.lease_id, upload.lease_taken = lease_id, True
     upload.pending_packs = list(pending_packs)
     upload.pack_ids = [pack_id for pack_id, _ in pending_packs]
-    number = {pack_id: index for index, pack_id in enumerate(upload.pack_ids)}
-    for digest, pack_id, offset, stored, raw in held:
-        upload.new_chunks[digest] = NEW_CHUNK.pack(number[pack_id], offset, stored, raw)
-        upload.new_bytes += raw
+    # On a worker thread for a large session (~130k chunks a GB): the GIL goes back to the event loop every millisecond.
+    upload.new_chunks, upload.new_bytes = await blobs.off_loop(incoming.size > INTERACTIVE_TRANSFER_BYTES, _places,
+                                                               held, upload.pack_ids)
     # Rows its batches did not index (a session opened before they did, or another upload's row came first) are
     # inserted by the commit; any other upload's row there is handled by the commit as for a streamed upload.
     upload.index_at_commit = await unindexed_chunks(sessions, incoming.owner_id, upload.pack_ids,
