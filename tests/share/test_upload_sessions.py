@@ -365,3 +365,14 @@ async def test_a_commits_work_per_manifest_entry_runs_off_the_event_loop(world, 
     assert set(ran_on) == {"decode_manifest", "_held_sizes", "_check_manifest", "_places"}
     assert loop_thread not in ran_on.values()
     assert (await world.owner.download("backups", world.ledger, 2019))[1] == content
+
+
+async def test_a_commit_reads_what_its_session_holds_page_by_page(world, monkeypatch):
+    monkeypatch.setattr(upload_sessions, "HELD_PAGE", 4)  # 9 chunks: pages of 4, 4 and 1
+    content = os.urandom(9 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(world.owner, "backups", world.ledger, 2019, content))[1]["upload_id"]
+    assert (await put(world.owner, "backups", world.ledger, 2019, upload_id, batch(pieces)))[0] == 200
+    status, version, _ = await commit(world.owner, "backups", world.ledger, 2019, upload_id, manifest(pieces))
+    assert status == 201, version
+    assert (await world.owner.download("backups", world.ledger, 2019))[1] == content
