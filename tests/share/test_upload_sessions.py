@@ -51,6 +51,16 @@ async def commit(member, side, ledger, year, upload_id, data: bytes):
                              headers={"Content-Type": "application/octet-stream"})
 
 
+async def upload_in_one_batch(owner, ledger, content: bytes, year: int = 2019) -> None:
+    """Open a session on the owner's backup, send the whole year as one batch, commit, and read the year back."""
+    pieces = cut(content)
+    upload_id = (await open_upload(owner, "backups", ledger, year, content))[1]["upload_id"]
+    assert (await put(owner, "backups", ledger, year, upload_id, batch(pieces)))[0] == 200
+    status, version, _ = await commit(owner, "backups", ledger, year, upload_id, manifest(pieces))
+    assert status == 201, version
+    assert (await owner.download("backups", ledger, year))[1] == content
+
+
 async def test_a_session_upload_in_batches_becomes_a_version_and_resumes_from_what_is_held(world, sessions, blobs):
     owner, ledger = world.owner, world.ledger
     content = os.urandom(20 * PIECE + 1000)
@@ -356,23 +366,11 @@ async def test_a_commits_work_per_manifest_entry_runs_off_the_event_loop(world, 
     for name in ("decode_manifest", "_held_sizes", "_check_manifest"):
         recording(upload_sessions, name)
     recording(store_sessions, "_places")
-    content = os.urandom(5 * PIECE)
-    pieces = cut(content)
-    upload_id = (await open_upload(world.owner, "backups", world.ledger, 2019, content))[1]["upload_id"]
-    assert (await put(world.owner, "backups", world.ledger, 2019, upload_id, batch(pieces)))[0] == 200
-    status, version, _ = await commit(world.owner, "backups", world.ledger, 2019, upload_id, manifest(pieces))
-    assert status == 201, version
+    await upload_in_one_batch(world.owner, world.ledger, os.urandom(5 * PIECE))
     assert set(ran_on) == {"decode_manifest", "_held_sizes", "_check_manifest", "_places"}
     assert loop_thread not in ran_on.values()
-    assert (await world.owner.download("backups", world.ledger, 2019))[1] == content
 
 
 async def test_a_commit_reads_what_its_session_holds_page_by_page(world, monkeypatch):
     monkeypatch.setattr(upload_sessions, "HELD_PAGE", 4)  # 9 chunks: pages of 4, 4 and 1
-    content = os.urandom(9 * PIECE)
-    pieces = cut(content)
-    upload_id = (await open_upload(world.owner, "backups", world.ledger, 2019, content))[1]["upload_id"]
-    assert (await put(world.owner, "backups", world.ledger, 2019, upload_id, batch(pieces)))[0] == 200
-    status, version, _ = await commit(world.owner, "backups", world.ledger, 2019, upload_id, manifest(pieces))
-    assert status == 201, version
-    assert (await world.owner.download("backups", world.ledger, 2019))[1] == content
+    await upload_in_one_batch(world.owner, world.ledger, os.urandom(9 * PIECE))
