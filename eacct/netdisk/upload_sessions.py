@@ -278,8 +278,13 @@ async def commit(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, s
         row = await _session(session, upload_id, path, ledger_id, year)
         incoming = _incoming(row)
         held = await _held_chunks(session, row.id)
+        # The session's packs are those its held chunks lie in. Another pending pack of its lease is a batch whose
+        # blob was never put (its rows could not be removed, or the process died first): never committed, its rows
+        # are taken over like another upload's pending rows, and gc reclaims it once the commit ends the lease.
+        holding = {pack_id for _, pack_id, *_ in held}
         pending = [(pack_id, key) for pack_id, key in (await session.execute(
-            select(Pack.id, Pack.blob_key).where(Pack.lease_id == row.lease_id, Pack.committed.is_(False)))).all()]
+            select(Pack.id, Pack.blob_key).where(Pack.lease_id == row.lease_id, Pack.committed.is_(False)))).all()
+            if pack_id in holding]
         sizes, wanted = await blobs.off_loop(big, _held_sizes, held, entries)
         for start in range(0, len(wanted), 500):
             sizes.update((await session.execute(select(Chunk.digest, Chunk.raw_size).where(

@@ -17,6 +17,7 @@ from eacct.netdisk import upload_sessions
 from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession, UploadSessionChunk
 from eacct.netdisk.store import collect_garbage
 from eacct.netdisk.store import sessions as store_sessions
+from eacct.storage import BlobStoreError
 from tests.conftest import new_ledger_id
 from tests.share.conftest import cancel, error_code, used_bytes, versions_of
 from tests.share.test_races import blob_keys, committed_pack_keys, nothing_left_behind, pending_packs
@@ -374,3 +375,39 @@ async def test_a_commits_work_per_manifest_entry_runs_off_the_event_loop(world, 
 async def test_a_commit_reads_what_its_session_holds_page_by_page(world, monkeypatch):
     monkeypatch.setattr(upload_sessions, "HELD_PAGE", 4)  # 9 chunks: pages of 4, 4 and 1
     await upload_in_one_batch(world.owner, world.ledger, os.urandom(9 * PIECE))
+
+
+@pytest.mark.parametrize("cleanup", ["works", "fails"])
+async def test_a_batch_whose_pack_could_not_be_stored_is_sent_again_and_its_version_reads_back(
+        world, sessions, blobs, settings, monkeypatch, cleanup):
+    """A batch's pack is registered, with its chunks' pending rows, before its blob is put: when the put fails (or the
+    process dies before it), those rows name a pack with no blob. The batch sent again is what the version must use,
+    whether or not the failed batch's rows could be removed, and gc then reclaims the dead pack."""
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(6 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
+    real_put = blobs.put
+
+    async def unavailable(key, path):
+        raise BlobStoreError("connection reset (injected)")
+
+    if cleanup == "fails":  # the failed batch's rows stay behind, as when the process dies before its put
+        def database_unavailable(*args):
+            raise OSError("database unavailable (injected)")
+        monkeypatch.setattr(store_sessions, "delete", database_unavailable)
+    blobs.put = unavailable
+    try:
+        status, body, _ = await put(owner, "backups", ledger, 2019, upload_id, batch(pieces))
+    finally:
+        blobs.put = real_put
+    assert (status, error_code(body)) == (503, "storage_unavailable")
+    status, state, _ = await owner.call("GET", f"/backups/{ledger}/years/2019/uploads/{upload_id}", netdisk=True)
+    assert status == 200 and state["held"] == []  # nothing of the failed batch counts as held
+    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[0] == 200
+    status, version, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
+    assert status == 201, version
+    assert (await owner.download("backups", ledger, 2019))[1] == content
+    await collect_garbage(sessions, blobs, settings)
+    assert (await owner.download("backups", ledger, 2019))[1] == content
+    await nothing_left_behind(sessions, blobs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -69,12 +70,26 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
                                               for digest, pack_id, offset, stored, raw in placed])
         try:
             await blobs.put(pack.blob_key, pack.path)
-        except BlobStoreError as exc:
-            log.warning("pack %s could not be stored: %s", pack.pack_id, exc)
-            raise errors.StorageUnavailable() from exc
+        except BaseException as exc:
+            # Its rows would name a blob that is not there: gone with the pack's row now (or, should that fail too,
+            # never the session's, since only a batch that was put is held; gc reclaims them with the lease).
+            await asyncio.shield(_discard_pack_row(sessions, pack.pack_id))
+            if isinstance(exc, BlobStoreError):
+                log.warning("pack %s could not be stored: %s", pack.pack_id, exc)
+                raise errors.StorageUnavailable() from exc
+            raise
     finally:
         await asyncio.to_thread(pack.discard)
     return placed
+
+
+async def _discard_pack_row(sessions: async_sessionmaker[AsyncSession], pack_id: str) -> None:
+    """Delete a pending pack's row (its chunk rows go with it) after its blob could not be put; failures are logged."""
+    try:
+        async with unit_of_work(sessions, durable=False) as session:
+            await session.execute(delete(Pack).where(Pack.id == pack_id, Pack.committed.is_(False)))
+    except Exception:
+        log.warning("could not remove the row of pack %s, whose blob was not stored; gc will", pack_id, exc_info=True)
 
 
 def _places(held: list[Held], pack_ids: list[str]) -> tuple[dict[bytes, bytes], int]:
