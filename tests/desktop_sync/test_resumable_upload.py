@@ -6,7 +6,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from eacct.desktop_sync import BACKUP, DesktopSync, EacctClient, LedgerFolder, TransportError, _resumable
+from eacct.desktop_sync import BACKUP, DesktopSync, EacctClient, LedgerFolder, StorageUnavailable, TransportError, _resumable
+from eacct.storage import BlobStoreError
 from tests.desktop_sync.test_client import owner_client  # noqa: F401 (fixture)
 from tests.desktop_sync.test_sync import make_local_ledger
 
@@ -78,3 +79,34 @@ async def test_an_interrupted_upload_resumes_without_resending_what_the_server_h
     sync.folder.pack(ledger_id, 2018, tmp_path / "local.tar")
     assert target.read_bytes() == (tmp_path / "local.tar").read_bytes()
     await client.close()
+
+
+async def test_batches_the_storage_refused_are_sent_again_by_the_next_upload_and_the_year_reads_back(
+        owner_client, blobs, tmp_path, monkeypatch):  # noqa: F811
+    """The cloud's storage fails mid-upload: the batches it refused are not held, the next upload of the year resumes
+    the session, sends them again, and the version reads back byte for byte (their first packs never count)."""
+    monkeypatch.setattr(_resumable, "BATCH_BYTES", MIB)
+    owner, client = owner_client
+    ledger_id = make_local_ledger(tmp_path / "a", "123", [2018], rows=200_000)
+    sync = DesktopSync(client, LedgerFolder(tmp_path / "a"))
+    real_put = blobs.put
+    puts = 0
+
+    async def failing_after_two(key, path):
+        nonlocal puts
+        puts += 1
+        if puts > 2:
+            raise BlobStoreError("connection reset (injected)")
+        return await real_put(key, path)
+
+    monkeypatch.setattr(blobs, "put", failing_after_two)
+    with pytest.raises(StorageUnavailable):
+        await sync.upload_year(ledger_id, 2018)
+    assert await client.backups() == []
+    monkeypatch.setattr(blobs, "put", real_put)  # the storage is back
+    done = await sync.upload_year(ledger_id, 2018)
+    assert done.side == BACKUP and not done.unchanged
+    target = tmp_path / "check.tar"
+    await client.download(BACKUP, ledger_id, 2018, "latest", target)
+    sync.folder.pack(ledger_id, 2018, tmp_path / "local.tar")
+    assert target.read_bytes() == (tmp_path / "local.tar").read_bytes()
