@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -28,13 +28,13 @@ from eacct.members.models import Member
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
 from eacct.netdisk.models import Chunk, Ledger, Pack, UploadLease, UploadSession, UploadSessionChunk, Version, VersionInfo
 from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, batched, lease_holder, log
-from eacct.netdisk.store.sessions import commit_session, store_chunks
+from eacct.netdisk.store.sessions import commit_session, forget_session, store_chunks
 from eacct.netdisk.store.upload import IncomingVersion
 from eacct.netdisk.versions import UploadRules, admission, admit_claim
 from eacct.storage import BlobStore
 
-__all__ = ["FORGET_BATCH", "MAX_BATCH_BYTES", "SESSION_SECONDS", "SessionState", "UploadPath", "backup_path", "commit",
-           "forget_session", "open_session", "put_chunks", "session_state"]
+__all__ = ["MAX_BATCH_BYTES", "SESSION_SECONDS", "SessionState", "UploadPath", "backup_path", "commit",
+           "open_session", "put_chunks", "session_state"]
 
 SESSION_SECONDS = 24 * 3600
 MAX_BATCH_BYTES = 32 * 1024 * 1024
@@ -193,11 +193,6 @@ INTERACTIVE_MANIFEST_ENTRIES = 4096
 HELD_PAGE = 8192
 # Digests per lookup statement (well under SQLite's and asyncpg's limits on parameters).
 _LOOKUP_BATCH = 2000
-# An ended session's chunk rows deleted per transaction: some 30 ms of SQLite's write lock each, and a 1 GB year's
-# ~130k rows take about 26 turns among other members' writes.
-FORGET_BATCH = 5000
-
-
 async def _known_digests(session: AsyncSession, statement: str, whose: int | str, digests: list[bytes]) -> set[bytes]:
     """Which of these digests a lookup finds: `_HELD_BY_SESSION` (`whose` a session id) or `_STORED_FOR_OWNER` (a
     member id)."""
@@ -208,22 +203,6 @@ async def _known_digests(session: AsyncSession, statement: str, whose: int | str
         result = await connection.exec_driver_sql(statement.format(whose_marker, markers), (whose, *batch))
         found.update(bytes(digest) for digest, in result.fetchall())
     return found
-
-
-async def forget_session(sessions: async_sessionmaker[AsyncSession], session_id: str) -> None:
-    """Delete an ended session's chunk rows, `FORGET_BATCH` per short transaction, then the session."""
-    while True:
-        async with unit_of_work(sessions) as session:
-            some = (select(UploadSessionChunk.digest).where(UploadSessionChunk.session_id == session_id)
-                    .limit(FORGET_BATCH))
-            removed = (await session.execute(
-                delete(UploadSessionChunk)
-                .where(UploadSessionChunk.session_id == session_id, UploadSessionChunk.digest.in_(some))
-                .execution_options(synchronize_session=False))).rowcount
-        if removed < FORGET_BATCH:
-            break
-    async with unit_of_work(sessions) as session:
-        await session.execute(delete(UploadSession).where(UploadSession.id == session_id))
 
 
 async def _held_chunks(session: AsyncSession, session_id: str) -> list[Row]:

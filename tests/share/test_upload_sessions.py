@@ -311,7 +311,7 @@ async def session_rows(sessions) -> tuple[int, int]:
 
 
 async def test_an_ended_sessions_rows_are_deleted_after_its_commit_in_short_transactions(world, sessions, monkeypatch):
-    monkeypatch.setattr(upload_sessions, "FORGET_BATCH", 3)
+    monkeypatch.setattr(store_sessions, "FORGET_BATCH", 3)
     owner, ledger = world.owner, world.ledger
     content = os.urandom(10 * PIECE)
     pieces = cut(content)
@@ -347,6 +347,34 @@ async def test_a_session_whose_rows_could_not_be_removed_after_its_commit_is_end
     assert report["upload_sessions"] == 1 and await session_rows(sessions) == (0, 0)
     assert (await owner.download("backups", ledger, 2019))[1] == content
     await nothing_left_behind(sessions, blobs)
+
+
+async def test_gc_forgets_an_ended_sessions_rows_in_short_transactions(world, sessions, blobs, settings, engine,
+                                                                       monkeypatch):
+    """gc removes what a commit's clean-up left (or an expired session holds) `FORGET_BATCH` rows a transaction, as the
+    commit itself does: a 1 GB session's ~130k rows at once would hold SQLite's write lock for seconds."""
+    async def fails(sessions_, session_id):
+        raise ConnectionResetError("database went away after the commit")
+
+    monkeypatch.setattr(upload_sessions, "forget_session", fails)
+    monkeypatch.setattr(store_sessions, "FORGET_BATCH", 3)
+    content = os.urandom(10 * PIECE)
+    await upload_in_one_batch(world.owner, world.ledger, content)
+    assert await session_rows(sessions) == (1, 10)
+    deletes: list[str] = []
+
+    def record(connection, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("DELETE FROM UPLOAD_SESSION_CHUNKS"):
+            deletes.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        report = await collect_garbage(sessions, blobs, settings)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert report["upload_sessions"] == 1 and await session_rows(sessions) == (0, 0)
+    assert len(deletes) == 4  # 3 + 3 + 3 + 1
+    assert (await world.owner.download("backups", world.ledger, 2019))[1] == content
 
 
 async def test_a_commits_work_per_manifest_entry_runs_off_the_event_loop(world, monkeypatch):
@@ -392,13 +420,15 @@ async def test_a_batch_whose_pack_could_not_be_stored_is_sent_again_and_its_vers
     async def unavailable(key, path):
         raise BlobStoreError("connection reset (injected)")
 
-    if cleanup == "fails":  # the failed batch's rows stay behind, as when the process dies before its put
-        def database_unavailable(*args):
-            raise OSError("database unavailable (injected)")
-        monkeypatch.setattr(store_sessions, "delete", database_unavailable)
+    def database_unavailable(*args):
+        raise OSError("database unavailable (injected)")
+
     blobs.put = unavailable
     try:
-        status, body, _ = await put(owner, "backups", ledger, 2019, upload_id, batch(pieces))
+        with monkeypatch.context() as scoped:
+            if cleanup == "fails":  # the failed batch's rows stay behind, as when the process dies before its put
+                scoped.setattr(store_sessions, "delete", database_unavailable)
+            status, body, _ = await put(owner, "backups", ledger, 2019, upload_id, batch(pieces))
     finally:
         blobs.put = real_put
     assert (status, error_code(body)) == (503, "storage_unavailable")

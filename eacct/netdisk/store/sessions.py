@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
 from eacct.config import Settings
 from eacct.db import unit_of_work
 from eacct.chunks.frames import FrameCompressor, batch_bound
-from eacct.netdisk.models import Pack, Version
+from eacct.netdisk.models import Pack, UploadSession, UploadSessionChunk, Version
 from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, NEW_CHUNK, ZSTD_LEVEL, log
 from eacct.netdisk.store.index import CommitRules, commit, insert_chunk_rows, unindexed_chunks
 from eacct.netdisk.store.read import read_entries
@@ -27,10 +27,13 @@ from eacct.netdisk.store.spool import PackWriter
 from eacct.netdisk.store.upload import IncomingVersion, Upload
 from eacct.storage import BlobStore, BlobStoreError
 
-__all__ = ["commit_session", "store_chunks"]
+__all__ = ["FORGET_BATCH", "commit_session", "forget_session", "store_chunks"]
 
 # Chunks of a stored batch compressed and written together (at most a few hundred KiB of frames).
 _CHUNKS_PER_WRITE = 32
+# An ended session's chunk rows deleted per transaction: some 30 ms of SQLite's write lock each, and a 1 GB year's
+# ~130k rows take about 26 turns among other members' writes.
+FORGET_BATCH = 5000
 # (digest, pack id, offset, stored length, raw size) of a chunk a session holds.
 Held = tuple[bytes, str, int, int, int]
 
@@ -127,3 +130,19 @@ async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: Blob
     if digest.hexdigest() != incoming.sha256:
         raise errors.ChecksumMismatch(received_sha256=digest.hexdigest())
     return await commit(sessions, upload, rules)
+
+
+async def forget_session(sessions: async_sessionmaker[AsyncSession], session_id: str) -> None:
+    """Delete an ended session's chunk rows, `FORGET_BATCH` per short transaction, then the session."""
+    while True:
+        async with unit_of_work(sessions) as session:
+            some = (select(UploadSessionChunk.digest).where(UploadSessionChunk.session_id == session_id)
+                    .limit(FORGET_BATCH))
+            removed = (await session.execute(
+                delete(UploadSessionChunk)
+                .where(UploadSessionChunk.session_id == session_id, UploadSessionChunk.digest.in_(some))
+                .execution_options(synchronize_session=False))).rowcount
+        if removed < FORGET_BATCH:
+            break
+    async with unit_of_work(sessions) as session:
+        await session.execute(delete(UploadSession).where(UploadSession.id == session_id))
