@@ -25,9 +25,14 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util.concurrency import await_
 
 __all__ = ["OneTripConnection", "one_trip_dbapi"]
+
+# A statement run by `OneTripConnection.run_together`: SQL in sqlite3's style and its parameters, a tuple (one
+# execution) or a list of tuples (one per row).
+Together = tuple[str, "tuple | list[tuple]"]
 
 
 def _run_statement(connection: sqlite3.Connection, begin: tuple[str, ...] | None, operation: str, parameters: Any,
@@ -49,6 +54,25 @@ def _run_statement(connection: sqlite3.Connection, begin: tuple[str, ...] | None
         return description, rows, cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
+
+
+def _run_together(connection: sqlite3.Connection, begin: tuple[str, ...] | None,
+                  statements: list[Together]) -> list[int]:
+    """On the connection's thread: begin (if a BEGIN waits), then each statement in order; their row counts."""
+    for statement in begin or ():
+        connection.execute(statement)
+    counts = []
+    for operation, parameters in statements:
+        cursor = connection.cursor()
+        try:
+            if isinstance(parameters, list):
+                cursor.executemany(operation, parameters)
+            else:
+                cursor.execute(operation, parameters)
+            counts.append(cursor.rowcount)
+        finally:
+            cursor.close()
+    return counts
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -134,6 +158,17 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         """The BEGIN waiting for the next statement, if any; it is then that statement's to run."""
         begin, self._begin = self._begin, None
         return begin
+
+    async def run_together(self, statements: list[Together]) -> list[int]:
+        """Run statements that return no rows, in order, in one trip to the connection's thread; their row counts.
+        sqlite3's errors come back as SQLAlchemy's, as from any other statement."""
+        async with self._execute_mutex:
+            begin = self.take_begin()
+            try:
+                return await self._connection._execute(_run_together, self._connection._conn, begin, statements)
+            except sqlite3.Error as error:
+                operations = "; ".join(operation for operation, _ in statements)
+                raise DBAPIError.instance(operations, None, error, sqlite3.Error) from error
 
     def cursor(self, server_side: bool = False):
         if server_side and self._begin is not None:

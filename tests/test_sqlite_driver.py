@@ -10,7 +10,10 @@ import pytest
 from sqlalchemy import exc, text
 
 from eacct.cli import run_serving
-from eacct.db import create_engine, driver_list_markers, driver_placeholders, make_session_factory, read_scalars, unit_of_work
+from eacct.db import (
+    create_engine, driver_list_markers, driver_placeholders, execute_together, make_session_factory, read_scalars,
+    unit_of_work,
+)
 
 
 @pytest.fixture
@@ -106,6 +109,44 @@ async def test_a_one_statement_unit_of_work_costs_two_trips_and_returning_its_co
     async with unit_of_work(sessions) as session:
         pass  # a unit that ran no statement began nothing: nothing to commit, nothing to roll back
     assert len(trips) == before
+
+
+async def test_writes_together_begin_and_run_in_order_in_one_trip_with_their_row_counts(engine, trips):
+    """A unit holding SQLite's write lock sends the writes that need no result together (`execute_together`)."""
+    sessions = make_session_factory(engine)
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE)"))
+    async with unit_of_work(sessions, read_only=True) as session:
+        await session.execute(text("SELECT 1"))  # connects first: counted from the next unit on
+    before = len(trips)
+    async with unit_of_work(sessions) as session:
+        counts = await execute_together(session, [
+            ("INSERT INTO t (name) VALUES (?)", [("a",), ("b",), ("c",)]),
+            ("UPDATE t SET name = name || '!' WHERE id > ?", (1,)),
+            ("DELETE FROM t WHERE name = ?", ("none such",)),
+        ])
+        assert counts == [3, 2, 0]
+        assert len(trips) - before == 1  # with the unit's BEGIN IMMEDIATE
+    assert len(trips) - before == 2  # and its COMMIT
+    async with unit_of_work(sessions, read_only=True) as session:
+        assert list(await session.scalars(text("SELECT name FROM t ORDER BY id"))) == ["a", "b!", "c!"]
+
+
+async def test_writes_together_that_fail_raise_sqlalchemys_error_and_their_unit_rolls_back_whole(engine):
+    sessions = make_session_factory(engine)
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE)"))
+        await connection.execute(text("INSERT INTO t (name) VALUES ('a')"))
+    with pytest.raises(exc.IntegrityError):
+        async with unit_of_work(sessions) as session:
+            await execute_together(session, [("INSERT INTO t (name) VALUES (?)", ("b",)),
+                                             ("INSERT INTO t (name) VALUES (?)", ("a",))])
+    async with unit_of_work(sessions) as session:  # the connection is usable, and holds no half of the unit
+        assert await execute_together(session, [("UPDATE t SET name = ?", ("z",))]) == [1]
+    async with unit_of_work(sessions, read_only=True) as session:
+        assert list(await session.scalars(text("SELECT name FROM t"))) == ["z"]
+        with pytest.raises(RuntimeError):
+            await execute_together(session, [("DELETE FROM t", ())])
 
 
 async def test_a_single_read_is_one_trip_and_leaves_no_transaction_open(engine, trips):

@@ -133,8 +133,8 @@ async def test_a_small_upload_writes_twice_and_its_packs_end_up_with_their_sizes
 
 async def test_a_small_repeat_upload_makes_few_statements_and_fewer_under_the_owners_lock(
         sessions, blobs, settings, owner, engine, monkeypatch):
-    """Every statement is a trip through the event loop, and those of the commit hold SQLite's write lock (or the
-    owner's row lock): a small daily backup that prunes the year's previous version reads the year once before
+    """Every trip to the database passes through the event loop, and those of the commit hold SQLite's write lock (or
+    the owner's row lock): a small daily backup that prunes the year's previous version reads the year once before
     its body and once in its commit, reads its reference's first slice with the reference, and its uploader
     before the body."""
     settings = settings.with_overrides(versions_kept_per_year=1)
@@ -156,7 +156,15 @@ async def test_a_small_repeat_upload_makes_few_statements_and_fewer_under_the_ow
         finally:
             committing = False
 
+    real_together = index.execute_together
+
+    async def counting_together(session, writes):
+        if engine.dialect.name == "sqlite":  # elsewhere each runs as a statement of its own, counted above
+            statements.append((committing, f"{len(writes)} writes together"))
+        return await real_together(session, writes)
+
     monkeypatch.setattr(upload_module, "commit", marking_commit)
+    monkeypatch.setattr(index, "execute_together", counting_together)
     event.listen(engine.sync_engine, "before_cursor_execute", count)
     try:
         version = await put(sessions, blobs, settings, owner, os.urandom(40_000), ledger)
@@ -167,7 +175,9 @@ async def test_a_small_repeat_upload_makes_few_statements_and_fewer_under_the_ow
     in_commit = [statement for inside, statement in statements if inside]
     # Lock, year, access; version, manifest, packs, lease, rows, references; the pruned version's manifest,
     # references and row; quota.
-    assert len(in_commit) <= 13, in_commit
+    # On SQLite the writes that need no result go to the database's thread together: the version's manifest, packs
+    # and lease in one trip, its rows and references in the next, the pruned version's references and row in another.
+    assert len(in_commit) <= (9 if engine.dialect.name == "sqlite" else 13), in_commit
     # Before the body: access, netdisk, year, quota, uploader; the reference with its first slice; the lookup of
     # the new chunks; the lease with its first pack (two rows).
     assert len(statements) - len(in_commit) <= 9, [statement for inside, statement in statements if not inside]

@@ -12,12 +12,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Protocol
 
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
 from eacct.chunks.manifest import iter_manifest
-from eacct.db import driver_list_markers, driver_placeholders, unit_of_work, utcnow
+from eacct.db import driver_list_markers, driver_placeholders, execute_together, unit_of_work, utcnow
 from eacct.netdisk.models import Chunk, Pack, UploadClaim, UploadLease, Version, VersionManifest
 from eacct.netdisk.store.common import CommittableUpload, batched
 
@@ -67,9 +67,14 @@ _INSERT_CHUNK = ('INSERT INTO chunks (owner_id, digest, pack_id, "offset", store
 async def insert_chunk_rows(session: AsyncSession, rows: list[tuple]) -> None:
     """Insert chunk rows (tuples in `CHUNK_COLUMNS` order); a row another upload inserted first stays as it is."""
     connection = await session.connection()
-    insert = _INSERT_CHUNK.format(driver_placeholders(connection.dialect, len(CHUNK_COLUMNS)))
-    for batch in batched(rows, PENDING_BATCH):
-        await connection.exec_driver_sql(insert, batch)
+    for operation, batch in _chunk_row_statements(connection.dialect, rows):
+        await connection.exec_driver_sql(operation, batch)
+
+
+def _chunk_row_statements(dialect, rows: list[tuple]) -> list[tuple[str, list[tuple]]]:
+    """The inserts of these chunk rows, `PENDING_BATCH` rows a statement."""
+    insert = _INSERT_CHUNK.format(driver_placeholders(dialect, len(CHUNK_COLUMNS)))
+    return [(insert, batch) for batch in batched(rows, PENDING_BATCH)]
 
 
 async def commit(sessions: async_sessionmaker[AsyncSession], upload: CommittableUpload, rules: CommitRules) -> Version:
@@ -98,38 +103,62 @@ async def commit(sessions: async_sessionmaker[AsyncSession], upload: Committable
         await rules.before_insert(session, version)
         session.add(version)
         await session.flush()
-        session.add(VersionManifest(version_id=version.id, entries=bytes(upload.manifest)))
-        if upload.pending_packs:
-            values: dict = {"committed": True, "lease_id": None}
-            if upload.pack_sizes_at_commit:  # in the same statement: every statement here holds the write lock
-                values["size"] = case(upload.pack_sizes_at_commit, value=Pack.id, else_=Pack.size)
-            result = await session.execute(
-                update(Pack)
-                .where(Pack.id.in_([pack_id for pack_id, _ in upload.pending_packs]), Pack.committed.is_(False))
-                .values(**values)
-            )
-            if result.rowcount != len(upload.pending_packs):
-                raise errors.RetryUpload()
-        if upload.lease_taken:
-            result = await session.execute(delete(UploadLease).where(UploadLease.id == upload.lease_id))
-            if result.rowcount != 1:  # gc reclaimed this upload's lease: its spool files may be gone
-                raise errors.RetryUpload()
-        await insert_chunk_rows(session, list(upload.chunk_rows(upload.index_at_commit)))
         own_packs = [pack_id for pack_id, _ in upload.pending_packs]
         counted = 0
-        for batch in batched(own_packs, LOOKUP_BATCH):
-            # Every row in this upload's packs is a distinct chunk of its manifest: one reference each.
-            result = await session.execute(update(Chunk).where(Chunk.pack_id.in_(batch)).values(refs=Chunk.refs + 1))
-            counted += result.rowcount or 0
+        # The packs and the lease are checked before any row may name a pack gc has reclaimed meanwhile.
+        for writes in _commit_writes(sessions.dialect, upload, version.id, own_packs, others):
+            counts = await execute_together(session, [(operation, parameters) for operation, parameters, _ in writes])
+            for (_, _, expected), count in zip(writes, counts, strict=True):
+                if expected is _COUNTED:
+                    counted += count or 0
+                elif expected is not None and count != expected:
+                    # A pack no longer pending or the lease gone: gc reclaimed this upload (its spool files may be
+                    # gone). A chunk counted on is gone: gc removed it unreferenced. Either way the client uploads
+                    # again.
+                    raise errors.RetryUpload()
         if counted != len(upload.new_chunks):
             elsewhere = await _stored_elsewhere(session, incoming.owner_id, list(upload.new_chunks), own_packs)
             await _take_over_pending(session, upload, elsewhere)
-            others |= elsewhere
-        await _add_refs(session, incoming.owner_id, list(others), +1)
+            await _add_refs(session, incoming.owner_id, list(elsewhere), +1)
         await rules.after_insert(session, version, upload.new_bytes)
         upload.commit_sent = True  # leaving the block sends COMMIT
     upload.pending_packs.clear()
     return version
+
+
+# How `commit` checks a write's row count: the count it must be, none to check, or references counted on own packs.
+_COUNTED = object()
+Write = tuple[str, "tuple | list[tuple]", "int | object | None"]
+
+
+def _commit_writes(dialect, upload: CommittableUpload, version_id: int, own_packs: list[str],
+                   others: set[bytes]) -> tuple[list[Write], list[Write]]:
+    """The commit's writes after the version row, each with the row count it must have, in two groups that each go
+    to the database together (`execute_together`) while the write lock is held: the manifest, the packs and the
+    lease; then the chunk rows and the references."""
+    manifest = f"INSERT INTO version_manifests (version_id, entries) VALUES ({driver_placeholders(dialect, 2)})"
+    settling: list[Write] = [(manifest, (version_id, bytes(upload.manifest)), None)]
+    if own_packs:
+        sizes = upload.pack_sizes_at_commit
+        markers = iter(driver_placeholders(dialect, 2 * len(sizes) + len(own_packs)).split(", "))
+        cases = "".join(f" WHEN {next(markers)} THEN {next(markers)}" for _ in sizes)
+        set_size = f", size = CASE id{cases} ELSE size END" if sizes else ""
+        listed = ", ".join(next(markers) for _ in own_packs)
+        settling.append((f"UPDATE packs SET committed = TRUE, lease_id = NULL{set_size} "
+                         f"WHERE id IN ({listed}) AND NOT committed",
+                         (*[value for pair in sizes.items() for value in pair], *own_packs), len(own_packs)))
+    if upload.lease_taken:
+        settling.append((f"DELETE FROM upload_leases WHERE id = {driver_placeholders(dialect, 1)}",
+                         (upload.lease_id,), 1))
+    rows = list(upload.chunk_rows(upload.index_at_commit))
+    counting: list[Write] = [(*statement, None) for statement in _chunk_row_statements(dialect, rows)]
+    for batch in batched(own_packs, LOOKUP_BATCH):
+        # Every row in this upload's packs is a distinct chunk of its manifest: one reference each.
+        listed = driver_placeholders(dialect, len(batch))
+        counting.append((f"UPDATE chunks SET refs = refs + 1 WHERE pack_id IN ({listed})", tuple(batch), _COUNTED))
+    counting += [(operation, parameters, len(parameters) - 2)
+                 for operation, parameters in _add_refs_statements(dialect, upload.incoming.owner_id, list(others), +1)]
+    return settling, counting
 
 
 async def _stored_elsewhere(session: AsyncSession, owner_id: int, digests: list[bytes],
@@ -175,29 +204,43 @@ CLAIM_BATCH = REFS_BATCH
 
 async def _add_refs(session: AsyncSession, owner_id: int, digests: list[bytes], delta: int) -> None:
     connection = await session.connection()
-    for batch in batched(digests, REFS_BATCH):
-        delta_marker, owner_marker, digest_markers = driver_list_markers(connection.dialect, 2, len(batch))
-        statement = _ADD_REFS.format(delta_marker, owner_marker, digest_markers)
-        if delta > 0:
-            statement += _IN_COMMITTED_PACK
-        result = await connection.exec_driver_sql(statement, (delta, owner_id, *batch))
-        if delta > 0 and result.rowcount != len(batch):
+    for operation, parameters in _add_refs_statements(connection.dialect, owner_id, digests, delta):
+        result = await connection.exec_driver_sql(operation, parameters)
+        if delta > 0 and result.rowcount != len(parameters) - 2:
             # gc removed an unreferenced chunk this upload counted on; the client simply uploads again.
             raise errors.RetryUpload()
+
+
+def _add_refs_statements(dialect, owner_id: int, digests: list[bytes], delta: int) -> list[tuple[str, tuple]]:
+    """The updates adding `delta` references to these chunks, `REFS_BATCH` a statement; the parameters are (delta,
+    owner, *digests). A reference is added only where the chunk's pack is committed."""
+    statements = []
+    for batch in batched(digests, REFS_BATCH):
+        delta_marker, owner_marker, digest_markers = driver_list_markers(dialect, 2, len(batch))
+        operation = _ADD_REFS.format(delta_marker, owner_marker, digest_markers)
+        if delta > 0:
+            operation += _IN_COMMITTED_PACK
+        statements.append((operation, (delta, owner_id, *batch)))
+    return statements
 
 
 async def release_versions(session: AsyncSession, owner_id: int, version_ids: list[int]) -> None:
     """Delete versions and drop their references; chunks nobody uses stop counting against the quota at once."""
     if not version_ids:
         return
+    connection = await session.connection()
+    releases = []
     for version_id in version_ids:  # one manifest in memory at a time; read and deleted in one statement
         entries = await session.scalar(
             delete(VersionManifest).where(VersionManifest.version_id == version_id).returning(VersionManifest.entries)
             .execution_options(synchronize_session=False)
         )
         digests = list({digest for digest, _ in iter_manifest(entries or b"")})
-        await _add_refs(session, owner_id, digests, -1)
-    await session.execute(delete(Version).where(Version.id.in_(version_ids)))
+        releases += _add_refs_statements(connection.dialect, owner_id, digests, -1)
+    # Together with the versions' deletion: a prune inside an upload's commit holds the write lock meanwhile.
+    releases.append((f"DELETE FROM versions WHERE id IN ({driver_placeholders(connection.dialect, len(version_ids))})",
+                     tuple(version_ids)))
+    await execute_together(session, releases)
 
 
 def chunks_to_claim(upload: CommittableUpload) -> list[bytes]:
