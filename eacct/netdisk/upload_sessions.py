@@ -193,6 +193,8 @@ INTERACTIVE_MANIFEST_ENTRIES = 4096
 HELD_PAGE = 8192
 # Digests per lookup statement (well under SQLite's and asyncpg's limits on parameters).
 _LOOKUP_BATCH = 2000
+
+
 async def _known_digests(session: AsyncSession, statement: str, whose: int | str, digests: list[bytes]) -> set[bytes]:
     """Which of these digests a lookup finds: `_HELD_BY_SESSION` (`whose` a session id) or `_STORED_FOR_OWNER` (a
     member id)."""
