@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
 
-__all__ = ["alembic_config", "upgrade"]
+__all__ = ["alembic_config", "downgrade", "upgrade"]
 
 
 def alembic_config(database_url: str = "") -> Config:
@@ -24,11 +24,19 @@ def alembic_config(database_url: str = "") -> Config:
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the database behind `engine` to `revision`."""
+    await _migrate(engine, command.upgrade, revision)
 
-    def _upgrade(connection) -> None:
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the database behind `engine` back to `revision` (for testing a migration both ways)."""
+    await _migrate(engine, command.downgrade, revision)
+
+
+async def _migrate(engine: AsyncEngine, step, revision: str) -> None:
+    def run(connection) -> None:
         config = alembic_config()
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        step(config, revision)
 
     async with engine.begin() as connection:
-        await connection.run_sync(_upgrade)
+        await connection.run_sync(run)

@@ -258,14 +258,17 @@ class UploadSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
-class UploadSessionChunk(Base):
-    """A chunk an upload session holds: where it lies in one of the session's pending packs."""
+class UploadSessionPack(Base):
+    """A stored batch of an upload session: one of its pending packs. The chunks the session holds are the index
+    rows in its packs, plus the few each pack records as `unindexed` (another upload's row for the chunk came
+    first): one row per batch, not one per chunk, to write while a batch holds the write lock and to delete when
+    the session ends."""
 
-    __tablename__ = "upload_session_chunks"
+    __tablename__ = "upload_session_packs"
 
     session_id: Mapped[str] = mapped_column(ForeignKey("upload_sessions.id", ondelete="CASCADE"), primary_key=True)
-    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
-    pack_id: Mapped[str] = mapped_column(String(32))
-    offset: Mapped[int] = mapped_column(BigInteger)
-    stored_length: Mapped[int] = mapped_column(Integer)
-    raw_size: Mapped[int] = mapped_column(Integer)
+    pack_id: Mapped[str] = mapped_column(ForeignKey("packs.id", ondelete="CASCADE"), primary_key=True, index=True)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    raw_bytes: Mapped[int] = mapped_column(BigInteger)
+    # `eacct.netdisk.store.sessions.UNINDEXED` entries (digest, offset, stored length, raw size), usually none.
+    unindexed: Mapped[bytes] = mapped_column(LargeBinary, default=b"")

@@ -9,13 +9,12 @@ Only the member who opened a session may use it, on the path (ledger, year, back
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -23,12 +22,12 @@ from eacct.chunks.digests import sha256_many
 from eacct.chunks.errors import ChunkFormatError
 from eacct.chunks.manifest import ENTRY, decode_manifest
 from eacct.config import Settings
-from eacct.db import driver_list_markers, driver_placeholders, unit_of_work, utcnow
+from eacct.db import driver_list_markers, unit_of_work, utcnow
 from eacct.members.models import Member
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
-from eacct.netdisk.models import Chunk, Ledger, Pack, UploadLease, UploadSession, UploadSessionChunk, Version, VersionInfo
-from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, batched, lease_holder, log
-from eacct.netdisk.store.sessions import commit_session, forget_session, store_chunks
+from eacct.netdisk.models import Chunk, Ledger, Pack, UploadLease, UploadSession, UploadSessionPack, Version, VersionInfo
+from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, batched, lease_holder
+from eacct.netdisk.store.sessions import UNINDEXED, Held, commit_session, held_chunks, store_chunks
 from eacct.netdisk.store.upload import IncomingVersion
 from eacct.netdisk.versions import UploadRules, admission, admit_claim
 from eacct.storage import BlobStore
@@ -119,8 +118,9 @@ async def session_state(sessions: async_sessionmaker[AsyncSession], upload_id: s
     """Which chunks the session already holds, so an interrupted upload sends only the rest."""
     async with unit_of_work(sessions, read_only=True) as session:
         row = await _session(session, upload_id, path, ledger_id, year)
-        held = await session.scalars(select(UploadSessionChunk.digest).where(UploadSessionChunk.session_id == row.id))
-        return SessionState(row.id, row.expires_at, row.size, row.sha256, [digest.hex() for digest in held])
+        held, _ = await held_chunks(session, row.id)
+        return SessionState(row.id, row.expires_at, row.size, row.sha256,
+                            list(dict.fromkeys(digest.hex() for digest, *_ in held)))
 
 
 def parse_batch(body: bytes) -> list[tuple[bytes, memoryview]]:
@@ -154,79 +154,63 @@ async def put_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStor
     chunks = await blobs.off_loop(len(body) > INTERACTIVE_TRANSFER_BYTES, parse_batch, body)
     async with unit_of_work(sessions, read_only=True) as session:
         row = await _session(session, upload_id, path, ledger_id, year)
-        digests = list({digest for digest, _ in chunks})
-        known = await _known_digests(session, _HELD_BY_SESSION, row.id, digests)
-        known |= await _known_digests(session, _STORED_FOR_OWNER, row.owner_id, digests)
-        held_bytes = await session.scalar(select(func.coalesce(func.sum(UploadSessionChunk.raw_size), 0)).where(
-            UploadSessionChunk.session_id == row.id))
+        held_bytes, known = 0, set()
+        for raw_bytes, unindexed in (await session.execute(
+                select(UploadSessionPack.raw_bytes, UploadSessionPack.unindexed)
+                .where(UploadSessionPack.session_id == row.id))).all():
+            held_bytes += raw_bytes
+            known.update(entry[0] for entry in UNINDEXED.iter_unpack(unindexed or b""))
+        known |= await _known_digests(session, row.owner_id, row.id, list({digest for digest, _ in chunks}))
         lease_id, owner_id, size, session_id = row.lease_id, row.owner_id, row.size, row.id
-    fresh = list({digest: piece for digest, piece in chunks if digest not in known}.items())
-    if int(held_bytes or 0) + sum(len(piece) for _, piece in fresh) > size:
-        raise errors.Invalid("上传的数据块超过了该上传声明的年度数据大小")
+        fresh = list({digest: piece for digest, piece in chunks if digest not in known}.items())
+        fresh_bytes = sum(len(piece) for _, piece in fresh)
+        if held_bytes + fresh_bytes > size:
+            # Its batches' bytes count chunks it no longer holds (rows another upload's commit took over): held ones
+            # counted one by one, only here, near the limit.
+            held_bytes = sum(raw for *_, raw in (await held_chunks(session, session_id))[0])
+        if held_bytes + fresh_bytes > size:
+            raise errors.Invalid("上传的数据块超过了该上传声明的年度数据大小")
     if fresh:
-        placed = await store_chunks(sessions, blobs, owner_id, lease_id, fresh)
+        stored = await store_chunks(sessions, blobs, owner_id, lease_id, fresh)
         expires_at = utcnow() + timedelta(seconds=SESSION_SECONDS)
         async with unit_of_work(sessions) as session:
-            connection = await session.connection()
-            insert = _HOLD_CHUNK.format(driver_placeholders(connection.dialect, 6))
-            await connection.exec_driver_sql(insert, [(session_id, *place) for place in placed])
             # Each batch keeps the session (and its lease) a day longer.
-            await session.execute(update(UploadSession).where(UploadSession.id == session_id).values(expires_at=expires_at))
             lease = await session.execute(update(UploadLease).where(UploadLease.id == lease_id).values(
                 heartbeat_at=_heartbeat_for(settings, expires_at)))
             if lease.rowcount != 1:
                 raise errors.RetryUpload()
+            await session.execute(update(UploadSession).where(UploadSession.id == session_id).values(expires_at=expires_at))
+            # Held from now on: only a batch whose pack was put is recorded.
+            session.add(UploadSessionPack(session_id=session_id, pack_id=stored.pack_id, chunk_count=stored.chunk_count,
+                                          raw_bytes=stored.raw_bytes, unindexed=stored.unindexed))
     return SessionState(session_id, None, size, "", [], stored=len(fresh))
 
 
-# A batch of 32 MiB holds a few thousand chunks, and a 1 GB session ~130k. These statements go to the driver as they
-# are, with a marker per digest and a tuple per row: SQLAlchemy would expand each IN list and build a parameter
-# dictionary per row on the event loop's thread, stalling every other member's request for tens of milliseconds.
-_HELD_BY_SESSION = "SELECT digest FROM upload_session_chunks WHERE session_id = {} AND digest IN ({})"
-_STORED_FOR_OWNER = "SELECT digest FROM chunks WHERE owner_id = {} AND refs > 0 AND digest IN ({})"
-_HOLD_CHUNK = ('INSERT INTO upload_session_chunks (session_id, digest, pack_id, "offset", stored_length, raw_size) '
-               "VALUES ({}) ON CONFLICT (session_id, digest) DO NOTHING")
+# A batch of 32 MiB holds a few thousand chunks. The lookup goes to the driver as it is, with a marker per digest:
+# SQLAlchemy would expand each IN list on the event loop's thread, stalling every other member's request for tens of
+# milliseconds. A chunk is known if a version uses it or its row lies in one of the session's packs.
+_HELD_OR_STORED = ("SELECT digest FROM chunks WHERE owner_id = {} AND (refs > 0 OR pack_id IN "
+                   "(SELECT pack_id FROM upload_session_packs WHERE session_id = {})) AND digest IN ({})")
 # A commit's manifest work runs on the ordinary worker threads up to this many entries (a small year), beyond it on the
 # bulk pool (a large transfer's work, at the lowest priority).
 INTERACTIVE_MANIFEST_ENTRIES = 4096
-# Held chunks read per query when a session commits.
-HELD_PAGE = 8192
 # Digests per lookup statement (well under SQLite's and asyncpg's limits on parameters).
 _LOOKUP_BATCH = 2000
 
 
-async def _known_digests(session: AsyncSession, statement: str, whose: int | str, digests: list[bytes]) -> set[bytes]:
-    """Which of these digests a lookup finds: `_HELD_BY_SESSION` (`whose` a session id) or `_STORED_FOR_OWNER` (a
-    member id)."""
+async def _known_digests(session: AsyncSession, owner_id: int, session_id: str, digests: list[bytes]) -> set[bytes]:
+    """Which of these chunks the owner's store has or the session holds in the index (`_HELD_OR_STORED`)."""
     connection = await session.connection()
     found: set[bytes] = set()
     for batch in batched(digests, _LOOKUP_BATCH):
-        whose_marker, markers = driver_list_markers(connection.dialect, 1, len(batch))
-        result = await connection.exec_driver_sql(statement.format(whose_marker, markers), (whose, *batch))
+        owner_marker, session_marker, markers = driver_list_markers(connection.dialect, 2, len(batch))
+        result = await connection.exec_driver_sql(_HELD_OR_STORED.format(owner_marker, session_marker, markers),
+                                                  (owner_id, session_id, *batch))
         found.update(bytes(digest) for digest, in result.fetchall())
     return found
 
 
-async def _held_chunks(session: AsyncSession, session_id: str) -> list[Row]:
-    """The chunks a session holds, as rows (digest, pack id, offset, stored length, raw size), `HELD_PAGE` a query.
-
-    A 1 GB session holds ~130k chunks: as one result, asyncpg would decode them all on the event loop in one go
-    (aiosqlite builds them on its own thread), and as ORM objects they would cost several times more."""
-    held: list[Row] = []
-    after = b""
-    while True:
-        page = (await session.execute(
-            select(UploadSessionChunk.digest, UploadSessionChunk.pack_id, UploadSessionChunk.offset,
-                   UploadSessionChunk.stored_length, UploadSessionChunk.raw_size)
-            .where(UploadSessionChunk.session_id == session_id, UploadSessionChunk.digest > after)
-            .order_by(UploadSessionChunk.digest).limit(HELD_PAGE))).all()
-        held += page
-        if len(page) < HELD_PAGE:
-            return held
-        after = page[-1][0]
-
-
-def _held_sizes(held: list[Row], entries: list[tuple[bytes, int]]) -> tuple[dict[bytes, int], list[bytes]]:
+def _held_sizes(held: list[Held], entries: list[tuple[bytes, int]]) -> tuple[dict[bytes, int], list[bytes]]:
     """The raw size of each chunk the session holds, and the manifest's other chunks (to look up in the store)."""
     sizes = {digest: raw for digest, _, _, _, raw in held}
     return sizes, list({digest for digest, _ in entries if digest not in sizes})
@@ -258,11 +242,12 @@ async def commit(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, s
     async with unit_of_work(sessions, read_only=True) as session:
         row = await _session(session, upload_id, path, ledger_id, year)
         incoming = _incoming(row)
-        held = await _held_chunks(session, row.id)
-        # The session's packs are those its held chunks lie in. Another pending pack of its lease is a batch whose
+        held, unindexed = await held_chunks(session, row.id)
+        # The session's packs are those its batches recorded. Another pending pack of its lease is a batch whose
         # blob was never put (its rows could not be removed, or the process died first): never committed, its rows
         # are taken over like another upload's pending rows, and gc reclaims it once the commit ends the lease.
-        holding = {pack_id for _, pack_id, *_ in held}
+        holding = set(await session.scalars(select(UploadSessionPack.pack_id)
+                                            .where(UploadSessionPack.session_id == row.id)))
         pending = [(pack_id, key) for pack_id, key in (await session.execute(
             select(Pack.id, Pack.blob_key).where(Pack.lease_id == row.lease_id, Pack.committed.is_(False)))).all()
             if pack_id in holding]
@@ -275,21 +260,16 @@ async def commit(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, s
 
     async def admit_and_close(session: AsyncSession, version: Version) -> None:
         await admit(session, version)
-        # The session ends with its commit (expired now): a second commit of it finds nothing. Its rows go after the
-        # commit, in short transactions: deleting a 1 GB year's ~130k of them would hold the write lock meanwhile.
-        now = utcnow()
-        ended = await session.execute(update(UploadSession).where(UploadSession.id == row.id,
-                                                                  UploadSession.expires_at > now).values(expires_at=now))
+        # The session ends with its commit (its row and its batches' rows go with it): a second commit of it, or one
+        # racing this, finds nothing.
+        ended = await session.execute(delete(UploadSession).where(UploadSession.id == row.id,
+                                                                  UploadSession.expires_at > utcnow()))
         if ended.rowcount != 1:
             raise errors.NotFound("没有这个上传会话（或已过期），请重新开始上传")
 
     rules = UploadRules(settings, incoming, admit_and_close)
-    version = await commit_session(sessions, blobs, settings, incoming, row.lease_id, manifest, held, pending, rules)
-    try:
-        # Shielded: a transaction torn by the client going away could leave SQLite's write lock behind.
-        await asyncio.shield(forget_session(sessions, row.id))
-    except Exception:  # the version is committed; gc removes an ended session's rows
-        log.warning("could not remove the rows of ended upload session %s; gc will", row.id, exc_info=True)
+    version = await commit_session(sessions, blobs, settings, incoming, row.lease_id, manifest, held, unindexed,
+                                   pending, rules)
     async with unit_of_work(sessions, read_only=True) as session:
         uploader = await session.get(Member, incoming.uploader_id)
     return VersionInfo.of(version, uploader)

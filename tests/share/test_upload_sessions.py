@@ -14,7 +14,7 @@ from sqlalchemy import delete, event, func, select, update
 from eacct.chunks.manifest import ENTRY
 from eacct.db import unit_of_work, utcnow
 from eacct.netdisk import upload_sessions
-from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession, UploadSessionChunk
+from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession, UploadSessionPack
 from eacct.netdisk.store import collect_garbage
 from eacct.netdisk.store import sessions as store_sessions
 from eacct.storage import BlobStoreError
@@ -245,9 +245,11 @@ async def test_a_sessions_batches_index_their_chunks_pending_and_its_commit_inse
     await nothing_left_behind(sessions, blobs)
 
 
-async def test_a_session_whose_batches_left_no_rows_is_indexed_by_its_commit(world, sessions, blobs):
-    """A session opened before batches indexed their chunks (or whose rows went with a failure) still commits a
-    whole, readable version: the commit indexes what is missing."""
+async def test_a_session_whose_chunks_rows_are_gone_is_asked_for_them_and_commits_once_they_are_sent_again(
+        world, sessions, blobs):
+    """A session holds the index rows in its packs: should rows go (nothing deletes a pending pack's rows but its
+    pack's removal), the commit asks for those chunks (409 missing_chunks) instead of committing a version that names
+    data the index does not have; sent again, they complete it."""
     owner, ledger = world.owner, world.ledger
     content = os.urandom(6 * PIECE)
     pieces = cut(content)
@@ -257,10 +259,44 @@ async def test_a_session_whose_batches_left_no_rows_is_indexed_by_its_commit(wor
         dropped = (await session.execute(delete(Chunk).where(
             Chunk.digest.in_([hashlib.sha256(p).digest() for p in pieces[2:]])))).rowcount
     assert dropped == len(pieces) - 2
+    status, body, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
+    assert (status, error_code(body)) == (409, "missing_chunks")
+    assert sorted(body["error"]["missing"]) == sorted(hashlib.sha256(p).hexdigest() for p in pieces[2:])
+    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[:2] == (200, {"stored": 4})
     status, version, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
     assert status == 201, version
     assert set((await chunk_rows_of(sessions, pieces)).values()) == {(1, True)}
     assert (await owner.download("backups", ledger, 2019))[1] == content
+    await nothing_left_behind(sessions, blobs)
+
+
+async def test_chunks_another_sessions_pending_rows_index_first_are_held_and_both_years_read_back(
+        world, sessions, blobs):
+    """Two sessions of one owner storing the same chunks: the second's index rows for them cannot go in (the first's
+    pending rows are there), so its pack records them; it holds them, does not take them again, and whichever
+    commits first, both versions read back whole."""
+    owner, ledger = world.owner, world.ledger
+    shared = cut(os.urandom(4 * PIECE))
+    first_pieces, second_pieces = shared + cut(os.urandom(2 * PIECE)), cut(os.urandom(3 * PIECE)) + shared
+    first_content, second_content = b"".join(first_pieces), b"".join(second_pieces)
+    first = (await open_upload(owner, "backups", ledger, 2018, first_content))[1]["upload_id"]
+    second = (await open_upload(owner, "backups", ledger, 2019, second_content))[1]["upload_id"]
+    assert (await put(owner, "backups", ledger, 2018, first, batch(first_pieces)))[:2] == (200, {"stored": 6})
+    assert (await put(owner, "backups", ledger, 2019, second, batch(second_pieces)))[:2] == (200, {"stored": 7})
+    async with unit_of_work(sessions, read_only=True) as session:
+        recorded = await session.scalar(select(UploadSessionPack.unindexed).where(UploadSessionPack.session_id == second))
+    assert len(recorded) == 4 * store_sessions.UNINDEXED.size
+    assert (await put(owner, "backups", ledger, 2019, second, batch(second_pieces)))[:2] == (200, {"stored": 0})
+    status, state, _ = await owner.call("GET", f"/backups/{ledger}/years/2019/uploads/{second}", netdisk=True)
+    assert status == 200 and sorted(state["held"]) == sorted({hashlib.sha256(p).hexdigest() for p in second_pieces})
+    status, version, _ = await commit(owner, "backups", ledger, 2019, second, manifest(second_pieces))
+    assert status == 201, version
+    status, version, _ = await commit(owner, "backups", ledger, 2018, first, manifest(first_pieces))
+    assert status == 201, version
+    rows = await chunk_rows_of(sessions, first_pieces + second_pieces)
+    assert [rows[hashlib.sha256(p).digest()][0] for p in shared] == [2] * len(shared)
+    assert (await owner.download("backups", ledger, 2018))[1] == first_content
+    assert (await owner.download("backups", ledger, 2019))[1] == second_content
     await nothing_left_behind(sessions, blobs)
 
 
@@ -304,77 +340,79 @@ async def test_a_batch_stores_only_what_neither_the_session_nor_the_store_has_ac
 
 
 async def session_rows(sessions) -> tuple[int, int]:
-    """(upload sessions, chunks they hold) in the database."""
+    """(upload sessions, batches they hold) in the database."""
     async with unit_of_work(sessions, read_only=True) as session:
         return (await session.scalar(select(func.count()).select_from(UploadSession)),
-                await session.scalar(select(func.count()).select_from(UploadSessionChunk)))
+                await session.scalar(select(func.count()).select_from(UploadSessionPack)))
 
 
-async def test_an_ended_sessions_rows_are_deleted_after_its_commit_in_short_transactions(world, sessions, monkeypatch):
-    monkeypatch.setattr(store_sessions, "FORGET_BATCH", 3)
+async def test_an_ended_sessions_rows_are_deleted_after_its_commit(world, sessions):
     owner, ledger = world.owner, world.ledger
     content = os.urandom(10 * PIECE)
     pieces = cut(content)
     upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
-    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[0] == 200
-    assert await session_rows(sessions) == (1, len(pieces))
+    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces[:6])))[0] == 200
+    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces[6:])))[0] == 200
+    assert await session_rows(sessions) == (1, 2)
     assert (await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces)))[0] == 201
     assert await session_rows(sessions) == (0, 0)
 
 
-async def test_a_session_whose_rows_could_not_be_removed_after_its_commit_is_ended_and_gc_removes_them(
+async def test_a_session_ends_in_its_commits_transaction_and_one_whose_commit_failed_commits_later(
         world, sessions, blobs, settings, monkeypatch):
-    """The version is committed whatever the clean-up meets afterwards; the session is over (a second commit
-    or a resumption finds nothing) and gc removes what is left of it."""
-    async def fails(sessions_, session_id):
-        raise ConnectionResetError("database went away after the commit")
-
-    monkeypatch.setattr(upload_sessions, "forget_session", fails)
+    """The session ends with the transaction that commits its version (a second commit or a resumption finds
+    nothing, nothing is left for gc); a commit that fails at its last step leaves the session whole, to commit again."""
     owner, ledger = world.owner, world.ledger
     content = os.urandom(4 * PIECE)
     pieces = cut(content)
     upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
     assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[0] == 200
+    real_after_insert = upload_sessions.UploadRules.after_insert
+
+    async def fails(self, session, version, new_bytes):
+        await real_after_insert(self, session, version, new_bytes)
+        raise ConnectionResetError("database went away before the commit")
+
+    monkeypatch.setattr(upload_sessions.UploadRules, "after_insert", fails)
+    assert (await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces)))[0] >= 500
+    assert (await owner.call("GET", f"/backups/{ledger}/years/2019", netdisk=True))[0] == 404
+    monkeypatch.setattr(upload_sessions.UploadRules, "after_insert", real_after_insert)
+    assert await session_rows(sessions) == (1, 1)
     status, version, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
     assert status == 201, version
-    assert (await owner.download("backups", ledger, 2019))[1] == content
-    assert await session_rows(sessions) == (1, len(pieces))  # not deleted by the commit itself
+    assert await session_rows(sessions) == (0, 0)
     status, body, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
     assert (status, error_code(body)) == (404, "not_found")
     status, body, _ = await owner.call("GET", f"/backups/{ledger}/years/2019/uploads/{upload_id}", netdisk=True)
     assert status == 404
-    report = await collect_garbage(sessions, blobs, settings)
-    assert report["upload_sessions"] == 1 and await session_rows(sessions) == (0, 0)
+    assert (await collect_garbage(sessions, blobs, settings))["upload_sessions"] == 0
     assert (await owner.download("backups", ledger, 2019))[1] == content
     await nothing_left_behind(sessions, blobs)
 
 
-async def test_gc_forgets_an_ended_sessions_rows_in_short_transactions(world, sessions, blobs, settings, engine,
-                                                                       monkeypatch):
-    """gc removes what a commit's clean-up left (or an expired session holds) `FORGET_BATCH` rows a transaction, as the
-    commit itself does: a 1 GB session's ~130k rows at once would hold SQLite's write lock for seconds."""
-    async def fails(sessions_, session_id):
-        raise ConnectionResetError("database went away after the commit")
-
-    monkeypatch.setattr(upload_sessions, "forget_session", fails)
-    monkeypatch.setattr(store_sessions, "FORGET_BATCH", 3)
-    content = os.urandom(10 * PIECE)
-    await upload_in_one_batch(world.owner, world.ledger, content)
-    assert await session_rows(sessions) == (1, 10)
-    deletes: list[str] = []
+async def test_a_batch_writes_one_row_for_its_session_whatever_its_chunks(world, sessions, engine):
+    """A 1 GB session's ~130k chunks: a row each for the session, on top of their index rows, held SQLite's write lock
+    for every batch and again, for seconds, to delete them when the session ended. The session records its packs."""
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(12 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
+    session_writes: list[str] = []
 
     def record(connection, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("DELETE FROM UPLOAD_SESSION_CHUNKS"):
-            deletes.append(statement)
+        if "upload_session" in statement and not statement.lstrip().upper().startswith("SELECT"):
+            session_writes.append(" ".join(statement.split()[:3]))
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     try:
-        report = await collect_garbage(sessions, blobs, settings)
+        assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces[:8])))[:2] == (200, {"stored": 8})
+        assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[:2] == (200, {"stored": 4})
+        assert (await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces)))[0] == 201
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
-    assert report["upload_sessions"] == 1 and await session_rows(sessions) == (0, 0)
-    assert len(deletes) == 4  # 3 + 3 + 3 + 1
-    assert (await world.owner.download("backups", world.ledger, 2019))[1] == content
+    assert sorted(session_writes) == sorted(["UPDATE upload_sessions SET", "INSERT INTO upload_session_packs"] * 2
+                                            + ["DELETE FROM upload_sessions"])
+    assert (await owner.download("backups", ledger, 2019))[1] == content
 
 
 async def test_a_commits_work_per_manifest_entry_runs_off_the_event_loop(world, monkeypatch):
@@ -400,9 +438,17 @@ async def test_a_commits_work_per_manifest_entry_runs_off_the_event_loop(world, 
     assert loop_thread not in ran_on.values()
 
 
-async def test_a_commit_reads_what_its_session_holds_page_by_page(world, monkeypatch):
-    monkeypatch.setattr(upload_sessions, "HELD_PAGE", 4)  # 9 chunks: pages of 4, 4 and 1
-    await upload_in_one_batch(world.owner, world.ledger, os.urandom(9 * PIECE))
+async def test_a_commit_reads_what_its_session_holds_pack_by_pack(world):
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(9 * PIECE)
+    pieces = cut(content)
+    upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
+    for start in (0, 4, 8):  # batches of 4, 4 and 1
+        assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces[start : start + 4])))[0] == 200
+    status, body, _ = await owner.call("GET", f"/backups/{ledger}/years/2019/uploads/{upload_id}", netdisk=True)
+    assert status == 200 and sorted(body["held"]) == sorted({hashlib.sha256(piece).hexdigest() for piece in pieces})
+    assert (await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces)))[0] == 201
+    assert (await owner.download("backups", ledger, 2019))[1] == content
 
 
 @pytest.mark.parametrize("cleanup", ["works", "fails"])

@@ -12,7 +12,6 @@ from eacct.db import unit_of_work, utcnow
 from eacct.storage import BlobStore, Leftover
 from eacct.netdisk.models import Chunk, Pack, UploadLease, UploadSession
 from eacct.netdisk.store.index import release_claims
-from eacct.netdisk.store.sessions import forget_session
 
 
 async def collect_garbage(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings) -> dict[str, int]:
@@ -93,15 +92,11 @@ async def reclaim_abandoned_uploads(sessions: async_sessionmaker[AsyncSession], 
         await release_claims(session, lapsed)
         leases = (await session.execute(delete(UploadLease).where(UploadLease.id.in_(lapsed)))).rowcount or 0
         # Upload sessions past their day (their lease lapsed with them: its packs are reclaimed just above), or
-        # ended by a commit whose clean-up has not finished: forgotten below, in short transactions.
-        expired = list(await session.scalars(select(UploadSession.id).where(UploadSession.expires_at < now)))
+        # ended by a commit whose clean-up did not finish; a row per session and one per batch.
+        expired = (await session.execute(delete(UploadSession).where(UploadSession.expires_at < now))).rowcount or 0
         live_leases = set(await session.scalars(select(UploadLease.id)))
         pending_keys = set(await session.scalars(select(Pack.blob_key).where(Pack.committed.is_(False))))
-    report = {"pending_packs": 0, "leases": leases, "leftovers": 0, "upload_sessions": len(expired)}
-    for session_id in expired:
-        # A 1 GB year's session holds ~130k rows: deleted in one transaction, they would hold SQLite's write lock
-        # for seconds while every other member's write waited.
-        await forget_session(sessions, session_id)
+    report = {"pending_packs": 0, "leases": leases, "leftovers": 0, "upload_sessions": expired}
     for blob_key in stale:  # their rows are gone for good
         await blobs.delete(blob_key)
         report["pending_packs"] += 1

@@ -29,7 +29,7 @@ LOOKUP_BATCH = 500
 
 __all__ = [
     "CHUNK_COLUMNS", "CommitRules", "chunks_to_claim", "claim_references", "commit", "index_pending_chunks",
-    "insert_chunk_rows", "refresh_lease", "release_claims", "release_versions", "unindexed_chunks",
+    "insert_chunk_rows", "refresh_lease", "release_claims", "release_versions",
 ]
 
 
@@ -275,23 +275,6 @@ async def refresh_lease(session: AsyncSession, lease_id: str) -> bool:
     """Renew an upload lease's heartbeat; False if gc has reclaimed the lease."""
     result = await session.execute(update(UploadLease).where(UploadLease.id == lease_id).values(heartbeat_at=utcnow()))
     return result.rowcount == 1
-
-
-async def unindexed_chunks(sessions: async_sessionmaker[AsyncSession], owner_id: int, pack_ids: list[str],
-                           digests: list[bytes]) -> list[bytes]:
-    """Of these chunks stored in these pending packs, those without a row in the index in one of the packs (their
-    rows were not written with the packs, or another upload's row for the same chunk came first)."""
-    async with unit_of_work(sessions, read_only=True) as session:
-        indexed = 0
-        for batch in batched(pack_ids, LOOKUP_BATCH):
-            indexed += await session.scalar(select(func.count()).where(Chunk.pack_id.in_(batch)))
-        if indexed == len(digests):  # the common case in one count: every row is there
-            return []
-        present: set[bytes] = set()
-        for batch in batched(pack_ids, LOOKUP_BATCH):
-            present.update(await session.scalars(
-                select(Chunk.digest).where(Chunk.owner_id == owner_id, Chunk.pack_id.in_(batch))))
-    return [digest for digest in digests if digest not in present]
 
 
 async def release_claims(session: AsyncSession, lease_ids: list[str]) -> None:

@@ -11,37 +11,50 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
+from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
 from eacct.config import Settings
 from eacct.db import unit_of_work
 from eacct.chunks.frames import FrameCompressor, batch_bound
-from eacct.netdisk.models import Pack, UploadSession, UploadSessionChunk, Version
+from eacct.netdisk.models import Chunk, Pack, UploadSessionPack, Version
 from eacct.netdisk.store.common import INTERACTIVE_TRANSFER_BYTES, NEW_CHUNK, ZSTD_LEVEL, log
-from eacct.netdisk.store.index import CommitRules, commit, insert_chunk_rows, unindexed_chunks
+from eacct.netdisk.store.index import CommitRules, commit, insert_chunk_rows
 from eacct.netdisk.store.read import read_entries
 from eacct.netdisk.store.spool import PackWriter
 from eacct.netdisk.store.upload import IncomingVersion, Upload
 from eacct.storage import BlobStore, BlobStoreError
 
-__all__ = ["FORGET_BATCH", "commit_session", "forget_session", "store_chunks"]
+__all__ = ["UNINDEXED", "Held", "StoredBatch", "commit_session", "held_chunks", "store_chunks"]
 
 # Chunks of a stored batch compressed and written together (at most a few hundred KiB of frames).
 _CHUNKS_PER_WRITE = 32
-# An ended session's chunk rows deleted per transaction: some 30 ms of SQLite's write lock each, and a 1 GB year's
-# ~130k rows take about 26 turns among other members' writes.
-FORGET_BATCH = 5000
 # (digest, pack id, offset, stored length, raw size) of a chunk a session holds.
 Held = tuple[bytes, str, int, int, int]
+# A held chunk whose index row is not in its pack (another upload's row for it came first): digest, offset, stored
+# length, raw size; `UploadSessionPack.unindexed` is a run of these.
+UNINDEXED = struct.Struct("<32sQII")
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """A batch stored as one pending pack: how many chunks and raw bytes it holds, and those of its chunks whose
+    index row is not in it (`UNINDEXED` entries)."""
+
+    pack_id: str
+    chunk_count: int
+    raw_bytes: int
+    unindexed: bytes
 
 
 async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, owner_id: int, lease_id: str,
-                       chunks: list[tuple[bytes, bytes]]) -> list[Held]:
+                       chunks: list[tuple[bytes, bytes]]) -> StoredBatch:
     """Compress verified chunks into one pack registered as pending under `lease_id` (before its blob is put,
-    so gc can always find it), then put it durably; where each chunk now lies."""
+    so gc can always find it), with its chunks' pending index rows, then put it durably."""
     pack = PackWriter(blobs.spool_dir(), owner_id, lease_id, write_behind=blobs.spool_write_behind)
     placed: list[Held] = []
 
@@ -71,6 +84,7 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
             # Pending rows (refs 0), indexed now rather than all at once by the session's commit, under its lock.
             await insert_chunk_rows(session, [(owner_id, digest, pack_id, offset, stored, raw, 0)
                                               for digest, pack_id, offset, stored, raw in placed])
+            unindexed = await _unindexed(session, pack.pack_id, placed)
         try:
             await blobs.put(pack.blob_key, pack.path)
         except BaseException as exc:
@@ -83,7 +97,37 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
             raise
     finally:
         await asyncio.to_thread(pack.discard)
-    return placed
+    return StoredBatch(pack.pack_id, len(placed), sum(raw for *_, raw in placed), unindexed)
+
+
+async def _unindexed(session: AsyncSession, pack_id: str, placed: list[Held]) -> bytes:
+    """The `UNINDEXED` entries of the chunks just placed in this pack whose index row another upload inserted
+    first (one count in the common case, where every row went in)."""
+    if await session.scalar(select(func.count()).where(Chunk.pack_id == pack_id)) == len(placed):
+        return b""
+    indexed = set(await session.scalars(select(Chunk.digest).where(Chunk.pack_id == pack_id)))
+    return b"".join(UNINDEXED.pack(digest, offset, stored, raw)
+                    for digest, _, offset, stored, raw in placed if digest not in indexed)
+
+
+async def held_chunks(session: AsyncSession, session_id: str) -> tuple[list[Held], list[bytes]]:
+    """The chunks an upload session holds (the index rows in its packs and the chunks they record as unindexed),
+    and the digests of the unindexed ones.
+
+    A 1 GB session holds ~130k chunks in ~64 packs, read a pack at a time: as one result, asyncpg would decode them
+    all on the event loop in one go, and as ORM objects they would cost several times more."""
+    held: list[Held] = []
+    unindexed_digests: list[bytes] = []
+    for pack_id, unindexed in (await session.execute(
+            select(UploadSessionPack.pack_id, UploadSessionPack.unindexed)
+            .where(UploadSessionPack.session_id == session_id).order_by(UploadSessionPack.pack_id))).all():
+        held += (await session.execute(
+            select(Chunk.digest, Chunk.pack_id, Chunk.offset, Chunk.stored_length, Chunk.raw_size)
+            .where(Chunk.pack_id == pack_id))).all()
+        for digest, offset, stored, raw in UNINDEXED.iter_unpack(unindexed or b""):
+            held.append((digest, pack_id, offset, stored, raw))
+            unindexed_digests.append(digest)
+    return held, unindexed_digests
 
 
 async def _discard_pack_row(sessions: async_sessionmaker[AsyncSession], pack_id: str) -> None:
@@ -105,7 +149,7 @@ def _places(held: list[Held], pack_ids: list[str]) -> tuple[dict[bytes, bytes], 
 
 async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings,
                          incoming: IncomingVersion, lease_id: str, manifest: bytes, held: list[Held],
-                         pending_packs: list[tuple[str, str]], rules: CommitRules) -> Version:
+                         unindexed: list[bytes], pending_packs: list[tuple[str, str]], rules: CommitRules) -> Version:
     """Verify the year a manifest describes (its size and whole-file sha256, read back from the store) and
     commit it: the session's packs become committed, its chunks indexed, with `rules` inside the commit."""
     upload = Upload(sessions, blobs, settings, incoming, free_bytes=0)
@@ -115,10 +159,9 @@ async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: Blob
     # On a worker thread for a large session (~130k chunks a GB): the GIL goes back to the event loop every millisecond.
     upload.new_chunks, upload.new_bytes = await blobs.off_loop(incoming.size > INTERACTIVE_TRANSFER_BYTES, _places,
                                                                held, upload.pack_ids)
-    # Rows its batches did not index (a session opened before they did, or another upload's row came first) are
-    # inserted by the commit; any other upload's row there is handled by the commit as for a streamed upload.
-    upload.index_at_commit = await unindexed_chunks(sessions, incoming.owner_id, upload.pack_ids,
-                                                    [digest for digest, *_ in held])
+    # Rows its batches could not index (another upload's row came first) are inserted by the commit; any other
+    # upload's row still there is handled by the commit as for a streamed upload.
+    upload.index_at_commit = unindexed
     upload.manifest = bytearray(manifest)
     digest = hashlib.sha256()
     size = 0
@@ -130,19 +173,3 @@ async def commit_session(sessions: async_sessionmaker[AsyncSession], blobs: Blob
     if digest.hexdigest() != incoming.sha256:
         raise errors.ChecksumMismatch(received_sha256=digest.hexdigest())
     return await commit(sessions, upload, rules)
-
-
-async def forget_session(sessions: async_sessionmaker[AsyncSession], session_id: str) -> None:
-    """Delete an ended session's chunk rows, `FORGET_BATCH` per short transaction, then the session."""
-    while True:
-        async with unit_of_work(sessions) as session:
-            some = (select(UploadSessionChunk.digest).where(UploadSessionChunk.session_id == session_id)
-                    .limit(FORGET_BATCH))
-            removed = (await session.execute(
-                delete(UploadSessionChunk)
-                .where(UploadSessionChunk.session_id == session_id, UploadSessionChunk.digest.in_(some))
-                .execution_options(synchronize_session=False))).rowcount
-        if removed < FORGET_BATCH:
-            break
-    async with unit_of_work(sessions) as session:
-        await session.execute(delete(UploadSession).where(UploadSession.id == session_id))
