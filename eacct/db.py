@@ -330,8 +330,8 @@ def driver_list_markers(dialect, singles: int, listed: int) -> list[str]:
 
 
 async def execute_together(session: AsyncSession, statements: list[tuple[str, tuple | list[tuple]]]) -> list[int]:
-    """Run write statements that return no rows (SQL for the driver as it is, with `driver_placeholders`; a tuple of
-    parameters, or a list of them for one execution per row) in order; their row counts.
+    """Run write statements (SQL for the driver as it is, with `driver_placeholders`; a tuple of parameters, or a
+    list of them for one execution per row) in order; their row counts, or for a query its first row's first value.
 
     On SQLite they travel to the connection's thread together: a unit of work holding the write lock pays one trip
     through a busy event loop for all of them, not one each. On PostgreSQL they run one after another."""
@@ -341,7 +341,11 @@ async def execute_together(session: AsyncSession, statements: list[tuple[str, tu
     raw = (await connection.get_raw_connection()).dbapi_connection
     if isinstance(raw, OneTripConnection):
         return await raw.run_together(statements)
-    return [(await connection.exec_driver_sql(operation, parameters)).rowcount for operation, parameters in statements]
+    results = []
+    for operation, parameters in statements:
+        result = await connection.exec_driver_sql(operation, parameters)
+        results.append(result.scalar() if result.returns_rows else result.rowcount)
+    return results
 
 
 async def read_rows(factory: SessionFactory, statement, parameters: dict | tuple | None = None) -> list[Sequence]:

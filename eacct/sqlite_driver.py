@@ -58,7 +58,8 @@ def _run_statement(connection: sqlite3.Connection, begin: tuple[str, ...] | None
 
 def _run_together(connection: sqlite3.Connection, begin: tuple[str, ...] | None,
                   statements: list[Together]) -> list[int]:
-    """On the connection's thread: begin (if a BEGIN waits), then each statement in order; their row counts."""
+    """On the connection's thread: begin (if a BEGIN waits), then each statement in order; their row counts (a
+    query's first value instead)."""
     for statement in begin or ():
         connection.execute(statement)
     counts = []
@@ -69,7 +70,11 @@ def _run_together(connection: sqlite3.Connection, begin: tuple[str, ...] | None,
                 cursor.executemany(operation, parameters)
             else:
                 cursor.execute(operation, parameters)
-            counts.append(cursor.rowcount)
+            if cursor.description is None:
+                counts.append(cursor.rowcount)
+            else:
+                row = cursor.fetchone()
+                counts.append(None if row is None else row[0])
         finally:
             cursor.close()
     return counts
@@ -160,7 +165,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         return begin
 
     async def run_together(self, statements: list[Together]) -> list[int]:
-        """Run statements that return no rows, in order, in one trip to the connection's thread; their row counts.
+        """Run statements in order, in one trip to the connection's thread; their row counts (a query's first value).
         sqlite3's errors come back as SQLAlchemy's, as from any other statement."""
         async with self._execute_mutex:
             begin = self.take_begin()

@@ -112,7 +112,7 @@ async def test_a_one_statement_unit_of_work_costs_two_trips_and_returning_its_co
 
 
 async def test_writes_together_begin_and_run_in_order_in_one_trip_with_their_row_counts(engine, trips):
-    """A unit holding SQLite's write lock sends the writes that need no result together (`execute_together`)."""
+    """A unit holding SQLite's write lock sends its writes together (`execute_together`), with a count among them."""
     sessions = make_session_factory(engine)
     async with engine.begin() as connection:
         await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE)"))
@@ -123,9 +123,11 @@ async def test_writes_together_begin_and_run_in_order_in_one_trip_with_their_row
         counts = await execute_together(session, [
             ("INSERT INTO t (name) VALUES (?)", [("a",), ("b",), ("c",)]),
             ("UPDATE t SET name = name || '!' WHERE id > ?", (1,)),
+            ("SELECT count(*) FROM t WHERE name LIKE ?", ("%!",)),
             ("DELETE FROM t WHERE name = ?", ("none such",)),
+            ("SELECT name FROM t WHERE id > ?", (5,)),
         ])
-        assert counts == [3, 2, 0]
+        assert counts == [3, 2, 2, 0, None]
         assert len(trips) - before == 1  # with the unit's BEGIN IMMEDIATE
     assert len(trips) - before == 2  # and its COMMIT
     async with unit_of_work(sessions, read_only=True) as session:

@@ -188,9 +188,11 @@ async def put_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStor
 
 # A batch of 32 MiB holds a few thousand chunks. The lookup goes to the driver as it is, with a marker per digest:
 # SQLAlchemy would expand each IN list on the event loop's thread, stalling every other member's request for tens of
-# milliseconds. A chunk is known if a version uses it or its row lies in one of the session's packs.
-_HELD_OR_STORED = ("SELECT digest FROM chunks WHERE owner_id = {} AND (refs > 0 OR pack_id IN "
-                   "(SELECT pack_id FROM upload_session_packs WHERE session_id = {})) AND digest IN ({})")
+# milliseconds. A chunk is known if its row lies in one of the session's packs or a version uses it (another upload's
+# pending row carries the reference its version may never hold: its pack must be committed).
+_HELD_OR_STORED = ("SELECT digest FROM chunks WHERE owner_id = {} AND (pack_id IN "
+                   "(SELECT pack_id FROM upload_session_packs WHERE session_id = {}) OR refs > 0 AND EXISTS "
+                   "(SELECT 1 FROM packs WHERE packs.id = chunks.pack_id AND packs.committed)) AND digest IN ({})")
 # A commit's manifest work runs on the ordinary worker threads up to this many entries (a small year), beyond it on the
 # bulk pool (a large transfer's work, at the lowest priority).
 INTERACTIVE_MANIFEST_ENTRIES = 4096

@@ -22,7 +22,7 @@ from eacct.db import unit_of_work
 from eacct.members.models import Member
 from eacct.netdisk import store
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
-from eacct.netdisk.models import Chunk, Ledger, Netdisk, Version, VersionInfo
+from eacct.netdisk.models import Ledger, Netdisk, Version, VersionInfo
 from eacct.netdisk.store import IncomingVersion
 from eacct.storage import BlobStore
 from eacct.text import has_unsafe_characters
@@ -255,12 +255,7 @@ def admission(incoming: IncomingVersion, authorize: Callable[[AsyncSession], Awa
 async def missing_chunks(session: AsyncSession, owner_id: int, digests: list[str]) -> list[str]:
     """Which of these chunk digests (hex) the owner's store lacks, in the order asked."""
     wanted = [bytes.fromhex(digest) for digest in dict.fromkeys(digests)]
-    have: set[bytes] = set()
-    for start in range(0, len(wanted), 500):
-        batch = wanted[start : start + 500]
-        have.update(await session.scalars(
-            select(Chunk.digest).where(Chunk.owner_id == owner_id, Chunk.refs > 0, Chunk.digest.in_(batch))
-        ))
+    have = await store.stored_chunks(session, owner_id, wanted)
     return [digest.hex() for digest in wanted if digest not in have]
 
 

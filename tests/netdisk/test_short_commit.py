@@ -1,5 +1,6 @@
-"""A big commit does not block other members: an upload indexes its chunk rows as pending rows (refs 0, in its
-pending packs) while it streams, in short transactions; the commit only counts references (issue 11)."""
+"""A big commit does not block other members: an upload indexes its chunk rows as pending rows (in its pending
+packs, each with the reference its version will hold) while it streams, in short transactions; the commit only checks
+them and counts references on the chunks it found stored (issue 11)."""
 
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ async def test_chunk_rows_are_indexed_pending_before_the_commit_and_gc_keeps_the
     monkeypatch.setattr(upload_module, "commit", commit_after_looking)
     content = os.urandom(12_000_000)  # about 12 packs of 1 MB: all but the last are indexed while streaming
     version = await put(sessions, blobs, settings, owner, content)
-    # Before the commit the rows are there, unreferenced, in pending packs; gc left all of them.
-    assert seen_before_commit and all(refs == 0 and not committed for refs, committed in seen_before_commit)
+    # Before the commit the rows are there in pending packs, with the reference to come; gc left all of them.
+    assert seen_before_commit and all(refs == 1 and not committed for refs, committed in seen_before_commit)
     assert gc_reports[0]["chunks"] == 0 and gc_reports[0]["pending_packs"] == 0
     after = await chunk_refs(sessions, owner)
     assert len(seen_before_commit) >= len(after) // 2
@@ -77,23 +78,62 @@ async def test_an_abandoned_upload_leaves_no_pending_chunk_rows(sessions, blobs,
         assert await session.scalar(select(func.count()).select_from(Pack)) == 0
 
 
-async def test_an_upload_does_not_count_on_another_uploads_pending_chunks(sessions, blobs, settings, owner):
+async def used_and_missing(sessions, owner) -> tuple[int, int]:
+    """(the owner's quota in use, how many of the chunks in the owner's index, up to 50, and of one never stored the
+    store says it lacks)."""
+    async with sessions() as session:
+        indexed = [digest.hex() for digest in await session.scalars(
+            select(Chunk.digest).where(Chunk.owner_id == owner).order_by(Chunk.id.desc()).limit(50))]
+        return (await store.used_bytes(session, owner),
+                len(await versions.missing_chunks(session, owner, indexed + ["00" * 32])))
+
+
+@pytest.mark.parametrize("first_then", ["is_abandoned", "commits"])
+async def test_an_upload_does_not_count_on_another_uploads_pending_chunks(sessions, blobs, settings, owner,
+                                                                          first_then):
+    """A pending row carries the reference its own upload's version will hold: nobody else counts on it, the quota
+    does not charge it, and an upload that needs the chunk first takes the row over with a reference of its own."""
     content = os.urandom(12_000_000)
+    ledger_id = str(uuid.uuid4())
+    await put(sessions, blobs, settings, owner, b"the ledger's first year", ledger_id)
+    used_before, missing = await used_and_missing(sessions, owner)
+    assert missing == 1
     # A first upload of the same content has stored everything and not committed yet (its rows are pending) ...
-    claim = store.IncomingVersion(ledger_id=str(uuid.uuid4()), year=2018, size=len(content),
+    claim = store.IncomingVersion(ledger_id=ledger_id, year=2019, size=len(content),
                                   sha256=hashlib.sha256(content).hexdigest(), ledger_name="账套", owner_id=owner,
                                   uploader_id=owner)
     first = upload_module.Upload(sessions, blobs, settings, claim, free_bytes=1 << 40)
     async for block in body_of(content):
         await first.feed(block)
     await first.finish()
-    assert await chunk_refs(sessions, owner)
+    pending = await chunk_refs(sessions, owner)
+    assert sum(1 for _, committed in pending if not committed) >= 50
+    used, missing = await used_and_missing(sessions, owner)
+    assert used == used_before and missing == 51  # the pending rows are nobody's yet
     # ... while a second upload of the same content commits.
     version = await put(sessions, blobs, settings, owner, content)
-    # The first upload is abandoned after all: its pending packs and rows go, the second version must not.
-    await first.abandon()
+    assert {refs for refs, _ in await chunk_refs(sessions, owner)} == {1}
+    if first_then == "is_abandoned":
+        # Its pending packs and rows go, the second version must not.
+        await first.abandon()
+        references = 1
+    else:
+        async def admit(session, version_):
+            pass
+
+        first_version = await index.commit(sessions, first, versions.UploadRules(settings, first.incoming, admit))
+        await first.release_lease()
+        references = 2
     await store.collect_garbage(sessions, blobs, settings)
+    async with sessions() as session:  # the content's chunks: all but the first year's one
+        refs = list(await session.scalars(select(Chunk.refs).where(
+            Chunk.owner_id == owner, Chunk.digest != hashlib.sha256(b"the ledger's first year").digest())))
+    assert len(refs) > 50 and set(refs) == {references}
     assert await read_all(sessions, blobs, version.version_id) == content
+    if first_then == "commits":
+        assert await read_all(sessions, blobs, first_version.public_id) == content
+    used, _ = await used_and_missing(sessions, owner)
+    assert used == used_before + len(content)
 
 
 async def test_a_small_upload_writes_twice_and_its_packs_end_up_with_their_sizes(sessions, blobs, settings, owner,
@@ -173,11 +213,11 @@ async def test_a_small_repeat_upload_makes_few_statements_and_fewer_under_the_ow
     async with sessions() as session:
         assert list(await session.scalars(select(Version.public_id))) == [version.version_id]  # it pruned
     in_commit = [statement for inside, statement in statements if inside]
-    # Lock, year, access; version, manifest, packs, lease, rows, references; the pruned version's manifest,
-    # references and row; quota.
-    # On SQLite the writes that need no result go to the database's thread together: the version's manifest, packs
-    # and lease in one trip, its rows and references in the next, the pruned version's references and row in another.
-    assert len(in_commit) <= (9 if engine.dialect.name == "sqlite" else 13), in_commit
+    # Lock, year, access; version, manifest, packs, lease, rows, the rows' references (any an older server left
+    # uncounted) and their count; the pruned version's manifest, references and row; quota.
+    # On SQLite the writes go to the database's thread together: the version's manifest, packs and lease in one
+    # trip, its rows, their references and count in the next, the pruned version's references and row in another.
+    assert len(in_commit) <= (9 if engine.dialect.name == "sqlite" else 14), in_commit
     # Before the body: access, netdisk, year, quota, uploader; the reference with its first slice; the lookup of
     # the new chunks; the lease with its first pack (two rows).
     assert len(statements) - len(in_commit) <= 9, [statement for inside, statement in statements if not inside]

@@ -52,11 +52,17 @@ async def commit(member, side, ledger, year, upload_id, data: bytes):
                              headers={"Content-Type": "application/octet-stream"})
 
 
-async def upload_in_one_batch(owner, ledger, content: bytes, year: int = 2019) -> None:
-    """Open a session on the owner's backup, send the whole year as one batch, commit, and read the year back."""
+async def one_batch_sent(owner, ledger, content: bytes, year: int = 2019) -> tuple[list[bytes], str]:
+    """Open a session on the owner's backup and send the whole year as one batch: its pieces and the session's id."""
     pieces = cut(content)
     upload_id = (await open_upload(owner, "backups", ledger, year, content))[1]["upload_id"]
     assert (await put(owner, "backups", ledger, year, upload_id, batch(pieces)))[0] == 200
+    return pieces, upload_id
+
+
+async def upload_in_one_batch(owner, ledger, content: bytes, year: int = 2019) -> None:
+    """Open a session on the owner's backup, send the whole year as one batch, commit, and read the year back."""
+    pieces, upload_id = await one_batch_sent(owner, ledger, content, year)
     status, version, _ = await commit(owner, "backups", ledger, year, upload_id, manifest(pieces))
     assert status == 201, version
     assert (await owner.download("backups", ledger, year))[1] == content
@@ -235,7 +241,7 @@ async def test_a_sessions_batches_index_their_chunks_pending_and_its_commit_inse
         assert (await put(owner, "backups", ledger, 2019, upload_id, batch(part)))[0] == 200
     assert chunk_inserts  # with their packs
     rows = await chunk_rows_of(sessions, pieces)
-    assert len(rows) == len(pieces) and set(rows.values()) == {(0, False)}
+    assert len(rows) == len(pieces) and set(rows.values()) == {(1, False)}  # the reference to come, not counted yet
     chunk_inserts.clear()
     status, version, _ = await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces))
     assert status == 201, version
@@ -252,9 +258,7 @@ async def test_a_session_whose_chunks_rows_are_gone_is_asked_for_them_and_commit
     data the index does not have; sent again, they complete it."""
     owner, ledger = world.owner, world.ledger
     content = os.urandom(6 * PIECE)
-    pieces = cut(content)
-    upload_id = (await open_upload(owner, "backups", ledger, 2019, content))[1]["upload_id"]
-    assert (await put(owner, "backups", ledger, 2019, upload_id, batch(pieces)))[0] == 200
+    pieces, upload_id = await one_batch_sent(owner, ledger, content)
     async with unit_of_work(sessions) as session:
         dropped = (await session.execute(delete(Chunk).where(
             Chunk.digest.in_([hashlib.sha256(p).digest() for p in pieces[2:]])))).rowcount
@@ -298,6 +302,22 @@ async def test_chunks_another_sessions_pending_rows_index_first_are_held_and_bot
     assert (await owner.download("backups", ledger, 2018))[1] == first_content
     assert (await owner.download("backups", ledger, 2019))[1] == second_content
     await nothing_left_behind(sessions, blobs)
+
+
+async def test_rows_a_batch_on_an_older_server_left_without_their_reference_get_it_from_the_commit(
+        world, sessions, blobs, settings):
+    """Servers before this one indexed pending rows with no reference (the commit counted it): a session whose
+    batches went to one of them and whose commit comes here must not leave rows gc takes for unused."""
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(5 * PIECE)
+    pieces, upload_id = await one_batch_sent(owner, ledger, content)
+    async with unit_of_work(sessions) as session:
+        await session.execute(update(Chunk).where(Chunk.digest.in_([hashlib.sha256(p).digest() for p in pieces]))
+                              .values(refs=0))
+    assert (await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces)))[0] == 201
+    await collect_garbage(sessions, blobs, settings)
+    assert set((await chunk_rows_of(sessions, pieces)).values()) == {(1, True)}
+    assert (await owner.download("backups", ledger, 2019))[1] == content
 
 
 async def test_a_batch_is_parsed_and_verified_off_the_event_loop(world, monkeypatch):

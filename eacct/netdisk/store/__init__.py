@@ -6,8 +6,8 @@ many versions use it. Quota is the sum of the raw sizes of an owner's chunks in 
 
 An upload streams: bytes are hashed, cut by the format-aware chunker, looked up, and only new chunks are
 compressed into a spooled pack, which is put to the blob store (registered first as *pending*) whenever it
-is full. Nothing is visible until one final transaction inserts the chunk rows, the version and its manifest, counts
-references and marks the packs committed, with the netdisk service's rules (`CommitRules`: the owner's lock,
+is full. Nothing is visible until one final transaction inserts the version and its manifest, checks the upload's
+chunk rows, counts references on the chunks it found stored and marks the packs committed, with the netdisk service's rules (`CommitRules`: the owner's lock,
 access, expected version, version cap, retention, quota) run inside it. The store knows none of those rules.
 
 Failure rules. A blob is deleted only after the row that allowed it is gone in a committed transaction: a
@@ -21,7 +21,7 @@ Modules: `upload` (the pipeline and leases), `spool` (spool files), `deltas` (de
 and reference counts), `read` (downloads), `gc` (garbage collection), `common` (shared constants and helpers).
 """
 
-from eacct.netdisk.store.common import WAITING_BYTES, pack_blob_key, used_bytes
+from eacct.netdisk.store.common import WAITING_BYTES, pack_blob_key, stored_chunks, used_bytes
 from eacct.netdisk.store.gc import collect_garbage, reclaim_abandoned_uploads
 from eacct.netdisk.store.index import CommitRules, commit, release_versions
 from eacct.netdisk.store.read import read_entries, read_version
@@ -29,5 +29,6 @@ from eacct.netdisk.store.upload import IncomingVersion, Upload, receive_version
 
 __all__ = [
     "WAITING_BYTES", "CommitRules", "IncomingVersion", "Upload", "collect_garbage", "commit", "pack_blob_key",
-    "read_entries", "read_version", "receive_version", "reclaim_abandoned_uploads", "release_versions", "used_bytes",
+    "read_entries", "read_version", "receive_version", "reclaim_abandoned_uploads", "release_versions", "stored_chunks",
+    "used_bytes",
 ]

@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from eacct.netdisk.models import Chunk
+from eacct.netdisk.models import Chunk, Pack
 
 __all__ = [
     "BODY_BLOCKS_AHEAD", "COMPRESSIONS_IN_FLIGHT", "CommittableUpload", "DECODED_BUFFERS_KEPT", "DECODES_IN_FLIGHT", "DOWNLOAD_BLOCK",
@@ -74,10 +74,28 @@ def lease_holder() -> str:
 
 async def used_bytes(session: AsyncSession, owner_id: int) -> int:
     """Quota in use: every distinct chunk a version of the owner refers to, counted once, uncompressed."""
+    # Pack by pack: a pack's rows went into the index together, so they are read in the table's order, where the
+    # owner's digest index would visit a 1 GB year's ~130k rows at random (SQLite: 24 ms against 200 ms, taken in
+    # every commit of the owner). Only committed packs: a pending row's reference is a version's only once its
+    # upload commits.
     total = await session.scalar(
-        select(func.coalesce(func.sum(Chunk.raw_size), 0)).where(Chunk.owner_id == owner_id, Chunk.refs > 0)
+        select(func.coalesce(func.sum(Chunk.raw_size), 0)).select_from(Pack).join(Chunk, Chunk.pack_id == Pack.id)
+        .where(Pack.owner_id == owner_id, Pack.committed.is_(True), Chunk.refs > 0)
     )
     return int(total or 0)
+
+
+async def stored_chunks(session: AsyncSession, owner_id: int, digests: list[bytes]) -> set[bytes]:
+    """Which of these chunks the owner's store has for a version to count on: used by a version, in a committed pack
+    (a pending row carries the reference of an upload that may never commit)."""
+    have: set[bytes] = set()
+    for start in range(0, len(digests), 500):
+        have.update(await session.scalars(
+            select(Chunk.digest).join(Pack, Pack.id == Chunk.pack_id)
+            .where(Chunk.owner_id == owner_id, Chunk.refs > 0, Chunk.digest.in_(digests[start : start + 500]),
+                   Pack.committed.is_(True))
+        ))
+    return have
 
 
 _END = object()

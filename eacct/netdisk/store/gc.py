@@ -25,7 +25,7 @@ async def collect_garbage(sessions: async_sessionmaker[AsyncSession], blobs: Blo
     listed = [info async for info in blobs.list("packs/")]
     report = {"chunks": 0, "packs": 0}
     async with unit_of_work(sessions) as session:
-        # Rows of pending packs belong to running uploads (refs 0 until their commit): they go with their pack.
+        # Rows of pending packs belong to running uploads (their refs the version's to come): they go with their pack.
         result = await session.execute(
             delete(Chunk).where(Chunk.refs <= 0, Chunk.pack_id.in_(select(Pack.id).where(Pack.committed.is_(True))))
         )

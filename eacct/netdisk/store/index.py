@@ -1,10 +1,11 @@
-"""The chunk index: pending chunk rows written while an upload streams, references counted by the short commit
+"""The chunk index: pending chunk rows written while an upload streams, made a version's by the short commit
 transaction, versions released.
 
-A chunk row whose pack is still pending (not committed) belongs to a running upload: it has refs 0, no lookup
-counts on it, and it goes with its pack (ON DELETE CASCADE) when the upload is abandoned or gc reclaims the
-pack after its lease lapsed. The commit only marks the packs committed and counts references, so a large
-year no longer holds the database's write lock while ~130k rows are inserted."""
+A chunk row whose pack is still pending (not committed) belongs to a running upload: it carries the one reference
+that upload's version will hold (refs 1), yet nothing counts on it (every lookup and the quota want a committed
+pack), and it goes with its pack (ON DELETE CASCADE) when the upload is abandoned or gc reclaims the pack after its
+lease lapsed. The commit marks the packs committed and checks that its rows are all still there, so a large year
+holds the database's write lock neither while ~130k rows are inserted nor while their references are counted."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ async def commit(sessions: async_sessionmaker[AsyncSession], upload: Committable
         session.add(version)
         await session.flush()
         own_packs = [pack_id for pack_id, _ in upload.pending_packs]
-        counted = 0
+        counted = 0  # rows in this upload's packs, each the new version's reference
         # The packs and the lease are checked before any row may name a pack gc has reclaimed meanwhile.
         for writes in _commit_writes(sessions.dialect, upload, version.id, own_packs, others):
             counts = await execute_together(session, [(operation, parameters) for operation, parameters, _ in writes])
@@ -135,7 +136,7 @@ def _commit_writes(dialect, upload: CommittableUpload, version_id: int, own_pack
                    others: set[bytes]) -> tuple[list[Write], list[Write]]:
     """The commit's writes after the version row, each with the row count it must have, in two groups that each go
     to the database together (`execute_together`) while the write lock is held: the manifest, the packs and the
-    lease; then the chunk rows and the references."""
+    lease; then the chunk rows, the count of this upload's rows and the references on others."""
     manifest = f"INSERT INTO version_manifests (version_id, entries) VALUES ({driver_placeholders(dialect, 2)})"
     settling: list[Write] = [(manifest, (version_id, bytes(upload.manifest)), None)]
     if own_packs:
@@ -153,9 +154,11 @@ def _commit_writes(dialect, upload: CommittableUpload, version_id: int, own_pack
     rows = list(upload.chunk_rows(upload.index_at_commit))
     counting: list[Write] = [(*statement, None) for statement in _chunk_row_statements(dialect, rows)]
     for batch in batched(own_packs, LOOKUP_BATCH):
-        # Every row in this upload's packs is a distinct chunk of its manifest: one reference each.
+        # Every row in this upload's packs is a distinct chunk of its manifest, which went in with its reference
+        # (refs 1); a row that did not (written by an older server) gets it here. Then they are counted.
         listed = driver_placeholders(dialect, len(batch))
-        counting.append((f"UPDATE chunks SET refs = refs + 1 WHERE pack_id IN ({listed})", tuple(batch), _COUNTED))
+        counting.append((f"UPDATE chunks SET refs = 1 WHERE pack_id IN ({listed}) AND refs = 0", tuple(batch), None))
+        counting.append((f"SELECT count(*) FROM chunks WHERE pack_id IN ({listed})", tuple(batch), _COUNTED))
     counting += [(operation, parameters, len(parameters) - 2)
                  for operation, parameters in _add_refs_statements(dialect, upload.incoming.owner_id, list(others), +1)]
     return settling, counting
@@ -181,8 +184,9 @@ async def _take_over_pending(session: AsyncSession, upload: CommittableUpload, d
         table.update()
         .where(table.c.owner_id == bindparam("owner"), table.c.digest == bindparam("chunk_digest"),
                table.c.pack_id.in_(select(Pack.id).where(Pack.committed.is_(False))))
+        # Its pending reference was the other upload's: this one's is counted next.
         .values(pack_id=bindparam("new_pack"), offset=bindparam("new_offset"),
-                stored_length=bindparam("new_stored"), raw_size=bindparam("new_raw"))
+                stored_length=bindparam("new_stored"), raw_size=bindparam("new_raw"), refs=0)
     )
     rows = [{"owner": owner, "chunk_digest": digest, "new_pack": pack_id, "new_offset": offset, "new_stored": stored,
              "new_raw": raw} for owner, digest, pack_id, offset, stored, raw, _ in upload.chunk_rows(sorted(digests))]

@@ -81,8 +81,9 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
         async with unit_of_work(sessions) as session:
             session.add(Pack(id=pack.pack_id, owner_id=owner_id, blob_key=pack.blob_key, size=pack.size, lease_id=lease_id))
             await session.flush()  # the pack's row before its chunks' rows
-            # Pending rows (refs 0), indexed now rather than all at once by the session's commit, under its lock.
-            await insert_chunk_rows(session, [(owner_id, digest, pack_id, offset, stored, raw, 0)
+            # Pending rows, each with the reference the session's version will hold (`index`), indexed now rather
+            # than all at once by the session's commit, under its lock.
+            await insert_chunk_rows(session, [(owner_id, digest, pack_id, offset, stored, raw, 1)
                                               for digest, pack_id, offset, stored, raw in placed])
             unindexed = await _unindexed(session, pack.pack_id, placed)
         try:

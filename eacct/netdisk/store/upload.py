@@ -419,15 +419,15 @@ class Upload:
                 task.result()
 
     def chunk_rows(self, digests: list[bytes]) -> Iterator[tuple]:
-        """The pending `chunks` rows (refs 0) of these chunks this upload stored (those whose place it kept), as
-        tuples in `CHUNK_COLUMNS` order."""
+        """The pending `chunks` rows of these chunks this upload stored (those whose place it kept), as tuples in
+        `CHUNK_COLUMNS` order, each with the reference its version will hold (refs 1, see `index`)."""
         owner_id = self.incoming.owner_id
         for digest in digests:
             packed = self.new_chunks[digest]
             if not packed:
                 continue
             pack_number, offset, stored, raw = NEW_CHUNK.unpack(packed)
-            yield owner_id, digest, self.pack_ids[pack_number], offset, stored, raw, 0
+            yield owner_id, digest, self.pack_ids[pack_number], offset, stored, raw, 1
 
     async def abandon(self) -> None:
         """Undo what a failed upload stored: spool files, then pending rows, then the blobs of the rows deleted.
