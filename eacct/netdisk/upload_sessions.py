@@ -174,7 +174,9 @@ async def put_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStor
     if fresh:
         stored = await store_chunks(sessions, blobs, owner_id, lease_id, fresh)
         expires_at = utcnow() + timedelta(seconds=SESSION_SECONDS)
-        async with unit_of_work(sessions) as session:
+        # Not durable: should a crash lose this record, the session does not hold the batch and the client, resuming,
+        # sends it again; the commit's durable transaction makes it durable with everything before it.
+        async with unit_of_work(sessions, durable=False) as session:
             # Each batch keeps the session (and its lease) a day longer.
             lease = await session.execute(update(UploadLease).where(UploadLease.id == lease_id).values(
                 heartbeat_at=_heartbeat_for(settings, expires_at)))

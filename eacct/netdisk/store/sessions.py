@@ -78,7 +78,9 @@ async def store_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobSt
 
     try:
         await blobs.off_loop(sum(len(piece) for _, piece in chunks) > INTERACTIVE_TRANSFER_BYTES, spool)
-        async with unit_of_work(sessions) as session:
+        # Not durable (no wait for the disk while SQLite's write lock is held): should a crash lose the rows, the blob
+        # put next is a stray gc removes, as for a streamed upload's packs.
+        async with unit_of_work(sessions, durable=False) as session:
             session.add(Pack(id=pack.pack_id, owner_id=owner_id, blob_key=pack.blob_key, size=pack.size, lease_id=lease_id))
             await session.flush()  # the pack's row before its chunks' rows
             # Pending rows, each with the reference the session's version will hold (`index`), indexed now rather
