@@ -1,7 +1,7 @@
 """Many members at once: an open-loop load on a real `eacct serve`, then `wrk` maximum throughput.
 
 `.venv/bin/python -m bench.load [--db sqlite,postgres] [--workers 1,2] [--wechat plain,safe] [--rate 200]
-[--duration 15] [--members 30] [--wrk-seconds 10] [--no-wrk]`
+[--duration 15] [--members 30] [--wrk-seconds 10] [--no-wrk] [--server-src DIR]`
 
 Per scenario (database × server processes × WeChat mode) it starts `python -m eacct.cli serve` on a free
 127.0.0.1 port (SQLite in a temp dir, or a fresh schema on EACCT_BENCH_POSTGRES_URL, default
@@ -366,14 +366,17 @@ async def _postgres_schema(create: bool, schema: str) -> None:
 
 
 async def scenario(db: str, workers: int, mode: str, args: argparse.Namespace, wrk: bool) -> None:
+    source = f" (server from {args.server_src})" if args.server_src else ""
     print(f"\n== {db}, {workers} server process(es), WeChat {mode} mode: {args.rate:g} req/s for {args.duration:g} s, "
-          f"{args.members} members")
+          f"{args.members} members{source}")
     env = {"EACCT_WECHAT_TOKEN": WECHAT_TOKEN, "EACCT_WECHAT_APPID": WECHAT_APPID, "EACCT_WECHAT_SECRET": "secret",
            "EACCT_PUBLIC_URL": "http://eacct.example"}
     if mode == "safe":
         env["EACCT_WECHAT_AES_KEY"] = WECHAT_AES_KEY
     if workers > 1:
         env["EACCT_WORKERS"] = str(workers)
+    if args.server_src:
+        env["PYTHONPATH"] = str(Path(args.server_src).resolve())
     schema = ""
     if db == "postgres":
         schema = f"eacct_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -447,6 +450,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=30)
     parser.add_argument("--wrk-seconds", type=int, default=10)
     parser.add_argument("--no-wrk", action="store_true")
+    parser.add_argument("--server-src", default="",
+                        help="run the server from this source tree (PYTHONPATH), e.g. a `git archive` of an older commit")
     args = parser.parse_args()
     if args.rate * args.duration > 20000 or args.members > 200:
         parser.error("bounded: at most 20000 requests and 200 members")
