@@ -91,7 +91,8 @@ async def _check_0009(engine) -> None:
 
 
 async def _database_at(revision: str, tmp_path):
-    """A fresh database at `revision`: a SQLite file, or a new PostgreSQL schema (named) when the run uses PostgreSQL."""
+    """A fresh database at `revision`: a SQLite file, or a new PostgreSQL schema (named) when the run uses
+    PostgreSQL."""
     schema = None
     if POSTGRES_URL:
         schema = f"eacct_migration_{uuid.uuid4().hex[:12]}"

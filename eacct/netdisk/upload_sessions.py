@@ -182,7 +182,8 @@ async def put_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStor
                 heartbeat_at=_heartbeat_for(settings, expires_at)))
             if lease.rowcount != 1:
                 raise errors.RetryUpload()
-            await session.execute(update(UploadSession).where(UploadSession.id == session_id).values(expires_at=expires_at))
+            await session.execute(update(UploadSession).where(UploadSession.id == session_id)
+                                  .values(expires_at=expires_at))
             # Held from now on: only a batch whose pack was put is recorded.
             session.add(UploadSessionPack(session_id=session_id, pack_id=stored.pack_id, chunk_count=stored.chunk_count,
                                           raw_bytes=stored.raw_bytes, unindexed=stored.unindexed))

@@ -7,8 +7,9 @@ many versions use it. Quota is the sum of the raw sizes of an owner's chunks in 
 An upload streams: bytes are hashed, cut by the format-aware chunker, looked up, and only new chunks are
 compressed into a spooled pack, which is put to the blob store (registered first as *pending*) whenever it
 is full. Nothing is visible until one final transaction inserts the version and its manifest, checks the upload's
-chunk rows, counts references on the chunks it found stored and marks the packs committed, with the netdisk service's rules (`CommitRules`: the owner's lock,
-access, expected version, version cap, retention, quota) run inside it. The store knows none of those rules.
+chunk rows, counts references on the chunks it found stored and marks the packs committed, with the netdisk
+service's rules (`CommitRules`: the owner's lock, access, expected version, version cap, retention, quota) run
+inside it. The store knows none of those rules.
 
 Failure rules. A blob is deleted only after the row that allowed it is gone in a committed transaction: a
 failed upload deletes its pending rows first (`committed = false`), then the blobs of the rows it really
