@@ -1,7 +1,7 @@
 """Many members at once: an open-loop load on a real `eacct serve`, then `wrk` maximum throughput.
 
 `.venv/bin/python -m bench.load [--db sqlite,postgres] [--workers 1,2] [--wechat plain,safe] [--rate 200]
-[--duration 15] [--members 30] [--wrk-seconds 10] [--no-wrk] [--server-src DIR]`
+[--duration 15] [--members 30] [--wrk-seconds 10] [--no-wrk] [--cost N] [--server-src DIR]`
 
 Per scenario (database × server processes × WeChat mode) it starts `python -m eacct.cli serve` on a free
 127.0.0.1 port (SQLite in a temp dir, or a fresh schema on EACCT_BENCH_POSTGRES_URL, default
@@ -12,7 +12,9 @@ slow server shows as latency rather than as fewer requests. The mix is what many
 cloud shares and messages, WeChat callbacks, small delta uploads, downloads, a year's versions and logins.
 It prints per endpoint p50 / p99 / max and errors. Then `wrk -t2 -c10` (Debian's `wrk`) measures maximum
 throughput on /healthz, /api/v1/backups and /api/v1/messages, and on bench/bare.py's bare aiohttp handler
-answering /api/v1/backups with the same JSON from the same database (the baseline). Everything is bounded
+answering /api/v1/backups with the same JSON from the same database (the baseline). `--cost N` first sends N
+requests per endpoint one at a time and prints the server's CPU milliseconds per request (all its threads and
+processes): what one process can serve, less noisy than latencies on a shared machine. Everything is bounded
 in count and time; nothing leaves 127.0.0.1.
 """
 
@@ -314,6 +316,34 @@ async def open_loop(http, members: list[Member], api: str, base: str, wechat: We
     return results
 
 
+async def cost_per_request(http, members: list[Member], api: str, base: str, wechat: WechatServer, pid: int,
+                           count: int, seed: int = 13) -> None:
+    """Per endpoint, `count` requests one at a time (closed loop, nothing else running): the server's CPU time per
+    request (all its threads and processes) and the wall time. A process runs Python on one core at a time, so
+    its CPU per request bounds what one process can serve, whatever the machine's noise does to latencies."""
+    rng = random.Random(seed)
+    print(f"  server CPU per request ({count} requests per endpoint, one at a time):")
+    print(f"    {'endpoint':30} {'CPU ms':>7} {'wall ms':>8}   (one process: at most ~1000/CPU ms requests/s of it)")
+    weighted = 0.0
+    for kind, weight in MIX.items():
+        planned = [request_for(kind, members[i % len(members)], api, base, wechat, rng) for i in range(count)]
+        meter = CpuMeter(pid)
+        started = time.perf_counter()
+        refused = []
+        for method, url, kwargs, expect in planned:
+            async with http.request(method, url, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT), **kwargs) as r:
+                await r.read()
+                if r.status not in expect:
+                    refused.append(str(r.status))
+        wall = time.perf_counter() - started
+        cpu_ms = meter.cores() * wall * 1000 / count
+        weighted += cpu_ms * weight / 100
+        # Logins one after another from one address meet its rate limit: refusals are cheaper than logins.
+        note = f"   refused: {len(refused)} ({', '.join(sorted(set(refused)))})" if refused else ""
+        print(f"    {kind:30} {cpu_ms:7.2f} {wall * 1000 / count:8.2f}{note}")
+    print(f"    {'the mix (weighted)':30} {weighted:7.2f}            -> at 200 req/s: {weighted * 200 / 1000:.2f} cores")
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else float("nan")
@@ -402,6 +432,10 @@ async def scenario(db: str, workers: int, mode: str, args: argparse.Namespace, w
                 for i, member in enumerate(members):
                     await share_with_next(http, api, member, members[(i + 1) % len(members)])
                 print(f"  set-up: {time.monotonic() - started:.1f} s")
+                if args.cost:
+                    await cost_per_request(http, members, api, server.base, wechat, server.proc.pid, args.cost)
+                    if not args.duration:
+                        return
                 busy = CpuMeter(server.proc.pid)
                 results = await open_loop(http, members, api, server.base, wechat, args.rate, args.duration)
                 print(f"  CPU during the load: server {busy.cores():.2f} cores (all its processes), this load generator "
@@ -450,6 +484,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=30)
     parser.add_argument("--wrk-seconds", type=int, default=10)
     parser.add_argument("--no-wrk", action="store_true")
+    parser.add_argument("--cost", type=int, default=0, metavar="N",
+                        help="first measure the server's CPU per request, N requests per endpoint one at a time "
+                             "(--duration 0: only that)")
     parser.add_argument("--server-src", default="",
                         help="run the server from this source tree (PYTHONPATH), e.g. a `git archive` of an older commit")
     args = parser.parse_args()
