@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -19,7 +18,7 @@ from eacct.chunks.manifest import ENTRY, iter_manifest
 from eacct.db import unit_of_work
 from eacct.netdisk import store
 from eacct.netdisk.hooks import NetdiskHooks, ledger_for_backup
-from eacct.netdisk.models import Version, VersionManifest
+from eacct.netdisk.models import Version
 from eacct.netdisk.versions import find_version
 from eacct.storage import BlobStore
 
@@ -67,8 +66,7 @@ class Download:
     async def manifest(self) -> list[tuple[bytes, int]]:
         """The version's chunks in file order: (sha256 digest, raw size)."""
         async with unit_of_work(self.sessions, read_only=True) as session:
-            entries = await session.scalar(
-                select(VersionManifest.entries).where(VersionManifest.version_id == self.version.id))
+            entries = (await session.execute(store.MANIFEST_ENTRIES, {"version_id": self.version.id})).scalar()
         if entries is None:
             raise errors.NotFound("该版本已不存在")
         return list(iter_manifest(entries))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from sqlalchemy import Row, and_, func, select
+from sqlalchemy import Row, and_, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct import errors
@@ -34,9 +34,29 @@ __all__ = [
 ]
 
 
+# The statements every upload and download runs are built once, with parameters: building one and working out its
+# cache key costs about as much Python as running it (bench.load --cost: CPU per request).
+_LOCK_OWNER = select(Netdisk).where(Netdisk.member_id == bindparam("owner_id")).with_for_update()
+_LOCK_OWNER_IF_OPENED = select(Netdisk.member_id).where(Netdisk.member_id == bindparam("owner_id")).with_for_update()
+_NETDISK = select(Netdisk).where(Netdisk.member_id == bindparam("owner_id"))
+_MEMBER = select(Member).where(Member.id == bindparam("member_id"))
+_LATEST_VERSION = (select(Version).where(Version.ledger_id == bindparam("ledger_id"), Version.year == bindparam("year"))
+                   .order_by(Version.id.desc()).limit(1))
+_VERSION_BY_ID = select(Version).where(Version.public_id == bindparam("public_id"),
+                                       Version.ledger_id == bindparam("ledger_id"), Version.year == bindparam("year"))
+_HELD = select(func.count().label("held")).where(Version.owner_id == bindparam("owner_id")).subquery()
+# Joined to the one-row count, so a year without versions still yields the count (its version columns NULL).
+_YEAR_CENSUS = (
+    select(_HELD.c.held, Version.id, Version.public_id, Version.size, Version.via, Version.uploaded_by_id)
+    .select_from(_HELD.outerjoin(Version, and_(Version.ledger_id == bindparam("ledger_id"),
+                                              Version.year == bindparam("year"))))
+    .order_by(Version.id.desc())
+)
+
+
 async def lock_owner(session: AsyncSession, owner_id: int) -> Netdisk:
     """Take the owner's write lock (their netdisk row); commits, deletes and share changes of one owner queue here."""
-    netdisk = await session.scalar(select(Netdisk).where(Netdisk.member_id == owner_id).with_for_update())
+    netdisk = (await session.execute(_LOCK_OWNER, {"owner_id": owner_id})).scalar_one_or_none()
     if netdisk is None:
         raise errors.NotFound("云盘尚未开通")
     return netdisk
@@ -44,14 +64,12 @@ async def lock_owner(session: AsyncSession, owner_id: int) -> Netdisk:
 
 async def lock_owner_if_opened(session: AsyncSession, owner_id: int) -> None:
     """Take the owner's write lock when they have a netdisk (without one they own no ledger to race on)."""
-    await session.execute(select(Netdisk.member_id).where(Netdisk.member_id == owner_id).with_for_update())
+    await session.execute(_LOCK_OWNER_IF_OPENED, {"owner_id": owner_id})
 
 
 async def latest_version(session: AsyncSession, ledger_id: str, year: int) -> Version | None:
     """The newest version of a (ledger, year)."""
-    return await session.scalar(
-        select(Version).where(Version.ledger_id == ledger_id, Version.year == year).order_by(Version.id.desc()).limit(1)
-    )
+    return (await session.execute(_LATEST_VERSION, {"ledger_id": ledger_id, "year": year})).scalar_one_or_none()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +89,7 @@ class YearCensus:
 async def year_census(session: AsyncSession, owner_id: int, ledger_id: str, year: int) -> YearCensus:
     """The year's versions and the owner's count in one statement: the commit reads them while SQLite's write lock
     is held, and every statement there is a trip through a busy event loop."""
-    held = select(func.count().label("held")).where(Version.owner_id == owner_id).subquery()
-    # Joined to the one-row count, so a year without versions still yields the count (its version columns NULL).
-    rows = (await session.execute(
-        select(held.c.held, Version.id, Version.public_id, Version.size, Version.via, Version.uploaded_by_id)
-        .select_from(held.outerjoin(Version, and_(Version.ledger_id == ledger_id, Version.year == year)))
-        .order_by(Version.id.desc())
-    )).all()
+    rows = (await session.execute(_YEAR_CENSUS, {"owner_id": owner_id, "ledger_id": ledger_id, "year": year})).all()
     return YearCensus([row for row in rows if row.id is not None], rows[0].held)
 
 
@@ -109,7 +121,7 @@ async def check_before_upload(session: AsyncSession, settings: Settings, incomin
     could share with it: a re-upload of a changed ledger is mostly known chunks. The exact count of new
     bytes is enforced again while the body streams, before any byte past the quota is stored.
     """
-    netdisk = await session.get(Netdisk, incoming.owner_id)
+    netdisk = (await session.execute(_NETDISK, {"owner_id": incoming.owner_id})).scalar_one_or_none()
     if netdisk is None:
         raise errors.NotFound("共享人的云盘尚未开通")
     census = await year_census(session, incoming.owner_id, incoming.ledger_id, incoming.year)
@@ -225,7 +237,7 @@ async def admit_claim(sessions: async_sessionmaker[AsyncSession], settings: Sett
         if ledger is None and not claim.ledger_name:
             raise errors.Invalid("首次上传新账套时需要提供账套名称（X-Ledger-Name）")
         free = await check_before_upload(session, settings, incoming)
-        uploader = await session.get(Member, uploader_id)
+        uploader = (await session.execute(_MEMBER, {"member_id": uploader_id})).scalar_one()
     return incoming, free, uploader
 
 
@@ -270,9 +282,8 @@ async def find_version(session: AsyncSession, ledger_id: str, year: int, version
     if version_ref == "latest":
         version = await latest_version(session, ledger_id, year)
     else:
-        version = await session.scalar(
-            select(Version).where(Version.public_id == version_ref, Version.ledger_id == ledger_id, Version.year == year)
-        )
+        version = (await session.execute(_VERSION_BY_ID, {"public_id": version_ref, "ledger_id": ledger_id,
+                                                           "year": year})).scalar_one_or_none()
     if version is None:
         raise errors.NotFound("没有这个版本")
     return version

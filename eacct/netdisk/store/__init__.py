@@ -25,11 +25,11 @@ and reference counts), `read` (downloads), `gc` (garbage collection), `common` (
 from eacct.netdisk.store.common import WAITING_BYTES, pack_blob_key, stored_chunks, used_bytes
 from eacct.netdisk.store.gc import collect_garbage, reclaim_abandoned_uploads
 from eacct.netdisk.store.index import CommitRules, commit, release_versions
-from eacct.netdisk.store.read import read_entries, read_version
+from eacct.netdisk.store.read import MANIFEST_ENTRIES, read_entries, read_version
 from eacct.netdisk.store.upload import IncomingVersion, Upload, receive_version
 
 __all__ = [
-    "WAITING_BYTES", "CommitRules", "IncomingVersion", "Upload", "collect_garbage", "commit", "pack_blob_key",
+    "MANIFEST_ENTRIES", "WAITING_BYTES", "CommitRules", "IncomingVersion", "Upload", "collect_garbage", "commit", "pack_blob_key",
     "read_entries", "read_version", "receive_version", "reclaim_abandoned_uploads", "release_versions", "stored_chunks",
     "used_bytes",
 ]

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from eacct.netdisk.models import Chunk, Pack
@@ -78,11 +78,13 @@ async def used_bytes(session: AsyncSession, owner_id: int) -> int:
     # owner's digest index would visit a 1 GB year's ~130k rows at random (SQLite: 24 ms against 200 ms, taken in
     # every commit of the owner). Only committed packs: a pending row's reference is a version's only once its
     # upload commits.
-    total = await session.scalar(
-        select(func.coalesce(func.sum(Chunk.raw_size), 0)).select_from(Pack).join(Chunk, Chunk.pack_id == Pack.id)
-        .where(Pack.owner_id == owner_id, Pack.committed.is_(True), Chunk.refs > 0)
-    )
+    total = (await session.execute(_USED_BYTES, {"owner_id": owner_id})).scalar()
     return int(total or 0)
+
+
+# Built once: every upload reads it twice (before its body, and in its commit).
+_USED_BYTES = (select(func.coalesce(func.sum(Chunk.raw_size), 0)).select_from(Pack).join(Chunk, Chunk.pack_id == Pack.id)
+               .where(Pack.owner_id == bindparam("owner_id"), Pack.committed.is_(True), Chunk.refs > 0))
 
 
 async def stored_chunks(session: AsyncSession, owner_id: int, digests: list[bytes]) -> set[bytes]:

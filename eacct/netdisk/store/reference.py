@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from eacct.chunks.manifest import ENTRY
@@ -44,17 +44,8 @@ class ReferenceManifest:
 
         Its first slice comes with it, in the same statement: the upload asks for it at once, and every trip to
         the database is a trip through a busy event loop."""
-        latest = (
-            select(Version.id)
-            .where(Version.owner_id == owner_id, Version.ledger_id == ledger_id)
-            .order_by((Version.year == year).desc(), Version.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        # The slice is cut from the one manifest chosen (a subquery), never from every version being sorted.
-        rows = await read_rows(sessions, select(
-            VersionManifest.version_id, func.length(VersionManifest.entries), _slice_of_manifest(0),
-        ).where(VersionManifest.version_id == latest))
+        rows = await read_rows(sessions, _FIRST_SLICE, {"owner_id": owner_id, "ledger_id": ledger_id, "year": year,
+                                                        "start": 1})
         if not rows:
             return cls(sessions, None, 0)
         version_id, length, first_slice = rows[0]
@@ -89,8 +80,8 @@ class ReferenceManifest:
 
     async def _read_slice(self) -> bool:
         """Read the slice that starts at the cursor; False if there is none (the version was deleted meanwhile)."""
-        statement = select(_slice_of_manifest(self.cursor)).where(VersionManifest.version_id == self.version_id)
-        slices = await read_scalars(self.sessions, statement)
+        slices = await read_scalars(self.sessions, _SLICE, {"version_id": self.version_id,
+                                                            "start": self.cursor * ENTRY.size + 1})
         self.slice = bytes(slices[0]) if slices and slices[0] else b""
         self.slice_start = self.cursor
         if not self.slice:
@@ -98,6 +89,16 @@ class ReferenceManifest:
         return bool(self.slice)
 
 
-def _slice_of_manifest(first_entry: int):
-    """The SQL for `SLICE_ENTRIES` entries of a manifest from entry number `first_entry` on."""
-    return func.substr(VersionManifest.entries, first_entry * ENTRY.size + 1, SLICE_ENTRIES * ENTRY.size)
+# `SLICE_ENTRIES` entries of a manifest from byte `start` on (1-based, as SQL counts), built once with parameters.
+_SLICE_OF_MANIFEST = func.substr(VersionManifest.entries, bindparam("start", type_=Integer), SLICE_ENTRIES * ENTRY.size)
+_SLICE = select(_SLICE_OF_MANIFEST).where(VersionManifest.version_id == bindparam("version_id"))
+_LATEST_OF_LEDGER = (
+    select(Version.id)
+    .where(Version.owner_id == bindparam("owner_id"), Version.ledger_id == bindparam("ledger_id"))
+    .order_by((Version.year == bindparam("year")).desc(), Version.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+# The slice is cut from the one manifest chosen (a subquery), never from every version being sorted.
+_FIRST_SLICE = (select(VersionManifest.version_id, func.length(VersionManifest.entries), _SLICE_OF_MANIFEST)
+                .where(VersionManifest.version_id == _LATEST_OF_LEDGER))
