@@ -292,6 +292,22 @@ def desktop(http, base_url):
     return make
 
 
+@pytest.fixture
+def chunk_checks(monkeypatch) -> list[int]:
+    """The chunks the store hashes to verify them as it reads them back, one entry (a count) per native call."""
+    from eacct.netdisk.store import read as store_read
+
+    checks: list[int] = []
+    real_spans = store_read.sha256_spans
+
+    def counting_spans(data, sizes):
+        checks.append(len(sizes))
+        return real_spans(data, sizes)
+
+    monkeypatch.setattr(store_read, "sha256_spans", counting_spans)
+    return checks
+
+
 def new_ledger_id() -> str:
     return str(uuid.uuid4())
 

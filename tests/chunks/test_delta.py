@@ -196,3 +196,17 @@ async def test_a_delta_whose_new_chunks_fill_several_packs_is_read_back_from_the
     status, version, _ = await send_delta(member, ledger, 2018, day2, body, base=first["version_id"])
     assert status == 201, version
     assert (await member.download("backups", ledger, 2018))[1] == day2
+
+
+async def test_a_deltas_year_is_read_back_hashing_each_byte_once(two_days, chunk_checks):
+    """The server checks a delta's year by reading it back from the store and hashing it whole; its new chunks were
+    hashed as they arrived and the others when they were stored, so no chunk is hashed again on the way (a wrong year
+    still fails the whole-file check, test_a_delta_whose_year_checksum_is_wrong_keeps_nothing)."""
+    member, ledger, first, day2, archive, base = two_days
+    manifest = manifest_of(day2)
+    body = body_for(archive, manifest, plan(manifest, base, await ask_missing(member, ledger, manifest)))
+    status, version, _ = await send_delta(member, ledger, 2018, day2, body, base=first["version_id"])
+    assert status == 201, version
+    assert chunk_checks == []
+    assert (await member.download("backups", ledger, 2018))[1] == day2
+    assert sum(chunk_checks) == len(manifest)

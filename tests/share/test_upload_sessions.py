@@ -507,3 +507,31 @@ async def test_a_batch_whose_pack_could_not_be_stored_is_sent_again_and_its_vers
     await collect_garbage(sessions, blobs, settings)
     assert (await owner.download("backups", ledger, 2019))[1] == content
     await nothing_left_behind(sessions, blobs)
+
+
+async def test_a_commit_reads_its_year_back_hashing_each_byte_once_and_a_damaged_chunk_fails_the_whole_file(
+        world, sessions, chunk_checks):
+    """Each chunk was hashed when its batch arrived; the commit reads the year back to check the whole file's
+    sha256 and does not hash each chunk again (a 1 GB year: a second of CPU in the commit). A chunk whose stored
+    bytes are not its own is caught by that whole-file check, and nothing is committed."""
+    owner, ledger = world.owner, world.ledger
+    content = os.urandom(4 * PIECE)
+    pieces, upload_id = await one_batch_sent(owner, ledger, content)
+    assert (await commit(owner, "backups", ledger, 2019, upload_id, manifest(pieces)))[0] == 201
+    assert chunk_checks == []
+    assert (await owner.download("backups", ledger, 2019))[1] == content
+    assert sum(chunk_checks) == len(pieces)  # a download still verifies every chunk it reads
+
+    # The stored places of two chunks of the same size swapped: each decompresses, to the other's bytes.
+    content = os.urandom(4 * PIECE)
+    pieces, upload_id = await one_batch_sent(owner, ledger, content, year=2020)
+    first, second = (hashlib.sha256(piece).digest() for piece in pieces[:2])
+    async with unit_of_work(sessions) as session:
+        places = {digest: (offset, length) for digest, offset, length in await session.execute(
+            select(Chunk.digest, Chunk.offset, Chunk.stored_length).where(Chunk.digest.in_([first, second])))}
+        for digest, other in ((first, second), (second, first)):
+            await session.execute(update(Chunk).where(Chunk.digest == digest)
+                                  .values(offset=places[other][0], stored_length=places[other][1]))
+    status, body, _ = await commit(owner, "backups", ledger, 2020, upload_id, manifest(pieces))
+    assert (status, error_code(body)) == (400, "checksum_mismatch")
+    assert 2020 not in [year["year"] for year in (await owner.call("GET", f"/backups/{ledger}", netdisk=True))[1]["years"]]

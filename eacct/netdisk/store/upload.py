@@ -266,7 +266,7 @@ class Upload:
         digest = hashlib.sha256()
         size = 0
         async for block in read_entries(self.sessions, self.blobs, self.incoming.owner_id, bytes(self.manifest),
-                                         0, None, self._new_location):
+                                         0, None, self._new_location, verify_chunks=False):
             size += len(block)
             await self._off_loop(digest.update, block)
         if size != self.incoming.size:
