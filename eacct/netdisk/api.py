@@ -92,18 +92,10 @@ def upload_claim(request: web.Request) -> store.IncomingVersion:
     )
 
 
-async def body_blocks(request: web.Request) -> AsyncIterator[memoryview]:
-    """The request body in blocks of `BODY_BLOCK` bytes (the last one shorter), so per-block work is amortised;
-    a body that sends nothing for `upload_idle_timeout` seconds raises UploadStalled.
-
-    The blocks are read into buffers that are reused once nothing refers to them any more (eacct.storage.buffers):
-    a block may be kept, or cut into views, for as long as it is needed."""
+async def body_pieces(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as the transport delivers it; a body that sends nothing for `upload_idle_timeout` seconds
+    raises UploadStalled."""
     idle_timeout = request.app[SETTINGS].upload_idle_timeout
-    buffers = BufferPool(keep=BODY_BUFFERS_KEPT)
-    # A small body (a chunk query, a delta of a day's work) gets a buffer of its own size.
-    block_size = max(min(BODY_BLOCK, request.content_length or BODY_BLOCK), 1)
-    block: memoryview | None = None  # the buffer being filled (slice assignment to a memoryview copies once)
-    filled = 0
     while True:
         # A client that stops sending (Content-Length larger than what comes) would hold the upload forever.
         try:
@@ -116,7 +108,22 @@ async def body_blocks(request: web.Request) -> AsyncIterator[memoryview]:
             raise errors.UploadStalled(
                 f"上传中断：超过 {idle_timeout} 秒没有收到数据，本次上传未保存，请重新上传") from None
         if not data:
-            break
+            return
+        yield data
+
+
+async def body_blocks(request: web.Request) -> AsyncIterator[memoryview]:
+    """The request body in blocks of `BODY_BLOCK` bytes (the last one shorter), so per-block work is amortised;
+    a body that sends nothing for `upload_idle_timeout` seconds raises UploadStalled.
+
+    The blocks are read into buffers that are reused once nothing refers to them any more (eacct.storage.buffers):
+    a block may be kept, or cut into views, for as long as it is needed."""
+    buffers = BufferPool(keep=BODY_BUFFERS_KEPT)
+    # A small body (a chunk query, a delta of a day's work) gets a buffer of its own size.
+    block_size = max(min(BODY_BLOCK, request.content_length or BODY_BLOCK), 1)
+    block: memoryview | None = None  # the buffer being filled (slice assignment to a memoryview copies once)
+    filled = 0
+    async for data in body_pieces(request):
         rest = memoryview(data)
         while rest:
             if block is None:

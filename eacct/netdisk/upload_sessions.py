@@ -123,7 +123,7 @@ async def session_state(sessions: async_sessionmaker[AsyncSession], upload_id: s
                             list(dict.fromkeys(digest.hex() for digest, *_ in held)))
 
 
-def parse_batch(body: bytes) -> list[tuple[bytes, memoryview]]:
+def parse_batch(body: bytes | bytearray) -> list[tuple[bytes, memoryview]]:
     """A batch body: for each chunk its manifest entry (sha256, big-endian u32 size) then its raw bytes; each
     chunk is verified against its digest. The chunks are views into `body` (no copy of up to 32 MiB)."""
     chunks, position = [], 0
@@ -147,7 +147,7 @@ def parse_batch(body: bytes) -> list[tuple[bytes, memoryview]]:
 
 
 async def put_chunks(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, settings: Settings, upload_id: str,
-                     path: UploadPath, ledger_id: str, year: int, body: bytes) -> SessionState:
+                     path: UploadPath, ledger_id: str, year: int, body: bytes | bytearray) -> SessionState:
     """Store a batch of chunks durably as the session's pending data; chunks the session or the owner's store
     already has are not stored again. A session never holds more than the size it claimed."""
     # Parsed and verified on a worker thread: hashing a 32 MiB batch on the event loop would stall every request.

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from eacct import errors
 from eacct.chunks.frames import FrameCompressor
+from eacct.chunks.manifest import ENTRY
 from eacct.db import unit_of_work, utcnow
 from eacct.netdisk import store, versions
 from eacct.netdisk.store import spool
@@ -205,6 +206,30 @@ async def test_abandon_deletes_a_blob_only_after_its_row_is_deleted(sessions, bl
 # -------------------------------------------------------------------------------- item 3: stalls
 
 
+async def assert_stalls_with_408(base_url: str, request_line: str, member, length: int, sent: bytes,
+                                 headers: dict[str, str]) -> None:
+    """Send a request announcing `length` body bytes, only `sent` of them, then nothing: the server answers 408
+    upload_stalled within a few seconds (its idle timeout is 1 s)."""
+    address = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    head = (f"{request_line} HTTP/1.1\r\nHost: {address.netloc}\r\nAuthorization: Bearer {member.netdisk_token}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n")
+    writer.write(head.encode() + sent)
+    await writer.drain()
+    started = time.monotonic()
+    status_line = await asyncio.wait_for(reader.readline(), 15)
+    answer_headers = {}
+    while (line := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        answer_headers[name.strip().lower()] = value.strip()
+    body = json.loads(await asyncio.wait_for(reader.readexactly(int(answer_headers["content-length"])), 5))
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    assert time.monotonic() - started < 10
+    assert body["error"]["code"] == "upload_stalled" and "上传" in body["error"]["message"]
+
+
 async def test_stalled_upload_body_is_refused_with_408_and_nothing_kept(make_server, settings, blobs, http,
                                                                         sessions):
     base_url = await make_server(settings.with_overrides(upload_idle_timeout=1), blobs)
@@ -212,27 +237,8 @@ async def test_stalled_upload_body_is_refused_with_408_and_nothing_kept(make_ser
     ledger = new_ledger_id()
     content = os.urandom(8 * 1024 * 1024)
     sent = content[:6 * 1024 * 1024]  # enough for packs to be sealed and stored before the body stalls
-    address = urlsplit(base_url)
-    reader, writer = await asyncio.open_connection(address.hostname, address.port)
-    head = (
-        f"POST /api/v1/backups/{ledger}/years/2018/versions HTTP/1.1\r\n"
-        f"Host: {address.netloc}\r\nAuthorization: Bearer {member.netdisk_token}\r\n"
-        f"Content-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n"
-        f"X-Content-SHA256: {hashlib.sha256(content).hexdigest()}\r\nX-Ledger-Name: L\r\n\r\n"
-    )
-    writer.write(head.encode() + sent)
-    await writer.drain()
-    started = time.monotonic()
-    status_line = await asyncio.wait_for(reader.readline(), 15)
-    headers = {}
-    while (line := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b""):
-        name, _, value = line.decode().partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = json.loads(await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 5))
-    writer.close()
-    assert status_line.startswith(b"HTTP/1.1 408"), status_line
-    assert time.monotonic() - started < 10
-    assert body["error"]["code"] == "upload_stalled" and "上传" in body["error"]["message"]
+    await assert_stalls_with_408(base_url, f"POST /api/v1/backups/{ledger}/years/2018/versions", member, len(content),
+                                 sent, {"X-Content-SHA256": hashlib.sha256(content).hexdigest(), "X-Ledger-Name": "L"})
     # Nothing kept: no version, no quota, no pending data.
     assert (await member.call("GET", f"/backups/{ledger}", netdisk=True))[0] == 404
     assert (await member.call("GET", "/netdisk"))[1]["used_bytes"] == 0
@@ -558,3 +564,37 @@ async def test_an_io_error_while_a_spool_file_is_written_behind_refuses_the_uplo
     assert await count(sessions, Version) == 0 and await count(sessions, Pack) == 0
     assert await count(sessions, UploadLease) == 0
     assert await pack_keys(blobs) == [] and spool_files(blobs) == []
+
+
+async def test_a_stalled_session_batch_is_refused_with_408_and_the_session_holds_nothing(make_server, settings, blobs,
+                                                                                         http, sessions):
+    base_url = await make_server(settings.with_overrides(upload_idle_timeout=1), blobs)
+    member = await (await Desktop(http, base_url, "owner04", "小赵").register()).open_netdisk()
+    ledger = new_ledger_id()
+    content = os.urandom(4 * 1024 * 1024)
+    opened = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest(), "ledger_name": "L"}
+    status, session, _ = await member.call("POST", f"/backups/{ledger}/years/2018/uploads", netdisk=True, json=opened)
+    assert status == 201, session
+    pieces = [content[start : start + 64 * 1024] for start in range(0, len(content), 64 * 1024)]
+    batch = b"".join(ENTRY.pack(hashlib.sha256(piece).digest(), len(piece)) + piece for piece in pieces)
+    path = f"/api/v1/backups/{ledger}/years/2018/uploads/{session['upload_id']}/chunks"
+    await assert_stalls_with_408(base_url, f"PUT {path}", member, len(batch), batch[: len(batch) // 2], {})
+    status, state, _ = await member.call("GET", f"/backups/{ledger}/years/2018/uploads/{session['upload_id']}",
+                                         netdisk=True)
+    assert status == 200 and state["held"] == []
+    # The whole batch, sent in pieces of a few bytes to a few KiB, arrives as it was sent.
+    status, stored, _ = await member.call("PUT", f"/backups/{ledger}/years/2018/uploads/{session['upload_id']}/chunks",
+                                          netdisk=True, data=_in_pieces(batch),
+                                          headers={"Content-Type": "application/octet-stream",
+                                                   "Content-Length": str(len(batch))})
+    assert status == 200, stored
+    status, state, _ = await member.call("GET", f"/backups/{ledger}/years/2018/uploads/{session['upload_id']}",
+                                         netdisk=True)
+    assert sorted(state["held"]) == sorted({hashlib.sha256(piece).hexdigest() for piece in pieces})
+
+
+async def _in_pieces(data: bytes):
+    start, size = 0, 1
+    while start < len(data):
+        yield data[start : start + size]
+        start, size = start + size, size * 3 % 7919 + 1
