@@ -26,7 +26,7 @@ from sqlalchemy.types import TypeDecorator
 from eacct.sqlite_driver import OneTripConnection, one_trip_dbapi
 
 __all__ = [
-    "PING_IDLE_SECONDS", "READ_ONLY", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue",
+    "PING_IDLE_SECONDS", "READ_ONLY", "SQLITE_POOL", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue",
     "after_commit", "create_engine", "dialect_insert", "driver_placeholders", "engine_for", "execute_together",
     "in_writing_unit", "make_session_factory", "ping_idle_connections", "read_rows", "read_scalars", "unit_of_work",
     "utcnow",
@@ -85,6 +85,10 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value
 
 
+# Connections an SQLite engine opens at most (on demand) and keeps.
+SQLITE_POOL = 15
+
+
 def create_engine(database_url: str, *, schema: str | None = None,
                   ping_idle_seconds: float = PING_IDLE_SECONDS) -> AsyncEngine:
     """An async engine; SQLite gets WAL, a busy timeout and write-locking transactions for writers.
@@ -102,7 +106,12 @@ def create_engine(database_url: str, *, schema: str | None = None,
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 60}, module=one_trip_dbapi())
+        # Up to SQLITE_POOL connections, each kept once opened: with SQLAlchemy's default (5 kept, 10 more for a
+        # burst) a busy server closed and reopened a connection several times a second (a thread, a file open and
+        # five PRAGMAs each; bench.load at 200 req/s: ~7 a second). Last in, first out: a quiet server keeps using
+        # the few connections (threads, page caches) that are warm.
+        engine = create_async_engine(url, connect_args={"timeout": 60}, module=one_trip_dbapi(),
+                                     pool_size=SQLITE_POOL, max_overflow=0, pool_use_lifo=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection, _record) -> None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from types import SimpleNamespace
 
 import aiosqlite
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import event, exc, text
 
 from eacct.cli import run_serving
 from eacct.db import (
-    create_engine, driver_list_markers, driver_placeholders, execute_together, make_session_factory, read_scalars,
+    SQLITE_POOL, create_engine, driver_list_markers, driver_placeholders, execute_together, make_session_factory, read_scalars,
     unit_of_work,
 )
 
@@ -264,3 +265,29 @@ async def test_a_unit_that_need_not_be_durable_skips_the_fsync_and_no_later_unit
                 await session.execute(text("SELECT 1"))
                 raise RuntimeError("failed midway")
         assert await synchronous(True) == 2
+
+
+async def test_connections_opened_for_a_burst_are_kept_for_the_next_one(engine):
+    """Each SQLite connection is a thread, a file open and five PRAGMAs: a busy server that closed the ones a burst
+    opened, as SQLAlchemy's default pool does beyond five, opened them again a few times a second."""
+    opened = []
+    event.listen(engine.sync_engine, "connect", lambda *_: opened.append(1))
+    sessions = make_session_factory(engine)
+    burst = SQLITE_POOL - 2
+    release = asyncio.Event()
+
+    async def reader(arrived: list) -> None:
+        async with unit_of_work(sessions, read_only=True) as session:
+            await session.execute(text("SELECT 1"))
+            arrived.append(1)
+            await release.wait()
+
+    for _ in range(2):
+        arrived: list = []
+        release.clear()
+        readers = [asyncio.create_task(reader(arrived)) for _ in range(burst)]
+        while len(arrived) < burst:  # every reader holds its connection at once
+            await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(*readers)
+    assert len(opened) == burst
