@@ -341,7 +341,8 @@ async def cost_per_request(http, members: list[Member], api: str, base: str, wec
         # Logins one after another from one address meet its rate limit: refusals are cheaper than logins.
         note = f"   refused: {len(refused)} ({', '.join(sorted(set(refused)))})" if refused else ""
         print(f"    {kind:30} {cpu_ms:7.2f} {wall * 1000 / count:8.2f}{note}")
-    print(f"    {'the mix (weighted)':30} {weighted:7.2f}            -> at 200 req/s: {weighted * 200 / 1000:.2f} cores")
+    print(f"    {'the mix (weighted)':30} {weighted:7.2f}            "
+          f"-> at 200 req/s: {weighted * 200 / 1000:.2f} cores")
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -26,8 +26,8 @@ from sqlalchemy.types import TypeDecorator
 from eacct.sqlite_driver import OneTripConnection, one_trip_dbapi
 
 __all__ = [
-    "PING_IDLE_SECONDS", "READ_ONLY", "SQLITE_POOL", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime", "WriteQueue",
-    "after_commit", "create_engine", "dialect_insert", "driver_placeholders", "engine_for", "execute_together",
+    "PING_IDLE_SECONDS", "READ_ONLY", "SQLITE_POOL", "Base", "NestedWriteError", "SessionFactory", "UtcDateTime",
+    "WriteQueue", "after_commit", "create_engine", "dialect_insert", "driver_placeholders", "engine_for", "execute_together",
     "in_writing_unit", "make_session_factory", "ping_idle_connections", "read_rows", "read_scalars", "unit_of_work",
     "utcnow",
 ]

@@ -12,8 +12,8 @@ from sqlalchemy import event, exc, text
 
 from eacct.cli import run_serving
 from eacct.db import (
-    SQLITE_POOL, create_engine, driver_list_markers, driver_placeholders, execute_together, make_session_factory, read_scalars,
-    unit_of_work,
+    SQLITE_POOL, create_engine, driver_list_markers, driver_placeholders, execute_together, make_session_factory,
+    read_scalars, unit_of_work,
 )
 
 

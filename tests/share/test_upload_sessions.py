@@ -534,4 +534,5 @@ async def test_a_commit_reads_its_year_back_hashing_each_byte_once_and_a_damaged
                                   .values(offset=places[other][0], stored_length=places[other][1]))
     status, body, _ = await commit(owner, "backups", ledger, 2020, upload_id, manifest(pieces))
     assert (status, error_code(body)) == (400, "checksum_mismatch")
-    assert 2020 not in [year["year"] for year in (await owner.call("GET", f"/backups/{ledger}", netdisk=True))[1]["years"]]
+    years = (await owner.call("GET", f"/backups/{ledger}", netdisk=True))[1]["years"]
+    assert 2020 not in [year["year"] for year in years]

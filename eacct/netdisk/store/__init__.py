@@ -29,7 +29,7 @@ from eacct.netdisk.store.read import MANIFEST_ENTRIES, read_entries, read_versio
 from eacct.netdisk.store.upload import IncomingVersion, Upload, receive_version
 
 __all__ = [
-    "MANIFEST_ENTRIES", "WAITING_BYTES", "CommitRules", "IncomingVersion", "Upload", "collect_garbage", "commit", "pack_blob_key",
-    "read_entries", "read_version", "receive_version", "reclaim_abandoned_uploads", "release_versions", "stored_chunks",
+    "MANIFEST_ENTRIES", "WAITING_BYTES", "CommitRules", "IncomingVersion", "Upload", "collect_garbage", "commit",
+    "pack_blob_key", "read_entries", "read_version", "receive_version", "reclaim_abandoned_uploads", "release_versions", "stored_chunks",
     "used_bytes",
 ]

@@ -83,7 +83,8 @@ async def used_bytes(session: AsyncSession, owner_id: int) -> int:
 
 
 # Built once: every upload reads it twice (before its body, and in its commit).
-_USED_BYTES = (select(func.coalesce(func.sum(Chunk.raw_size), 0)).select_from(Pack).join(Chunk, Chunk.pack_id == Pack.id)
+_USED_BYTES = (select(func.coalesce(func.sum(Chunk.raw_size), 0)).select_from(Pack)
+               .join(Chunk, Chunk.pack_id == Pack.id)
                .where(Pack.owner_id == bindparam("owner_id"), Pack.committed.is_(True), Chunk.refs > 0))
 
 
