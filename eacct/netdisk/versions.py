@@ -237,7 +237,7 @@ async def admit_claim(sessions: async_sessionmaker[AsyncSession], settings: Sett
         if ledger is None and not claim.ledger_name:
             raise errors.Invalid("首次上传新账套时需要提供账套名称（X-Ledger-Name）")
         free = await check_before_upload(session, settings, incoming)
-        uploader = (await session.execute(_MEMBER, {"member_id": uploader_id})).scalar_one()
+        uploader = (await session.execute(_MEMBER, {"member_id": uploader_id})).scalar_one_or_none()
     return incoming, free, uploader
 
 
